@@ -1,0 +1,1 @@
+"""gradmesh chain package (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""The gradmesh miner: model, data, inner and outer optimizers, swarm runtime, CLI."""

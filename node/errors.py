@@ -1,0 +1,19 @@
+"""Typed errors of the node package; every one derives from `NodeError`."""
+
+from __future__ import annotations
+
+
+class NodeError(Exception):
+    """Root of every error the node raises on bad configuration or input."""
+
+
+class ConfigError(NodeError):
+    """A configuration value is unknown or out of range."""
+
+
+class DataError(NodeError):
+    """Training data is missing, malformed, or fails its recorded hashes."""
+
+
+class KeyFileError(NodeError):
+    """A key file cannot be read, written or trusted."""

@@ -1,0 +1,1 @@
+"""gradmesh validator package (built in a later issue)."""
