@@ -17,3 +17,7 @@ class DataError(NodeError):
 
 class KeyFileError(NodeError):
     """A key file cannot be read, written or trusted."""
+
+
+class InsecureKeyFileError(KeyFileError):
+    """A key file is readable or writable by group or others."""

@@ -57,9 +57,6 @@ class MalformedKeyError(KeyMaterialError):
     """Key material is not a valid secp256k1 private key."""
 
 
-class InsecureKeyFileError(KeyMaterialError):
-    """A key file is readable by group or others."""
-
 
 # --- envelope semantics -----------------------------------------------------------
 class ReplayError(ProtocolError):

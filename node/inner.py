@@ -1,0 +1,148 @@
+"""Inner optimisation loop of DiLoCo/SparseLoCo.
+
+Each window a miner takes H AdamW steps from the shared parameters θ_start and
+reports the pseudo-gradient Δ = θ_start − θ_after. The model is put back to
+θ_start afterwards: only the outer step (applied identically by every peer) may
+move the shared parameters. AdamW state persists across windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from node.errors import ConfigError, DataError
+from node.model import Decoder
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    warmup_steps: int = 20
+    total_steps: int = 1000
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"inner lr must be positive, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"inner betas must lie in [0, 1), got {self.betas}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ConfigError(f"grad_clip must be positive, got {self.grad_clip}")
+        if self.warmup_steps < 0 or self.total_steps < 1:
+            raise ConfigError("warmup_steps must be >= 0 and total_steps >= 1")
+        if self.total_steps < self.warmup_steps:
+            raise ConfigError(f"total_steps {self.total_steps} < warmup_steps "
+                              f"{self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+
+
+def lr_at(step: int, cfg: InnerConfig) -> float:
+    """Linear warmup to cfg.lr, cosine decay to min_lr_ratio·lr at total_steps, then flat."""
+    if step < cfg.warmup_steps:
+        # step + 1 so the very first step already moves the weights.
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = cfg.total_steps - cfg.warmup_steps
+    progress = 1.0 if span == 0 else min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class InnerResult:
+    delta: list[Tensor]
+    losses: list[float]
+    steps: int
+
+
+class InnerTrainer:
+    """AdamW inner optimiser with a global step counter that spans windows."""
+
+    def __init__(self, model: Decoder, cfg: InnerConfig) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.params = list(model.parameters())
+        self.step = 0
+        self.skipped_steps = 0
+        # Norm weights (1-D) are not decayed: shrinking them only fights the normalisation.
+        decay = [p for p in self.params if p.dim() >= 2]
+        no_decay = [p for p in self.params if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr_at(0, cfg), betas=cfg.betas, fused=False,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    def compute_grads(self, batch: Tensor) -> tuple[float, list[Tensor]]:
+        """Loss and gradients of one batch; the model is left without .grad."""
+        self.model.zero_grad(set_to_none=True)
+        loss = self.model.loss(batch.to(self.device))
+        torch.autograd.backward(loss)
+        grads = []
+        for p in self.params:
+            grads.append(p.grad if p.grad is not None else torch.zeros_like(p))
+            p.grad = None  # hand the tensor over instead of copying it
+        return float(loss.detach()), grads
+
+    def apply_grads(self, grads: Sequence[Tensor]) -> None:
+        """Clip to grad_clip, then one AdamW step at lr_at(step)."""
+        if len(grads) != len(self.params):
+            raise DataError(f"got {len(grads)} gradients for {len(self.params)} parameters")
+        for p, g in zip(self.params, grads, strict=True):
+            if g.shape != p.shape:
+                raise DataError(f"gradient shape {tuple(g.shape)} != parameter {tuple(p.shape)}")
+            p.grad = g.to(device=p.device, dtype=p.dtype)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        if torch.isfinite(norm):
+            lr = lr_at(self.step, self.cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        else:
+            # A non-finite gradient would poison the weights and the Adam moments for good.
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def run(self, batches: Iterable[Tensor]) -> InnerResult:
+        """Inner steps over `batches`; returns Δ = θ_start − θ_after and restores θ_start."""
+        start = [p.detach().clone() for p in self.params]
+        losses: list[float] = []
+        for batch in batches:
+            loss, grads = self.compute_grads(batch)
+            self.apply_grads(grads)
+            losses.append(loss)
+        with torch.no_grad():
+            delta = [(s - p).float() for s, p in zip(start, self.params, strict=True)]
+            for s, p in zip(start, self.params, strict=True):
+                p.copy_(s)
+        return InnerResult(delta=delta, losses=losses, steps=len(losses))
+
+
+def evaluate(model: Decoder, batches: Iterable[Tensor]) -> float:
+    """Mean loss over `batches` without gradients; the train/eval mode is restored."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            losses = [float(model.loss(b.to(device))) for b in batches]
+    finally:
+        model.train(was_training)
+    if not losses:
+        raise DataError("evaluate needs at least one batch")
+    return sum(losses) / len(losses)

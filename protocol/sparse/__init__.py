@@ -1,0 +1,34 @@
+"""SparseLoCo codec: chunked top-k, 2-bit values, fixed or Rice-coded indices."""
+
+from protocol.sparse.codec import (
+    SparseTensor,
+    compress,
+    decode_payload,
+    decompress,
+    encode_payload,
+)
+from protocol.sparse.layout import (
+    ChunkLayout,
+    chunk_layout,
+    chunk_magnitudes,
+    flat_positions,
+    from_chunks,
+    to_chunks,
+)
+from protocol.sparse.quant import dequantize, quantize
+
+__all__ = [
+    "ChunkLayout",
+    "SparseTensor",
+    "chunk_layout",
+    "chunk_magnitudes",
+    "compress",
+    "decode_payload",
+    "decompress",
+    "dequantize",
+    "encode_payload",
+    "flat_positions",
+    "from_chunks",
+    "quantize",
+    "to_chunks",
+]

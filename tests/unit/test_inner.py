@@ -1,0 +1,120 @@
+"""Inner AdamW loop: Δ = θ_start − θ_after, restoration, schedule, persistent state."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from node.errors import ConfigError, DataError
+from node.inner import InnerConfig, InnerTrainer, evaluate, lr_at
+from node.model import Decoder, ModelConfig, build_model
+
+CFG = ModelConfig("unit", vocab_size=256, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
+                  ffn_dim=128, max_seq_len=32)
+INNER = InnerConfig(lr=3e-3, warmup_steps=2, total_steps=20)
+
+
+def batches(n: int, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (2, 17), generator=gen) for _ in range(n)]
+
+
+def model() -> Decoder:
+    return build_model(CFG, seed=0)
+
+
+def test_run_restores_start_and_returns_delta() -> None:
+    m = model()
+    start = [p.detach().clone() for p in m.parameters()]
+    result = InnerTrainer(m, INNER).run(batches(3))
+    assert result.steps == 3
+    assert len(result.losses) == 3
+    for p, s in zip(m.parameters(), start, strict=True):
+        assert torch.equal(p, s)
+        assert p.grad is None
+
+    # A plain manual loop from the same start reaches θ_after = θ_start − Δ.
+    ref = model()
+    trainer = InnerTrainer(ref, INNER)
+    for b in batches(3):
+        trainer.apply_grads(trainer.compute_grads(b)[1])
+    for s, d, after in zip(start, result.delta, ref.parameters(), strict=True):
+        assert d.dtype == torch.float32
+        assert torch.equal(d, s - after.detach())
+    assert any(d.abs().sum() > 0 for d in result.delta)
+
+
+def test_optimizer_state_and_step_persist() -> None:
+    m = model()
+    trainer = InnerTrainer(m, INNER)
+    first = trainer.run(batches(2, seed=1))
+    state = trainer.optimizer.state[next(m.parameters())]
+    assert trainer.step == 2
+    assert int(state["step"]) == 2
+    second = trainer.run(batches(2, seed=1))
+    assert trainer.step == 4
+    assert int(state["step"]) == 4
+    # Same start, same data, but warm moments and a later lr: a different Δ.
+    assert not torch.equal(first.delta[0], second.delta[0])
+
+
+def test_compute_grads_leaves_no_grads() -> None:
+    m = model()
+    loss, grads = InnerTrainer(m, INNER).compute_grads(batches(1)[0])
+    assert math.isfinite(loss)
+    assert [g.shape for g in grads] == [p.shape for p in m.parameters()]
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_apply_grads_validates_and_skips_nonfinite() -> None:
+    m = model()
+    trainer = InnerTrainer(m, INNER)
+    with pytest.raises(DataError):
+        trainer.apply_grads([])
+    bad = [torch.full_like(p, float("nan")) for p in m.parameters()]
+    before = [p.detach().clone() for p in m.parameters()]
+    trainer.apply_grads(bad)
+    assert trainer.skipped_steps == 1
+    assert all(torch.equal(p, b) for p, b in zip(m.parameters(), before, strict=True))
+
+
+def test_lr_schedule_shape() -> None:
+    cfg = InnerConfig(lr=1e-3, warmup_steps=10, total_steps=100, min_lr_ratio=0.1)
+    warm = [lr_at(s, cfg) for s in range(11)]
+    assert all(a < b for a, b in itertools.pairwise(warm[:10]))
+    assert warm[0] > 0
+    assert lr_at(10, cfg) == pytest.approx(1e-3)
+    decay = [lr_at(s, cfg) for s in range(10, 101)]
+    assert all(a >= b for a, b in itertools.pairwise(decay))
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+    assert lr_at(5000, cfg) == pytest.approx(1e-4)
+    assert lr_at(0, InnerConfig(warmup_steps=0, total_steps=10)) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"lr": 0.0}, {"betas": (0.9, 1.0)}, {"weight_decay": -1.0}, {"grad_clip": 0.0},
+     {"warmup_steps": -1}, {"warmup_steps": 50, "total_steps": 10}, {"min_lr_ratio": 1.5}],
+)
+def test_inner_config_validation(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        InnerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_evaluate_restores_mode_and_training_helps() -> None:
+    m = model()
+    data = batches(1, seed=7)
+    before = evaluate(m, data)
+    assert m.training
+    trainer = InnerTrainer(m, InnerConfig(lr=3e-3, warmup_steps=0, total_steps=100))
+    for _ in range(10):
+        trainer.apply_grads(trainer.compute_grads(data[0])[1])
+    assert evaluate(m, data) < before - 0.3
+    m.eval()
+    evaluate(m, data)
+    assert not m.training
+    with pytest.raises(DataError):
+        evaluate(m, [])
