@@ -36,6 +36,7 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--inner-lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=20, help="inner lr warmup (capped at run)")
     p.add_argument("--outer-lr", type=float, default=None,
                    help="default: 1.0 SparseLoCo, 0.7 DiLoCo")
     p.add_argument("--seed", type=int, default=0)
@@ -50,13 +51,14 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from node.report import console, progress_bar, simulation_table
+    from node.report import console, progress_bar, simulation_tables
     from node.simulate import SimConfig, run_simulation
 
     cfg = SimConfig(
         miners=args.miners, rounds=args.rounds, model=args.model, optimizer=args.optimizer,
         index_coding=args.index_coding, k=args.k, inner_steps=args.inner_steps,
         batch_size=args.batch_size, seq_len=args.seq_len, inner_lr=args.inner_lr,
+        warmup_steps=args.warmup_steps,
         outer_lr=args.outer_lr, seed=args.seed, eval_batches=args.eval_batches,
         corpus_bytes=int(args.corpus_mib * 2**20) or None, data_dir=args.data,
         threads=args.threads,
@@ -66,7 +68,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
             cfg, on_round=lambda r: advance(f"held-out {r.heldout_loss:.3f}")
         )
     summary = result.to_json()
-    console.print(simulation_table(summary))
+    for table in simulation_tables(summary):
+        console.print(table)
     if args.json:
         print(json.dumps(summary))
     return 0

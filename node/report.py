@@ -38,20 +38,23 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield advance
 
 
-def simulation_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"gradmesh simulate: {summary['optimizer']} "
-                        f"({summary['model']}, {summary['miners']} miners)")
-    table.add_column("round", justify="right")
-    table.add_column("held-out loss", justify="right")
-    table.add_column("train loss", justify="right")
+def simulation_tables(summary: dict[str, Any]) -> list[Table]:
+    """Per-round losses, then the run's totals."""
+    rounds = Table(title=f"{summary['optimizer']} · {summary['model']} · "
+                         f"{summary['miners']} miners")
+    rounds.add_column("round", justify="right")
+    rounds.add_column("held-out loss", justify="right")
+    rounds.add_column("train loss", justify="right")
     losses = summary["heldout_loss"]
-    table.add_row("start", f"{losses[0]:.4f}", "")
+    rounds.add_row("start", f"{losses[0]:.4f}", "")
     for i, (held, train) in enumerate(zip(losses[1:], summary["train_loss"], strict=True)):
-        table.add_row(str(i), f"{held:.4f}", f"{train:.4f}")
-    table.caption = (
-        f"wire/miner/round {human_bytes(summary['wire_bytes_per_miner_round'])} · "
-        f"dense fp32 {human_bytes(summary['dense_fp32_bytes'])} · "
-        f"ratio {summary['compression_ratio']:.1f}× · "
-        f"params identical: {summary['params_identical']} · {summary['seconds']:.1f} s"
-    )
-    return table
+        rounds.add_row(str(i), f"{held:.4f}", f"{train:.4f}")
+    totals = Table(show_header=False, title="totals")
+    totals.add_column(justify="left")
+    totals.add_column(justify="right")
+    totals.add_row("wire bytes / miner / round", human_bytes(summary["wire_bytes_per_miner_round"]))
+    totals.add_row("dense fp32 model", human_bytes(summary["dense_fp32_bytes"]))
+    totals.add_row("compression ratio", f"{summary['compression_ratio']:.1f}×")
+    totals.add_row("params identical", str(summary["params_identical"]))
+    totals.add_row("wall time", f"{summary['seconds']:.1f} s")
+    return [rounds, totals]

@@ -144,8 +144,10 @@ class Swarm:
         self.seq_len = min(cfg.seq_len, model_cfg.max_seq_len)
         self.eval = heldout_batches(corpus.heldout, n_batches=cfg.eval_batches,
                                     batch_size=cfg.batch_size, seq_len=self.seq_len, seed=cfg.seed)
-        inner = InnerConfig(lr=cfg.inner_lr, warmup_steps=cfg.warmup_steps,
-                            total_steps=cfg.rounds * cfg.inner_steps)
+        total_steps = cfg.rounds * cfg.inner_steps
+        # short runs (tests, smoke checks) warm up over at most the whole run
+        inner = InnerConfig(lr=cfg.inner_lr, warmup_steps=min(cfg.warmup_steps, total_steps),
+                            total_steps=total_steps)
         outer = OuterConfig(optimizer=cfg.optimizer, lr=cfg.outer_lr, k=cfg.k,
                             index_coding=cfg.index_coding)
         self.params = param_count(model_cfg)
