@@ -62,7 +62,7 @@ def main() -> int:
         final = r["heldout_loss"][-1]
         print(f"| {label} | {final:.4f} | {100 * (final / diloco - 1):+.2f}% "
               f"| {100 * (final / ddp - 1):+.2f}% | {r['wire_bytes_per_miner_round']:,.0f} "
-              f"| {r['compression_ratio']:.1f}× | {r['seconds']:.1f} | {r['params_identical']} |")
+              f"| {r['compression_ratio']:.3g}× | {r['seconds']:.1f} | {r['params_identical']} |")
     args.svg.parent.mkdir(parents=True, exist_ok=True)
     args.svg.write_text(line_chart({k: v["heldout_loss"] for k, v in results.items()},
                                    title=f"held-out loss, {args.miners} miners, {args.model}",
