@@ -27,7 +27,8 @@ def test_simulate_json_has_the_documented_fields() -> None:
                 "dense_fp32_bytes", "compression_ratio", "params_identical"):
         assert key in summary
     assert summary["optimizer"] == "sparseloco"
-    assert summary["miners"] == 2 and summary["rounds"] == 2
+    assert summary["miners"] == 2
+    assert summary["rounds"] == 2
     assert len(summary["heldout_loss"]) == 3
     assert summary["params_identical"] is True
     assert summary["compression_ratio"] == summary["dense_fp32_bytes"] / summary[
@@ -53,15 +54,19 @@ def test_keygen_writes_an_owner_only_key(tmp_path: Path) -> None:
     key = tmp_path / "node.key"
     result = gradmesh("keygen", env={"GRADMESH_KEY": str(key)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().startswith("0x") and len(result.stdout.strip()) == 42
+    assert result.stdout.strip().startswith("0x")
+    assert len(result.stdout.strip()) == 42
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     again = gradmesh("keygen", "--key", str(key))
-    assert again.returncode == 2 and "refusing" in again.stderr
+    assert again.returncode == 2
+    assert "refusing" in again.stderr
 
 
 def test_bad_input_gives_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     missing = gradmesh("simulate", *FAST, "--data", str(tmp_path / "nowhere"))
     assert missing.returncode == 2
-    assert "gradmesh: error:" in missing.stderr and "Traceback" not in missing.stderr
+    assert "gradmesh: error:" in missing.stderr
+    assert "Traceback" not in missing.stderr
     unknown = gradmesh("simulate", "--model", "huge")
-    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+    assert unknown.returncode == 2
+    assert "invalid choice" in unknown.stderr
