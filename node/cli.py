@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from chain.errors import ChainError
+from node.cli_chain import add_chain_commands
 from node.errors import NodeError
 from protocol.errors import ProtocolError
 
@@ -123,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     _add_data(sub)
     _add_keygen(sub)
+    add_chain_commands(sub)
     return parser
 
 
@@ -131,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (NodeError, ProtocolError) as exc:
+    except (NodeError, ProtocolError, ChainError) as exc:
         print(f"gradmesh: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,6 +24,6 @@ def test_ruff_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_protocol_and_typed_node() -> None:
-    result = _run(sys.executable, "-m", "mypy", "protocol", "node")
+def test_mypy_strict_protocol_and_typed_node_and_chain() -> None:
+    result = _run(sys.executable, "-m", "mypy", "protocol", "node", "chain")
     assert result.returncode == 0, result.stdout + result.stderr
