@@ -386,3 +386,14 @@ class MemoryChainClient:
 
     def is_settled(self, epoch: int) -> bool:
         return epoch in self.chain.settled
+
+    def _vote(self, epoch: int, validator: str) -> _Vote | None:
+        return self.chain.votes.get(epoch, {}).get(to_checksum_address(validator))
+
+    def commitment_of(self, epoch: int, validator: str) -> bytes:
+        vote = self._vote(epoch, validator)
+        return vote.commitment if vote else bytes(32)
+
+    def has_revealed(self, epoch: int, validator: str) -> bool:
+        vote = self._vote(epoch, validator)
+        return bool(vote and vote.revealed)

@@ -294,6 +294,12 @@ class Web3ChainClient:
     def is_settled(self, epoch: int) -> bool:
         return bool(self._view("settled", epoch))
 
+    def commitment_of(self, epoch: int, validator: str) -> bytes:
+        return bytes(self._view("commitmentOf", epoch, to_checksum_address(validator)))
+
+    def has_revealed(self, epoch: int, validator: str) -> bool:
+        return bool(self._view("revealed", epoch, to_checksum_address(validator)))
+
 
 def _already_sent(exc: Web3RPCError) -> bool:
     text = str(exc).lower()

@@ -127,7 +127,11 @@ def test_copied_commitment_cannot_be_revealed_by_the_copier(harness: Any) -> Non
     honest.commit_weights(epoch, commitment)
     copier.commit_weights(epoch, commitment)
     mine_to_window(harness, 2 * EPOCH_WINDOWS)
+    assert honest.commitment_of(epoch, copier.address) == commitment
+    assert not honest.has_revealed(epoch, honest.address)
     honest.reveal_weights(epoch, [0], [7], b"s" * 32)
+    assert honest.has_revealed(epoch, honest.address)
+    assert honest.commitment_of(epoch, harness.addresses[6]) == bytes(32)
     with pytest.raises(E.CommitMismatch):
         copier.reveal_weights(epoch, [0], [7], b"s" * 32)
     mine_to_window(harness, 2 * EPOCH_WINDOWS + TEST_PARAMS.reveal_windows)

@@ -25,5 +25,5 @@ def test_ruff_clean() -> None:
 
 
 def test_mypy_strict_protocol_and_typed_node_and_chain() -> None:
-    result = _run(sys.executable, "-m", "mypy", "protocol", "node", "chain")
+    result = _run(sys.executable, "-m", "mypy", "protocol", "node", "chain", "validator")
     assert result.returncode == 0, result.stdout + result.stderr

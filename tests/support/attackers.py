@@ -1,0 +1,260 @@
+"""A small in-process network for validator tests: honest miners and attackers.
+
+`Harness` owns θ_global, a `MemoryChain`, a `MemoryBoard` (through the
+validator's `BoardSource`) and one `Validator`. Each window: every miner builds
+its wire bytes from θ_global (honest: H real AdamW steps on its assignment, then
+SparseLoCo error feedback + top-k + 2-bit), they are published in a fixed
+order (honest first, so copiers are the later announcers), the chain moves to
+the next window, the validator scores, persists and posts, and θ_global takes
+the outer step with the aggregate of the *accepted, positively scored*
+contributions (LossScore on the random batch > 0) — clip to median, mean, lr 1.0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from chain.client import ChainParams, Role
+from chain.memory import MemoryChain
+from node.aggregate import aggregate_sparse
+from node.board import MemoryBoard
+from node.data import heldout_batches, stdlib_corpus, window_batch
+from node.inner import InnerConfig, InnerTrainer, evaluate
+from node.model import Decoder, build_model, get_config, model_manifest
+from node.outer import OuterConfig, SparseLoCo
+from node.simulate import param_digest
+from protocol.envelope import BaseModel, read_unverified, seal
+from protocol.identity import Identity, checksum_address
+from protocol.sparse import compress, decode_payload, decompress, encode_payload
+from validator.scoring import ScoringConfig
+from validator.service import GlobalView, Validator, ValidatorConfig, WindowReport
+from validator.source import BoardSource
+from validator.state import ValidatorState
+
+RUN = "advtest"
+HONEST = "honest"
+ATTACKS = ("zero", "noise", "x10", "signflip", "resign", "copynoise", "replay", "wrongdata",
+           "malformed", "absent")
+
+
+def key(name: str) -> Identity:
+    return Identity.from_secret(hashlib.sha256(f"validator-test:{name}".encode()).digest())
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    model: str = "tiny"
+    inner_steps: int = 6
+    batch_size: int = 8
+    seq_len: int = 64
+    inner_lr: float = 2e-3
+    seed: int = 0
+    validator_seed: int = 1234
+    corpus_bytes: int = 4 * 2**20
+    windows_per_epoch: int = 2
+
+
+@dataclass
+class Miner:
+    name: str
+    kind: str
+    identity: Identity
+    uid: int = -1
+    model: Decoder | None = None
+    trainer: InnerTrainer | None = None
+    outer: SparseLoCo | None = None
+    old: list[bytes] = field(default_factory=list)  # its previous envelopes (replay)
+
+
+class Harness:
+    def __init__(self, cfg: HarnessConfig, kinds: list[str], db: Path,
+                 validator_seed: int | None = None) -> None:
+        self.cfg = cfg
+        corpus = stdlib_corpus(cfg.corpus_bytes)
+        self.tokens = corpus.train
+        self.eval = heldout_batches(corpus.heldout, n_batches=4, batch_size=8,
+                                    seq_len=cfg.seq_len, seed=99)
+        mcfg = get_config(cfg.model)
+        self.theta = build_model(mcfg, seed=cfg.seed)
+        self.manifest = model_manifest(self.theta)
+        self.outer_cfg = OuterConfig()
+        self.codec = self.outer_cfg.codec
+        self.step = 0
+        self.chain = MemoryChain(ChainParams(blocks_per_window=50,
+                                             windows_per_epoch=cfg.windows_per_epoch,
+                                             reveal_windows=1), fund=10**21)
+        self.miners: list[Miner] = []
+        counts: dict[str, int] = {}
+        for kind in kinds:
+            n = counts.get(kind, 0)
+            counts[kind] = n + 1
+            m = Miner(f"{kind}{n}", kind, key(f"{kind}{n}"))
+            m.uid = self.chain.client(checksum_address(m.identity.address)).register(
+                Role.MINER, b"peer-" + m.name.encode(), 10**18)
+            if kind in (HONEST, "x10", "signflip", "replay", "wrongdata"):
+                m.model = build_model(mcfg, seed=cfg.seed)
+                total = 1000
+                m.trainer = InnerTrainer(m.model, InnerConfig(lr=cfg.inner_lr, warmup_steps=2,
+                                                              total_steps=total))
+                m.outer = SparseLoCo(self.outer_cfg, self.manifest)
+            self.miners.append(m)
+        self.vkey = key("validator")
+        vaddr = checksum_address(self.vkey.address)
+        self.vclient = self.chain.client(vaddr)
+        self.vclient.register(Role.VALIDATOR, b"peer-validator", 10**18)
+        self.board = MemoryBoard()
+        self.clock_now = 0.0
+        self.source = BoardSource(self.board, lambda: self.clock_now)
+        self.db = db
+        self.vseed = cfg.validator_seed if validator_seed is None else validator_seed
+        self.validator = self.make_validator()
+        self.honest_payloads: list[bytes] = []
+
+    # --- validator -------------------------------------------------------------------------
+    def scoring_config(self) -> ScoringConfig:
+        # bma_threshold 0 on `tiny`: see validator/scoring.py (the 0.1 reference needs a
+        # stronger own-data signal than 6 inner steps of a 0.8M model give)
+        return ScoringConfig(data_seed=self.cfg.seed, inner_steps=self.cfg.inner_steps,
+                             batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
+                             bma_threshold=0.0)
+
+    def make_validator(self, chain_client: object | None = None) -> Validator:
+        vcfg = ValidatorConfig(run_id=RUN, validator_seed=self.vseed,
+                               scoring=self.scoring_config(), codec=self.codec)
+        model = build_model(get_config(self.cfg.model), seed=self.cfg.seed)
+        return Validator(vcfg, chain_client or self.vclient,  # type: ignore[arg-type]
+                         self.source, ValidatorState(self.db, RUN), self.tokens, model,
+                         self.manifest)
+
+    # --- miners ----------------------------------------------------------------------------
+    def base(self) -> BaseModel:
+        return BaseModel(step=self.step, digest=param_digest(self.theta))
+
+    def _train(self, m: Miner, window: int, data_uid: int) -> list[torch.Tensor]:
+        assert m.model is not None
+        assert m.trainer is not None
+        with torch.no_grad():
+            for p, t in zip(m.model.parameters(), self.theta.parameters(), strict=True):
+                p.copy_(t)
+        batches = [window_batch(self.tokens, seed=self.cfg.seed, window=window, uid=data_uid,
+                                step=s, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len)
+                   for s in range(self.cfg.inner_steps)]
+        return m.trainer.run(batches).delta
+
+    def _seal(self, m: Miner, window: int, payload: bytes) -> bytes:
+        return seal(m.identity, run_id=RUN, window=window, base=self.base(), codec=self.codec,
+                    manifest=self.manifest, payload=payload)
+
+    def _honest_norms(self) -> list[float]:
+        _, _, payload = read_unverified(self.honest_payloads[0])
+        first = decode_payload(payload, self.manifest, self.codec)
+        return [float(decompress(st, s.shape, self.codec).norm())
+                for st, s in zip(first, self.manifest, strict=True)]
+
+    def wire(self, m: Miner, window: int, gen: torch.Generator) -> bytes | None:
+        kind = m.kind
+        if kind == "absent":
+            return None
+        if kind == "malformed":
+            return self._seal(m, window, b"\x94\xc4\x01\x00" + bytes(range(40)))
+        if kind in (HONEST, "x10", "signflip", "wrongdata") or (kind == "replay" and not m.old):
+            assert m.outer is not None
+            data_uid = m.uid + 1000 if kind == "wrongdata" else m.uid
+            delta = self._train(m, window, data_uid)
+            mult = {"x10": 10.0, "signflip": -1.0}.get(kind, 1.0)
+            wire = self._seal(m, window, m.outer.encode([d * mult for d in delta]))
+            if kind == HONEST:
+                self.honest_payloads.append(wire)
+            m.old.append(wire)
+            return wire
+        if kind == "replay":
+            return m.old[0]  # a validly signed envelope of an older window
+        if kind == "zero":
+            zero = [torch.zeros(s.shape) for s in self.manifest]
+            return self._seal(m, window, encode_payload([compress(z, self.codec) for z in zero],
+                                                        self.manifest, self.codec))
+        if kind == "noise":
+            sts = []
+            for s, norm in zip(self.manifest, self._honest_norms(), strict=True):
+                x = torch.randn(s.shape, generator=gen)
+                st = compress(x, self.codec)
+                dense = decompress(st, s.shape, self.codec)
+                scaled = st.table * (norm / max(float(dense.norm()), 1e-12))
+                sts.append(type(st)(st.indices, st.codes, scaled.to(torch.float32)))
+            return self._seal(m, window, encode_payload(sts, self.manifest, self.codec))
+        if kind == "resign":
+            _, _, payload = read_unverified(self.honest_payloads[0])
+            return self._seal(m, window, payload)
+        if kind == "copynoise":
+            _, _, payload = read_unverified(self.honest_payloads[-1])
+            sts = decode_payload(payload, self.manifest, self.codec)
+            out = []
+            for st, s in zip(sts, self.manifest, strict=True):
+                dense = decompress(st, s.shape, self.codec)
+                noisy = dense + 0.05 * float(dense.std()) * torch.randn(s.shape, generator=gen)
+                out.append(compress(noisy, self.codec))
+            return self._seal(m, window, encode_payload(out, self.manifest, self.codec))
+        raise ValueError(kind)
+
+    # --- one window ---------------------------------------------------------------------
+    def run_window(self, window: int, post: bool = True,
+                   before_score: Callable[[], None] | None = None) -> WindowReport:
+        target = self.chain.genesis + window * self.chain.p.blocks_per_window
+        if self.chain.block < target:
+            self.chain.mine(target - self.chain.block)
+        self.honest_payloads = []
+        gen = torch.Generator().manual_seed(window * 7919 + 1)
+        order = sorted(self.miners, key=lambda m: (m.kind != HONEST, m.uid))
+        self.clock_now = float(window)
+        for m in order:
+            wire = self.wire(m, window, gen)
+            if wire is not None:
+                self.source.publish(window, m.identity.address, wire)
+        self.chain.mine(self.chain.p.blocks_per_window)  # the window closes
+        if before_score:
+            before_score()
+        view = GlobalView([p.detach().clone() for p in self.theta.parameters()], self.base())
+        report = self.validator.process_window(window, view, deadline=window + 0.5)
+        if not report.replayed:
+            self.outer_step(report)
+        if post:
+            self.validator.post()
+        return report
+
+    def outer_step(self, report: WindowReport) -> None:
+        contributions = report.aggregation_inputs()
+        if contributions:
+            update, _ = aggregate_sparse(contributions, self.manifest, self.codec)
+            with torch.no_grad():
+                for p, u in zip(self.theta.parameters(), update, strict=True):
+                    p.sub_(u, alpha=self.outer_cfg.effective_lr)
+        self.step += 1
+
+    def heldout(self) -> float:
+        return evaluate(self.theta, self.eval)
+
+    def weights(self) -> dict[str, float]:
+        """Each miner's share of the validator's latest revealed vote."""
+        revealed = [p for p in self.validator.state.plans(("revealed",))]
+        if not revealed:
+            return {m.name: 0.0 for m in self.miners}
+        plan = revealed[-1]
+        by_uid = dict(zip(plan.uids, plan.weights, strict=True))
+        total = sum(plan.weights) or 1
+        return {m.name: by_uid.get(m.uid, 0) / total for m in self.miners}
+
+    def latest_plan_weights(self) -> dict[str, float]:
+        plans = self.validator.state.plans()
+        plan = plans[-1]
+        by_uid = dict(zip(plan.uids, plan.weights, strict=True))
+        total = sum(plan.weights) or 1
+        return {m.name: by_uid.get(m.uid, 0) / total for m in self.miners}
+
+
+def all_kinds(honest: int = 4) -> list[str]:
+    return [HONEST] * honest + list(ATTACKS)

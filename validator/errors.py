@@ -1,0 +1,79 @@
+"""Typed errors of the validator; every one derives from `ValidatorError`.
+
+A `Rejection` is never fatal: it names why one contribution was refused, and
+the service turns it into a slash for that miner and nothing else.
+"""
+
+from __future__ import annotations
+
+
+class ValidatorError(Exception):
+    """Root of every error the validator package raises."""
+
+
+class ConfigError(ValidatorError):
+    """A validator configuration value is unusable."""
+
+
+class StateError(ValidatorError):
+    """The persisted state is missing, inconsistent or from another run."""
+
+
+class Rejection(ValidatorError):
+    """One contribution failed a check; `reason` is a short stable code."""
+
+    reason = "invalid"
+
+
+class EnvelopeRejected(Rejection):
+    """Framing, signature, run, window, codec, manifest or payload hash is wrong."""
+
+    reason = "envelope"
+
+
+class ReplayRejected(EnvelopeRejected):
+    """A validly signed envelope for another window or run."""
+
+    reason = "replay"
+
+
+class UnknownSigner(Rejection):
+    """The signer is not a registered miner."""
+
+    reason = "unregistered"
+
+
+class LateArrival(Rejection):
+    """The contribution arrived after the window's deadline."""
+
+    reason = "late"
+
+
+class DuplicateSubmission(Rejection):
+    """A second envelope from the same miner in one window."""
+
+    reason = "duplicate"
+
+
+class MalformedPayload(Rejection):
+    """The payload does not decode for the run's codec and manifest."""
+
+    reason = "malformed"
+
+
+class NonFiniteUpdate(Rejection):
+    """The update holds NaN or infinity."""
+
+    reason = "non_finite"
+
+
+class ScaleRejected(Rejection):
+    """The update's norm is far from the honest median (or zero)."""
+
+    reason = "scale"
+
+
+class CopyRejected(Rejection):
+    """The update duplicates (or nearly duplicates) an earlier announcer's."""
+
+    reason = "copy"

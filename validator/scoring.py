@@ -1,0 +1,170 @@
+"""Pure, seeded scoring: LossScore, proof of assigned data, sync.
+
+Every function here is (inputs, seed) -> numbers: no clock, no global RNG.
+Two validators with the same θ_global, payloads, corpus and validator seed
+compute bit-identical scores on the same hardware/thread count.
+
+Reference values (Covenant-72B's Gauntlet) and what we use on `tiny`:
+* the update is applied alone, scaled by outer_lr × lr_factor (reference 0.2);
+* s = (L_before − L_after) / L_before on `own_steps` sampled steps of the
+  miner's own assignment and on `rand_batches` batches nobody was assigned;
+* proof of assigned data, adapted: on `tiny` early in training an update
+  generalises almost perfectly, and which batch happens to be easier dominates
+  s_own − s_rand (measured: honest miners got b = +1 in about half the windows,
+  so the reference rule zeroed them). We therefore compare each miner's
+  own/random gain *ratio* with that of a reference update (the clip-to-median
+  mean of this window's positively scoring updates) on the same two batches:
+  b = +1 iff s_own > 0, s_rand > 0 and s_own/s_rand > r_own/r_rand. Batch
+  difficulty cancels out; what is left is "helped its own data more than a
+  generic update does". BMA ← 0.95·BMA + 0.05·b; after `warmup_windows`,
+  BMA < 0.1 zeroes the score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from node.data import derive_seed, sample_offsets, window_batch
+from node.model import Decoder
+from protocol.envelope import BaseModel
+from protocol.sparse import SparseTensor, decompress
+from protocol.spec import CodecSpec, Manifest
+
+RANDOM_UID = 2**32 + 7  # a uid no miner can hold: the "random batch" assignment
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    data_seed: int  # the run's data seed (what miners pass to window_batch)
+    inner_steps: int  # H: steps a miner's assignment has per window
+    batch_size: int
+    seq_len: int
+    own_steps: int = 6
+    rand_batches: int = 6
+    outer_lr: float = 1.0
+    lr_factor: float = 0.2
+    bma_decay: float = 0.95
+    bma_threshold: float = 0.1
+    warmup_windows: int = 3
+    sync_max_lag: int = 2
+
+
+@dataclass(frozen=True)
+class LossScore:
+    own: float
+    rand: float
+
+    @property
+    def combined(self) -> float:
+        return 0.5 * (self.own + self.rand)
+
+
+def own_batches(tokens: np.ndarray, cfg: ScoringConfig, validator_seed: int, window: int,
+                uid: int) -> list[torch.Tensor]:
+    """`own_steps` of the miner's assigned batches; which steps is seeded by the
+    validator so a miner cannot train only on the ones that will be checked."""
+    n = min(cfg.own_steps, cfg.inner_steps)
+    picks = sample_offsets(derive_seed("val-own", validator_seed, window, uid), n,
+                           cfg.inner_steps)
+    return [window_batch(tokens, seed=cfg.data_seed, window=window, uid=uid, step=int(s),
+                         batch_size=cfg.batch_size, seq_len=cfg.seq_len) for s in picks]
+
+
+def random_batches(tokens: np.ndarray, cfg: ScoringConfig, validator_seed: int,
+                   window: int) -> list[torch.Tensor]:
+    seed = derive_seed("val-rand", validator_seed)
+    return [window_batch(tokens, seed=seed, window=window, uid=RANDOM_UID, step=i,
+                         batch_size=cfg.batch_size, seq_len=cfg.seq_len)
+            for i in range(cfg.rand_batches)]
+
+
+def mean_loss(model: Decoder, batches: Sequence[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return math.fsum(float(model.loss(b)) for b in batches) / len(batches)
+
+
+class Evaluator:
+    """Holds one scratch model; `load` puts θ_global − scale·update into it."""
+
+    def __init__(self, model: Decoder, manifest: Manifest, spec: CodecSpec) -> None:
+        self.model = model.eval()
+        self.params = list(model.parameters())
+        self.manifest = manifest
+        self.spec = spec
+
+    def load(self, theta: Sequence[torch.Tensor], update: Sequence[SparseTensor] | None,
+             scale: float) -> None:
+        with torch.no_grad():
+            for i, (p, t) in enumerate(zip(self.params, theta, strict=True)):
+                p.copy_(t)
+                if update is not None:
+                    dense = decompress(update[i], tuple(self.manifest[i].shape), self.spec)
+                    p.sub_(dense.to(p.dtype), alpha=scale)
+
+    def loss(self, batches: Sequence[torch.Tensor]) -> float:
+        return mean_loss(self.model, batches)
+
+
+def relative_gain(before: float, after: float) -> float:
+    if not (math.isfinite(before) and math.isfinite(after)) or before <= 0.0:
+        return -1.0
+    return (before - after) / before
+
+
+def loss_score(ev: Evaluator, theta: Sequence[torch.Tensor], update: Sequence[SparseTensor],
+               own: Sequence[torch.Tensor], own_before: float, rand: Sequence[torch.Tensor],
+               rand_before: float, cfg: ScoringConfig) -> LossScore:
+    """LossScore of one update applied alone to θ_global."""
+    ev.load(theta, update, cfg.outer_lr * cfg.lr_factor)
+    return LossScore(own=relative_gain(own_before, ev.loss(own)),
+                     rand=relative_gain(rand_before, ev.loss(rand)))
+
+
+def proof_bit(score: LossScore, ref: LossScore | None) -> float:
+    """+1 when the update helped its own assigned data more than a generic update."""
+    if not (score.own > 0.0 and score.rand > 0.0):
+        return -1.0
+    if ref is None or not (ref.own > 0.0 and ref.rand > 0.0):
+        return 1.0 if score.own > score.rand else -1.0  # the plain reference rule
+    return 1.0 if score.own / score.rand > ref.own / ref.rand else -1.0
+
+
+def proof_step(bma: float, bit: float, decay: float = 0.95) -> float:
+    """One step of the binary moving average of the proof bits."""
+    return decay * bma + (1.0 - decay) * bit
+
+
+def reference_score(ev: Evaluator, theta: Sequence[torch.Tensor],
+                    reference: Sequence[torch.Tensor], own: Sequence[torch.Tensor],
+                    own_before: float, rand: Sequence[torch.Tensor], rand_before: float,
+                    cfg: ScoringConfig) -> LossScore:
+    """Gains of a dense reference update on one miner's own batch and the random one."""
+    with torch.no_grad():
+        for p, t, u in zip(ev.params, theta, reference, strict=True):
+            p.copy_(t).sub_(u.to(p.dtype), alpha=cfg.outer_lr * cfg.lr_factor)
+    return LossScore(own=relative_gain(own_before, ev.loss(own)),
+                     rand=relative_gain(rand_before, ev.loss(rand)))
+
+
+def data_factor(bma: float, windows_seen: int, cfg: ScoringConfig) -> float:
+    """max(0, BMA), zeroed after warm-up when BMA < threshold."""
+    if windows_seen >= cfg.warmup_windows and bma < cfg.bma_threshold:
+        return 0.0
+    return max(0.0, bma)
+
+
+def sync_score(base: BaseModel, global_step: int, global_digest: bytes, max_lag: int = 2) -> float:
+    """1.0 when built on the current global; 0.5^lag for a base `lag` steps old (up to
+    `max_lag`); 0 for anything else (a future step, or the current step with a wrong
+    digest: the miner diverged from θ_global)."""
+    if base.step == global_step:
+        return 1.0 if base.digest == global_digest else 0.0
+    lag = global_step - base.step
+    if 0 < lag <= max_lag:
+        return 0.5**lag
+    return 0.0
