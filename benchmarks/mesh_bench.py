@@ -1,0 +1,181 @@
+"""Mesh transport figures on loopback, all in one run:
+
+1. raw TCP socket throughput (asyncio streams, both ends in this process): the baseline;
+2. libp2p blob fetch throughput (TCP + Noise + yamux, `/gradmesh/blob/1`, SHA-256 checked)
+   between two `P2PMesh` hosts in this process, and its ratio to the baseline;
+3. the asyncio<->trio bridge: round-trip latency of a no-op call through the dedicated
+   trio thread (what `P2PMesh` uses) and through trio guest mode on the asyncio loop;
+4. whether a transfer keeps flowing while the asyncio loop is blocked (thread: yes).
+
+Usage: python benchmarks/mesh_bench.py [--mib 64] [--repeat 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import trio
+
+from node.mesh.p2p import P2PConfig, P2PMesh
+from protocol.identity import Identity
+
+CHUNK = 1 << 20
+
+
+async def raw_tcp(blob: bytes) -> float:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(32)
+        writer.write(len(blob).to_bytes(8, "big"))
+        view = memoryview(blob)
+        for i in range(0, len(blob), CHUNK):
+            writer.write(view[i:i + CHUNK])
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\0" * 32)
+    n = int.from_bytes(await reader.readexactly(8), "big")
+    got = bytearray()
+    while len(got) < n:
+        got += await reader.read(CHUNK)
+    elapsed = time.perf_counter() - started
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    assert bytes(got) == blob
+    return len(blob) / elapsed / 2**20
+
+
+def _ident(n: int) -> Identity:
+    import hashlib
+
+    return Identity.from_secret(hashlib.sha256(f"bench-{n}".encode()).digest())
+
+
+async def libp2p_pair() -> tuple[P2PMesh, P2PMesh]:
+    a = P2PMesh(_ident(1), P2PConfig(run="bench"))
+    await a.start()
+    b = P2PMesh(_ident(2), P2PConfig(run="bench", bootstrap=a.dial_addrs))
+    await b.start()
+    return a, b
+
+
+async def libp2p_fetch(a: P2PMesh, b: P2PMesh, blob: bytes) -> float:
+    ann = await a.announce(1, blob)
+    started = time.perf_counter()
+    got = await b.fetch(ann, timeout=300)
+    elapsed = time.perf_counter() - started
+    assert got == blob
+    return len(blob) / elapsed / 2**20
+
+
+async def thread_bridge_latency(a: P2PMesh, calls: int) -> float:
+    async def noop() -> int:
+        return 1
+
+    started = time.perf_counter()
+    for _ in range(calls):
+        await a._call(noop, timeout=5)
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+async def guest_bridge_latency(calls: int) -> float:
+    """Same no-op round trip with trio as a guest on this asyncio loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    ready: asyncio.Future[tuple[trio.lowlevel.TrioToken, trio.Nursery, trio.Event]] = (
+        loop.create_future())
+
+    async def trio_main() -> None:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            ready.set_result((trio.lowlevel.current_trio_token(), nursery, stop))
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+
+    trio.lowlevel.start_guest_run(
+        trio_main, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+        run_sync_soon_not_threadsafe=loop.call_soon,
+        done_callback=lambda outcome: done.set_result(None), host_uses_signal_set_wakeup_fd=True)
+    _token, nursery, stop = await ready
+
+    async def one() -> None:
+        fut: asyncio.Future[int] = loop.create_future()
+
+        async def runner() -> None:
+            fut.set_result(1)  # same thread: no thread-safe hop needed
+
+        nursery.start_soon(runner)
+        await fut
+
+    started = time.perf_counter()
+    for _ in range(calls):
+        await one()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await done
+    return elapsed / calls * 1e6
+
+
+async def fetch_while_loop_blocked(a: P2PMesh, b: P2PMesh, blob: bytes) -> float:
+    """Fraction of a fetch done while the asyncio loop was blocked for the whole 1st second."""
+    ann = await a.announce(2, blob)
+    before = b.stats().bytes_in
+    task = asyncio.ensure_future(b.fetch(ann, timeout=300))
+    await asyncio.sleep(0.05)  # benchmark pacing, not a test: let the request go out
+    time.sleep(1.0)  # block the event loop (CPU work or a GIL-releasing torch op)
+    moved = b.stats().bytes_in - before
+    await task
+    return moved / len(blob)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    blob = os.urandom(args.mib << 20)
+    raw = [await raw_tcp(blob) for _ in range(args.repeat)]
+    a, b = await libp2p_pair()
+    try:
+        p2p = [await libp2p_fetch(a, b, blob) for _ in range(args.repeat)]
+        thread_us = await thread_bridge_latency(a, 2000)
+        blocked_fraction = await fetch_while_loop_blocked(a, b, blob)
+    finally:
+        await b.stop()
+        await a.stop()
+    guest_us = await guest_bridge_latency(2000)
+    result = {
+        "blob_mib": args.mib,
+        "cpus": os.cpu_count(),
+        "libp2p_threads_left": sum(t.name.startswith("libp2p-") for t in threading.enumerate()),
+        "raw_tcp_mib_s": round(statistics.median(raw), 1),
+        "libp2p_fetch_mib_s": round(statistics.median(p2p), 1),
+        "ratio_libp2p_to_raw": round(statistics.median(p2p) / statistics.median(raw), 3),
+        "bridge_thread_roundtrip_us": round(thread_us, 1),
+        "bridge_guest_roundtrip_us": round(guest_us, 1),
+        "fetch_progress_while_asyncio_blocked_1s": round(blocked_fraction, 3),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:42s} {v}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

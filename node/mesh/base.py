@@ -1,0 +1,296 @@
+"""The mesh boundary: one small Protocol, its data types and its errors.
+
+Every implementation (in-memory, libp2p) honours the same contract, checked by
+`tests/network/test_mesh_contract.py`:
+
+* `announce(window, blob)` keeps the blob locally and gossips a small signed
+  `Announcement` (never the blob itself) to the run's other peers;
+* `subscribe()` yields other peers' verified announcements (never our own);
+* `fetch(...)` returns exactly the announced bytes (SHA-256 checked) or raises
+  a `FetchError`; it tries every known announcer of the same hash and never
+  runs past its timeout;
+* `put_record` / `get_record` store small values keyed by (run, window,
+  address), signed by that address's key; a record whose signature does not
+  recover the key's address is refused on put and on receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from node.errors import NodeError
+from protocol import canonical
+from protocol.errors import ProtocolError
+from protocol.identity import ADDRESS_LEN, SIGNATURE_LEN, Identity, keccak256, recover_signer
+
+# announcements ride gossip, which silently drops anything over 1 MiB: stay far below
+MAX_ANNOUNCEMENT_BYTES = 4096
+MAX_ADDRS = 8
+MAX_ADDR_LEN = 256
+MAX_PEER_ID_LEN = 128
+MAX_RUN_LEN = 64
+MAX_RECORD_BYTES = 16 * 1024
+DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024
+_ANNOUNCE_DOMAIN = "gradmesh/announce/1"
+_RECORD_DOMAIN = "gradmesh/record/1"
+_U63 = 2**63 - 1
+
+
+class MeshError(NodeError):
+    """Root of every mesh error."""
+
+
+class MeshStateError(MeshError):
+    """The mesh is not started, or already stopped."""
+
+
+class AddressNotAllowedError(MeshError):
+    """A multiaddr is outside the configured allowlist (nothing was dialled)."""
+
+
+class BadAnnouncementError(MeshError):
+    """An announcement is malformed, oversized or not signed by its announcer."""
+
+
+class BadRecordError(MeshError):
+    """A record is malformed, oversized or not signed by its key's address."""
+
+
+class BlobTooLargeError(MeshError):
+    """A blob exceeds the mesh's size cap."""
+
+
+class FetchError(MeshError):
+    """A blob could not be fetched; `failures` says why, per source tried."""
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failures: dict[str, str] = dict(failures or {})
+
+
+class FetchTimeoutError(FetchError):
+    """The fetch deadline passed before any source delivered the blob."""
+
+
+class NoSourceError(FetchError):
+    """Every known announcer of the hash failed (or none is known)."""
+
+
+class HashMismatchError(FetchError):
+    """A peer sent bytes whose SHA-256 is not the one asked for."""
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Signed statement: `announcer` holds a blob of `size` bytes hashing to `sha256`."""
+
+    run: str
+    window: int
+    announcer: bytes  # 20-byte Ethereum address of the signing chain key
+    sha256: bytes
+    size: int
+    peer_id: str
+    addrs: tuple[str, ...]
+    signature: bytes = field(default=b"", repr=False)
+
+    def _fields(self) -> list[canonical.WireValue]:
+        return [self.run, self.window, self.announcer, self.sha256, self.size,
+                self.peer_id, list(self.addrs)]  # fmt: skip
+
+    def signing_hash(self) -> bytes:
+        return keccak256(canonical.pack([_ANNOUNCE_DOMAIN, *self._fields()]))
+
+    @classmethod
+    def create(cls, identity: Identity, *, run: str, window: int, blob_sha256: bytes,
+               size: int, peer_id: str, addrs: tuple[str, ...]) -> Announcement:
+        unsigned = cls(run=run, window=window, announcer=identity.address,
+                       sha256=blob_sha256, size=size, peer_id=peer_id, addrs=tuple(addrs))
+        signature = identity.sign_hash(unsigned.signing_hash())
+        signed = cls(**{**unsigned.__dict__, "signature": signature})
+        signed.verify()
+        return signed
+
+    def encode(self) -> bytes:
+        return canonical.pack([*self._fields(), self.signature])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Announcement:
+        """Parse and verify (shape, caps, signature); raise `BadAnnouncementError`."""
+        try:
+            value = canonical.unpack(data, max_bytes=MAX_ANNOUNCEMENT_BYTES, max_bin_len=65,
+                                     max_array_len=MAX_ADDRS, max_str_len=MAX_ADDR_LEN)
+            items = canonical.expect_list(value, 8, "announcement")
+            addrs = items[6]
+            if not isinstance(addrs, list) or len(addrs) > MAX_ADDRS:
+                raise BadAnnouncementError("announcement: bad address list")
+            ann = cls(
+                run=canonical.expect_str(items[0], "run", max_len=MAX_RUN_LEN),
+                window=canonical.expect_int(items[1], "window", hi=_U63),
+                announcer=canonical.expect_bytes(items[2], "announcer", length=ADDRESS_LEN),
+                sha256=canonical.expect_bytes(items[3], "sha256", length=32),
+                size=canonical.expect_int(items[4], "size", hi=_U63),
+                peer_id=canonical.expect_str(items[5], "peer_id", max_len=MAX_PEER_ID_LEN),
+                addrs=tuple(canonical.expect_str(a, "addr", max_len=MAX_ADDR_LEN) for a in addrs),
+                signature=canonical.expect_bytes(items[7], "signature", length=SIGNATURE_LEN),
+            )
+        except ProtocolError as exc:
+            raise BadAnnouncementError(f"malformed announcement: {exc}") from exc
+        ann.verify()
+        return ann
+
+    def verify(self) -> None:
+        try:
+            signer = recover_signer(self.signing_hash(), self.signature)
+        except ProtocolError as exc:
+            raise BadAnnouncementError(f"announcement signature: {exc}") from exc
+        if signer != self.announcer:
+            raise BadAnnouncementError("announcement is not signed by its announcer")
+
+
+@dataclass(frozen=True)
+class RecordKey:
+    run: str
+    window: int
+    address: bytes  # 20 bytes: only this address's key may sign the record
+
+    def path(self) -> str:
+        """DHT key: `/gradmesh/<run>/<window>/<address hex>`."""
+        return f"/gradmesh/{self.run}/{self.window}/{self.address.hex()}"
+
+    @classmethod
+    def from_path(cls, path: str) -> RecordKey:
+        parts = path.split("/")
+        if len(parts) != 5 or parts[0] != "" or parts[1] != "gradmesh":
+            raise BadRecordError(f"not a gradmesh record key: {path[:80]!r}")
+        try:
+            window = int(parts[3])
+            address = bytes.fromhex(parts[4])
+        except ValueError as exc:
+            raise BadRecordError(f"bad record key {path[:80]!r}") from exc
+        if len(address) != ADDRESS_LEN or not parts[2] or len(parts[2]) > MAX_RUN_LEN:
+            raise BadRecordError(f"bad record key {path[:80]!r}")
+        return cls(run=parts[2], window=window, address=address)
+
+
+def _record_hash(key: RecordKey, value: bytes, seq: int) -> bytes:
+    return keccak256(canonical.pack([_RECORD_DOMAIN, key.run, key.window, key.address,
+                                     seq, value]))
+
+
+def seal_record(identity: Identity, key: RecordKey, value: bytes, seq: int = 0) -> bytes:
+    """Wire form of a record: canonical msgpack [seq, value, signature]."""
+    if key.address != identity.address:
+        raise BadRecordError("a record can only be put under the signer's own address")
+    if len(value) > MAX_RECORD_BYTES:
+        raise BadRecordError(f"record value of {len(value)} bytes exceeds {MAX_RECORD_BYTES}")
+    return canonical.pack([seq, value, identity.sign_hash(_record_hash(key, value, seq))])
+
+
+def open_record(key: RecordKey, data: bytes) -> tuple[int, bytes]:
+    """Check a sealed record against its key; returns (seq, value) or raises."""
+    try:
+        items = canonical.expect_list(
+            canonical.unpack(data, max_bytes=MAX_RECORD_BYTES + 256,
+                             max_bin_len=MAX_RECORD_BYTES, max_array_len=3),
+            3, "record")
+        seq = canonical.expect_int(items[0], "seq", hi=_U63)
+        value = canonical.expect_bytes(items[1], "value", max_len=MAX_RECORD_BYTES)
+        signature = canonical.expect_bytes(items[2], "signature", length=SIGNATURE_LEN)
+        signer = recover_signer(_record_hash(key, value, seq), signature)
+    except ProtocolError as exc:
+        raise BadRecordError(f"malformed record: {exc}") from exc
+    if signer != key.address:
+        raise BadRecordError("record is not signed by its key's address")
+    return seq, value
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class Subscription:
+    """Announcements from the moment `subscribe()` returns; ends when the mesh stops.
+
+    Registered eagerly (not on first iteration), so nothing announced after
+    `subscribe()` returns is missed. Bounded: when a slow reader lets the
+    queue fill, newer announcements are dropped for it. `close()` detaches.
+    """
+
+    def __init__(self, registry: list[asyncio.Queue[Announcement | None]],
+                 capacity: int = 4096) -> None:
+        self._queue: asyncio.Queue[Announcement | None] = asyncio.Queue(capacity)
+        self._registry = registry
+        registry.append(self._queue)
+        self._closed = False
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Announcement:
+        if self._closed:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is None:
+            self.close()
+            raise StopAsyncIteration
+        return item
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(ValueError):
+                self._registry.remove(self._queue)
+
+
+def broadcast(registry: list[asyncio.Queue[Announcement | None]],
+              item: Announcement | None) -> None:
+    for queue in list(registry):
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(item)
+
+
+@dataclass(frozen=True)
+class MeshStats:
+    bytes_in: int
+    bytes_out: int
+    blobs_served: int
+    blobs_fetched: int
+
+
+FetchTarget = Announcement | tuple[str, bytes]  # an announcement, or (peer id, sha256)
+
+
+@runtime_checkable
+class Mesh(Protocol):
+    """What the daemons need from the network; see the module docstring."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    @property
+    def address(self) -> bytes: ...
+
+    @property
+    def listen_addrs(self) -> tuple[str, ...]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def announce(self, window: int, blob: bytes) -> Announcement: ...
+
+    def subscribe(self) -> Subscription: ...
+
+    async def fetch(self, target: FetchTarget, *, timeout: float) -> bytes: ...
+
+    async def put_record(self, key: RecordKey, value: bytes) -> None: ...
+
+    async def get_record(self, key: RecordKey, *, timeout: float = 10.0) -> bytes | None: ...
+
+    def connected_peers(self) -> tuple[str, ...]: ...
+
+    def stats(self) -> MeshStats: ...

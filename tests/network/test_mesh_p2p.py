@@ -1,0 +1,226 @@
+"""Real libp2p hosts on 127.0.0.1: many-peer exchange, malicious peers, crashes, allowlist."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("libp2p")
+
+import trio
+
+from node.mesh import LOOPBACK, AddressNotAllowedError, FetchError
+from node.mesh.base import sha256
+from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
+from node.mesh.p2p_blob import OK, response_header
+from tests.support.keys import identity
+from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
+
+
+class EvilMesh(P2PMesh):
+    """A peer that announces honestly-signed hashes and then serves them badly."""
+
+    mode = "garbage"
+
+    async def _serve_blob(self, stream: Any) -> None:
+        digest = await stream.read(32)
+        blob = self._blobs.get(bytes(digest), b"")
+        if self.mode == "garbage":
+            await stream.write(os.urandom(4096))
+        elif self.mode == "oversize":
+            await stream.write(response_header(OK, 1 << 40) + b"\0" * 1024)
+        elif self.mode == "wrong-hash":
+            await stream.write(response_header(OK, len(blob)) + os.urandom(len(blob)))
+        elif self.mode in ("drip", "stall"):
+            await stream.write(response_header(OK, len(blob)))
+            for _ in range(600):
+                if self.mode == "drip":
+                    await stream.write(b"\0")
+                await trio.sleep(0.05)
+        await stream.close()
+
+
+async def add_evil(cluster: Cluster, mode: str) -> EvilMesh:
+    ident = identity(cluster._next_key)
+    cluster._next_key += 1
+    evil = EvilMesh(ident, P2PConfig(run=cluster.run, bootstrap=cluster.nodes[0].dial_addrs))
+    evil.mode = mode
+    await evil.start()
+    cluster.nodes.append(evil)
+    await wait_until(lambda: evil.peer_id in cluster.nodes[0].connected_peers(), timeout=10,
+                     what="evil peer connected")
+    return evil
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster("p2p")
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def exchange_all(nodes: list[P2PMesh], size: int, deadline: float) -> float:
+    """Every node announces its own blob and fetches every other node's."""
+    collectors = [Collector(n) for n in nodes]
+    blobs = [os.urandom(size) for _ in nodes]
+    started = time.monotonic()
+    anns = []
+    for i, node in enumerate(nodes):
+        others = [c for j, c in enumerate(collectors) if j != i]
+        anns.append(await announce_until_seen(node, others, 1, blobs[i]))
+
+    async def fetch_all(i: int) -> None:
+        for j, ann in enumerate(anns):
+            if j != i:
+                assert await nodes[i].fetch(ann, timeout=deadline) == blobs[j]
+
+    async with asyncio.timeout(deadline):
+        await asyncio.gather(*(fetch_all(i) for i in range(len(nodes))))
+    for c in collectors:
+        c.cancel()
+    return time.monotonic() - started
+
+
+async def test_eight_hosts_exchange_1mib_blobs(cluster: Cluster) -> None:
+    nodes = await cluster.add(8)
+    elapsed = await exchange_all(nodes, 1 << 20, deadline=60)
+    assert elapsed < 60
+    for n in nodes:
+        assert n.stats().blobs_fetched == 7
+
+
+@pytest.mark.slow
+async def test_eight_hosts_exchange_10mib_blobs(cluster: Cluster) -> None:
+    nodes = await cluster.add(8)
+    elapsed = await exchange_all(nodes, 10 << 20, deadline=120)
+    assert elapsed < 120
+
+
+@pytest.mark.parametrize("mode", ["garbage", "oversize", "wrong-hash", "drip"])
+async def test_malicious_source_is_cut_off_and_others_complete(cluster: Cluster,
+                                                               mode: str) -> None:
+    honest = await cluster.add(3)
+    evil = await add_evil(cluster, mode)
+    collectors = [Collector(n) for n in honest]
+    blob = os.urandom(512 * 1024)
+    evil_ann = await announce_until_seen(evil, collectors, 2, blob)
+    await announce_until_seen(honest[0], collectors[1:], 2, blob)
+    started = time.monotonic()
+    # both fetchers ask the evil announcer first; both must end with the real bytes
+    results = await asyncio.gather(*(n.fetch(evil_ann, timeout=20) for n in honest[1:]))
+    assert all(r == blob for r in results)
+    assert time.monotonic() - started < 15
+    for n in honest[1:]:
+        assert n.peer_score(evil.peer_id) < 0
+        assert n.banned(evil.peer_id) is False or n.peer_score(evil.peer_id) <= -100
+    # the evil peer is also the only source of another blob: a typed error, promptly
+    lone = os.urandom(4096)
+    lone_ann = await announce_until_seen(evil, collectors[1:], 3, lone)
+    fresh = honest[2]
+    started = time.monotonic()
+    with pytest.raises(FetchError):
+        await fresh.fetch(lone_ann, timeout=10)
+    assert time.monotonic() - started < 10.5
+    # the hosts are all still alive and serving
+    assert await honest[2].fetch((honest[0].peer_id, sha256(blob)), timeout=10) == blob
+    for c in collectors:
+        c.cancel()
+
+
+async def test_two_of_eight_killed_mid_transfer(cluster: Cluster) -> None:
+    nodes = await cluster.add(8)
+    collectors = [Collector(n) for n in nodes]
+    size = 8 << 20
+    # blob k is held by nodes 2k and 2k+1; nodes 0 and 2 are the victims
+    blobs = [os.urandom(size) for _ in range(4)]
+    primary = []
+    for k, blob in enumerate(blobs):
+        a, b = nodes[2 * k], nodes[2 * k + 1]
+        rest = [c for j, c in enumerate(collectors) if j not in (2 * k, 2 * k + 1)]
+        primary.append(await announce_until_seen(a, rest, 4, blob))
+        await announce_until_seen(b, rest, 4, blob)
+    only_on_victim = os.urandom(4096)
+    lost = await announce_until_seen(nodes[0], collectors[4:], 5, only_on_victim)
+    victims = [nodes[0], nodes[2]]
+    survivors = nodes[4:]
+
+    async def fetch_all(n: P2PMesh) -> list[bytes]:
+        return list(await asyncio.gather(*(n.fetch(ann, timeout=45) for ann in primary[:2])))
+
+    tasks = [asyncio.ensure_future(fetch_all(n)) for n in survivors]
+    await wait_until(lambda: all(v.stats().bytes_out > 0 for v in victims), timeout=20,
+                     what="victims serving")
+    await asyncio.gather(*(v.stop() for v in victims))
+    started = time.monotonic()
+    async with asyncio.timeout(50):
+        results = await asyncio.gather(*tasks)
+    for got in results:
+        assert got == blobs[:2]
+    for n in survivors:
+        with pytest.raises(FetchError):
+            await n.fetch(lost, timeout=5)
+    assert time.monotonic() - started < 50
+    for c in collectors:
+        c.cancel()
+
+
+def test_allowlist_refuses_before_any_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Construction and `_AllowlistTCP.dial` refuse non-loopback without touching sockets."""
+    def no_socket(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a socket was opened")
+
+    peer = P2PMesh(identity(1), P2PConfig(run="r")).peer_id
+    with pytest.raises(AddressNotAllowedError):
+        P2PMesh(identity(2), P2PConfig(run="r", bootstrap=(f"/ip4/10.1.2.3/tcp/4001/p2p/{peer}",)))
+    with pytest.raises(AddressNotAllowedError):
+        P2PMesh(identity(2), P2PConfig(run="r", listen_host="0.0.0.0"))
+    # the stock TCP dial (which opens the socket) and trio's socket factories must not run
+    from libp2p.transport.tcp.tcp import TCP
+
+    monkeypatch.setattr(TCP, "dial", no_socket)
+    monkeypatch.setattr(trio.socket, "socket", no_socket)
+    monkeypatch.setattr(trio, "open_tcp_stream", no_socket)
+
+    async def dial(addr: str) -> None:
+        import multiaddr
+
+        await _AllowlistTCP(LOOPBACK).dial(multiaddr.Multiaddr(addr))
+
+    for bad in ("/ip4/192.168.1.10/tcp/4001", "/ip4/8.8.8.8/tcp/53", "/ip4/0.0.0.0/tcp/1",
+                "/ip6/::1/tcp/4001", f"/ip4/172.16.0.1/tcp/1/p2p/{peer}"):
+        with pytest.raises(AddressNotAllowedError):
+            trio.run(dial, bad)
+
+
+async def test_running_mesh_refuses_to_dial_off_loopback(cluster: Cluster) -> None:
+    (a,) = await cluster.add(1)
+    started = a.stats()
+    with pytest.raises(AddressNotAllowedError):
+        await a.connect(f"/ip4/203.0.113.7/tcp/4001/p2p/{a.peer_id}")
+    with pytest.raises(AddressNotAllowedError):
+        await a.connect(f"/dns4/example.com/tcp/4001/p2p/{a.peer_id}")
+    assert a.stats() == started
+
+
+def test_record_validator_rejects_forgeries() -> None:
+    from node.mesh import BadRecordError, RecordKey
+    from node.mesh.base import seal_record
+
+    v = _RecordValidator("r")
+    key = RecordKey("r", 3, identity(1).address)
+    good = seal_record(identity(1), key, b"v")
+    v.validate(key.path(), good)
+    forged = seal_record(identity(2), RecordKey("r", 3, identity(2).address), b"v")
+    with pytest.raises(BadRecordError):
+        v.validate(key.path(), forged)
+    with pytest.raises(BadRecordError):
+        v.validate(RecordKey("other", 3, identity(1).address).path(), good)
+    newer = seal_record(identity(1), key, b"w", seq=5)
+    assert v.select(key.path(), [good, forged, newer]) == 2
