@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from protocol.identity import checksum_address
 from tests.support.attackers import ATTACKS, HONEST, Harness, HarnessConfig, all_kinds
 
 WINDOWS_FAST = 6
@@ -45,6 +46,26 @@ def _check(attacked: Harness, honest: Harness, all_honest: bool) -> dict[str, fl
     assert {"scale", "copy", "malformed", "replay", "missing"} <= reasons
     revealed = attacked.validator.state.plans(("revealed",))
     assert revealed, "no epoch vote was revealed"
+    # the contract turns the revealed votes into the next window's aggregation set
+    settled_epoch, members = attacked.settle_revealed()
+    aggregation_set = set(members)
+    revealed_share = attacked.plan_shares(settled_epoch)  # the vote that became consensus
+    by_uid = {m.uid: (m, revealed_share[m.name]) for m in attacked.miners}
+    top = sorted(by_uid, key=lambda u: (-by_uid[u][1], u))[:len(aggregation_set)]
+    assert aggregation_set == set(top)  # the contract's top-K of the validator's vote
+    assert {m.uid for m in attacked.miners if m.kind == HONEST and revealed_share[m.name] > 0}
+    paid = {m.name: attacked.vclient.balance_of(checksum_address(m.identity.address))
+            for m in attacked.miners}
+    assert sum(paid.values()) > 0, "settlement paid nobody"
+    attackers_paid = sum(v for n, v in paid.items() if not n.startswith(HONEST))
+    # reported, not asserted: early epochs (proof-of-data warm-up) still pay some
+    # attackers; see docs/validator.md
+    print(f"settled epoch {settled_epoch}: attackers' share of that vote "
+          f"{sum(v for n, v in revealed_share.items() if not n.startswith(HONEST)):.3f}; "
+          f"of all miner payouts so far {attackers_paid / sum(paid.values()):.3f}")
+    if all_honest:  # by the end, the settled vote and its aggregation set are honest
+        assert all(by_uid[u][0].kind == HONEST for u in aggregation_set if by_uid[u][1] > 0.01)
+        assert sum(v for n, v in revealed_share.items() if not n.startswith(HONEST)) < 0.05
     return weights
 
 

@@ -57,6 +57,7 @@ class HarnessConfig:
     validator_seed: int = 1234
     corpus_bytes: int = 4 * 2**20
     windows_per_epoch: int = 2
+    aggregation_size: int = 4  # the contract's top-K set that miners aggregate
 
 
 @dataclass
@@ -87,7 +88,9 @@ class Harness:
         self.step = 0
         self.chain = MemoryChain(ChainParams(blocks_per_window=50,
                                              windows_per_epoch=cfg.windows_per_epoch,
-                                             reveal_windows=1), fund=10**21)
+                                             reveal_windows=1,
+                                             aggregation_size=cfg.aggregation_size),
+                                 fund=10**21)
         self.miners: list[Miner] = []
         counts: dict[str, int] = {}
         for kind in kinds:
@@ -234,6 +237,26 @@ class Harness:
                 for p, u in zip(self.theta.parameters(), update, strict=True):
                     p.sub_(u, alpha=self.outer_cfg.effective_lr)
         self.step += 1
+
+    def settle_revealed(self) -> tuple[int, list[int]]:
+        """Settle every revealed epoch whose reveal phase is over; return the newest
+        settled epoch and the contract's aggregation set (uids) the miners use next."""
+        p = self.chain.p
+        for plan in self.validator.state.plans(("revealed",)):
+            done = self.vclient.current_window() >= (plan.epoch + 1) * p.windows_per_epoch + 1
+            if done and not self.vclient.is_settled(plan.epoch):
+                self.vclient.settle(plan.epoch)
+        epoch, _ = self.vclient.last_consensus()
+        return epoch, [uid for uid, _ in self.vclient.aggregation_set()]
+
+    def plan_shares(self, epoch: int) -> dict[str, float]:
+        """Each miner's share of the validator's vote for `epoch`."""
+        plan = self.validator.state.plan(epoch)
+        if plan is None:
+            raise AssertionError(f"no vote planned for epoch {epoch}")
+        by_uid = dict(zip(plan.uids, plan.weights, strict=True))
+        total = sum(plan.weights) or 1
+        return {m.name: by_uid.get(m.uid, 0) / total for m in self.miners}
 
     def heldout(self) -> float:
         return evaluate(self.theta, self.eval)
