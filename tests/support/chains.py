@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from chain.client import ChainClient, ChainParams
@@ -71,7 +70,3 @@ def mine_to_window(harness: Any, window: int) -> None:
         raise AssertionError(f"already past window {window}")
     while client.current_window() < window:
         harness.mine(1)
-
-
-def params_dict(params: ChainParams) -> dict[str, int]:
-    return asdict(params)
