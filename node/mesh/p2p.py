@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 
 FAULT_PENALTY = -50
 SUCCESS_REWARD = 1
+OPEN_TIMEOUT_S = 10.0  # stream open + request write
+ATTEMPTS_PER_PEER = 3  # transient failures (dial, negotiation) are retried
 
 
 @dataclass(frozen=True)
@@ -541,29 +543,37 @@ class P2PMesh:
 
     async def _fetch_any(self, digest: bytes, first: str, size: int | None,
                          failures: dict[str, str]) -> bytes | None:
-        tried: set[str] = set()
+        faulted: set[str] = set()
+        attempts: dict[str, int] = {}
         while True:
-            candidates = [first, *self._sources.get(digest, {})]
-            pending = [p for p in candidates if p not in tried and not self.banned(p)]
+            candidates = dict.fromkeys([first, *self._sources.get(digest, {})])
+            pending = [p for p in candidates if p not in faulted and not self.banned(p)
+                       and attempts.get(p, 0) < ATTEMPTS_PER_PEER]
             if not pending:
                 return None
-            peer = pending[0]
-            tried.add(peer)
+            peer = min(pending, key=lambda p: attempts.get(p, 0))  # untried sources first
+            attempts[peer] = attempts.get(peer, 0) + 1
             try:
                 return await self._fetch_from(peer, digest, size)
             except PeerFault as exc:
+                faulted.add(peer)  # a misbehaving peer gets no second chance
                 failures[peer] = f"PeerFault: {exc}"
                 await self._penalize(peer, str(exc))
-            except (PeerUnavailable, AddressNotAllowedError) as exc:
+            except AddressNotAllowedError as exc:
+                faulted.add(peer)
                 failures[peer] = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # dial failures and stream errors from libp2p
+            except Exception as exc:  # dial, negotiation and stream errors: transient
                 failures[peer] = f"{type(exc).__name__}: {exc}"
 
     async def _fetch_from(self, peer: str, digest: bytes, size: int | None) -> bytes:
         pid = ID.from_base58(peer)
-        stream = await self._host.new_stream(pid, [TProtocol(BLOB_PROTOCOL)])
+        stream = None
         try:
-            await stream.write(digest)
+            # opening a stream (dial, multistream, yamux) can stall under load with no
+            # error at all; bound it so the attempt fails over instead of hanging
+            with trio.fail_after(OPEN_TIMEOUT_S):
+                stream = await self._host.new_stream(pid, [TProtocol(BLOB_PROTOCOL)])
+                await stream.write(digest)
 
             def count(n: int) -> None:
                 self._in += n
@@ -572,8 +582,9 @@ class P2PMesh:
             self._peers[peer].score += SUCCESS_REWARD
             return data
         finally:
-            with contextlib.suppress(BaseException):
-                await stream.close()
+            if stream is not None:
+                with trio.move_on_after(2), contextlib.suppress(Exception):
+                    await stream.close()
 
     async def _penalize(self, peer: str, why: str) -> None:
         state = self._peers[peer]
