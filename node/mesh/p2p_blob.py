@@ -56,10 +56,10 @@ async def read_response(stream, digest: bytes, expected_size: int | None,  # typ
                         limits: ReadLimits, on_bytes) -> bytes:
     header = await read_exact(stream, _HEADER, limits.idle_timeout)
     status, length = header[0], int.from_bytes(header[1:], "big")
-    if status in (NOT_FOUND, BUSY, REFUSED):
+    if status in (NOT_FOUND, BUSY, REFUSED) and length == 0:
         raise PeerUnavailable({NOT_FOUND: "not found", BUSY: "busy", REFUSED: "refused"}[status])
-    if status != OK:
-        raise PeerFault(f"unknown status byte {status}")
+    if status != OK:  # unknown, or a refusal with a body: not what an honest peer sends
+        raise PeerFault(f"bad status header (status {status}, length {length})")
     if length > limits.max_blob_bytes:
         raise PeerFault(f"length prefix {length} exceeds cap {limits.max_blob_bytes}")
     if expected_size is not None and length != expected_size:

@@ -1,0 +1,59 @@
+"""The blob reply header: what counts as an honest refusal and what as a fault."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+trio = pytest.importorskip("trio")
+
+from node.mesh.p2p_blob import (  # noqa: E402
+    BUSY,
+    NOT_FOUND,
+    OK,
+    PeerFault,
+    PeerUnavailable,
+    ReadLimits,
+    read_response,
+    response_header,
+)
+
+LIMITS = ReadLimits(max_blob_bytes=1 << 20, idle_timeout=1.0)
+
+
+class FakeStream:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def read(self, n: int) -> bytes:
+        piece, self.data = self.data[:n], self.data[n:]
+        return piece
+
+
+def read(data: bytes, digest: bytes = b"\0" * 32) -> bytes:
+    async def main() -> bytes:
+        return await read_response(FakeStream(data), digest, None, LIMITS, lambda n: None)
+
+    return trio.run(main)
+
+
+def test_honest_refusals_are_unavailable_not_faults() -> None:
+    for status in (NOT_FOUND, BUSY):
+        with pytest.raises(PeerUnavailable):
+            read(response_header(status))
+
+
+def test_a_refusal_with_a_length_or_an_unknown_status_is_a_fault() -> None:
+    with pytest.raises(PeerFault):
+        read(response_header(NOT_FOUND, 5) + b"x" * 5)
+    with pytest.raises(PeerFault):
+        read(bytes([0xEE]) + (0).to_bytes(8, "big"))
+
+
+def test_ok_reply_round_trips_and_a_wrong_body_is_a_fault() -> None:
+    blob = b"gradmesh" * 100
+    digest = hashlib.sha256(blob).digest()
+    assert read(response_header(OK, len(blob)) + blob, digest) == blob
+    with pytest.raises(PeerFault):
+        read(response_header(OK, len(blob)) + bytes(len(blob)), digest)
