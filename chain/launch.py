@@ -256,6 +256,8 @@ class AnvilChain(_ChainBase):
         gas_limit: int = DEFAULT_GAS_LIMIT,
         startup_timeout: float = 20.0,
         binary: Path | None = None,
+        port: int | None = None,
+        block_time: float | None = None,
     ) -> None:
         exe = binary or find_anvil()
         if exe is None:
@@ -267,8 +269,9 @@ class AnvilChain(_ChainBase):
         self.gas_limit = gas_limit
         self._proc: subprocess.Popen[bytes] | None = None
         last_err: Exception | None = None
-        for _attempt in range(3):  # a free port can be taken between probe and bind
-            port = _free_port()
+        fixed_port = port
+        for _attempt in range(1 if fixed_port else 3):  # a probed port can be taken meanwhile
+            port = fixed_port or _free_port()
             cmd = [
                 str(exe),
                 "--host", "127.0.0.1",
@@ -280,6 +283,8 @@ class AnvilChain(_ChainBase):
                 "--chain-id", "31337",
                 "--silent",
             ]  # fmt: skip
+            if block_time:  # blocks on a clock (daemons' windows) instead of one per tx
+                cmd += ["--block-time", str(block_time)]
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )

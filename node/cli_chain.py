@@ -56,6 +56,10 @@ def add_chain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
     up = chain_sub.add_parser("up", help="start anvil on 127.0.0.1, deploy, run until stopped")
     up.add_argument("--json", action="store_true", help='print {"rpc": ..., "contract": ...}')
+    up.add_argument("--port", type=int, default=int(_env("CHAIN_PORT") or 0),
+                    help="RPC port on 127.0.0.1 (default: a free one)")
+    up.add_argument("--block-time", type=float, default=float(_env("BLOCK_TIME") or 0),
+                    help="seconds per block (default 0: one block per transaction)")
     _add_params(up)
     up.set_defaults(func=_run_up)
 
@@ -91,7 +95,7 @@ def _run_up(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with AnvilChain() as anvil:
+    with AnvilChain(port=args.port or None, block_time=args.block_time or None) as anvil:
         key = anvil.accounts[0].key
         contract = deploy_network(anvil.w3, key, _params(args), fund=args.fund)
         if args.json:

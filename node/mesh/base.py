@@ -6,6 +6,9 @@ Every implementation (in-memory, libp2p) honours the same contract, checked by
 * `announce(window, blob)` keeps the blob locally and gossips a small signed
   `Announcement` (never the blob itself) to the run's other peers;
 * `subscribe()` yields other peers' verified announcements (never our own);
+* `hold(window, blob)` serves a blob by hash without announcing it
+  (checkpoint chunks, contributions fetched from others); `forget(w)` drops
+  what was announced or held for windows before w;
 * `fetch(...)` returns exactly the announced bytes (SHA-256 checked) or raises
   a `FetchError`; it tries every known announcer of the same hash and never
   runs past its timeout;
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -212,6 +216,40 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def record_seq(previous: int | None) -> int:
+    """Next sequence number for a record: above the last one this process used and
+    above anything an earlier run of the same key could have used (microseconds since
+    the epoch), so a restarted node's fresh record is not outranked by its stale one."""
+    return max(-1 if previous is None else previous, time.time_ns() // 1000) + 1
+
+
+class BlobStore:
+    """Blobs this node serves, by SHA-256, each tagged with the window it belongs to."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[bytes, bytes] = {}
+        self._windows: dict[bytes, int] = {}
+
+    def add(self, window: int, blob: bytes) -> bytes:
+        digest = sha256(blob)
+        self._blobs[digest] = bytes(blob)
+        # a blob held for several windows lives as long as its latest one
+        self._windows[digest] = max(window, self._windows.get(digest, window))
+        return digest
+
+    def get(self, digest: bytes) -> bytes | None:
+        return self._blobs.get(digest)
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._blobs
+
+    def forget(self, before_window: int) -> int:
+        old = [d for d, w in self._windows.items() if w < before_window]
+        for digest in old:
+            del self._blobs[digest], self._windows[digest]
+        return len(old)
+
+
 class Subscription:
     """Announcements from the moment `subscribe()` returns; ends when the mesh stops.
 
@@ -282,6 +320,14 @@ class Mesh(Protocol):
     async def stop(self) -> None: ...
 
     async def announce(self, window: int, blob: bytes) -> Announcement: ...
+
+    async def hold(self, window: int, blob: bytes) -> bytes:
+        """Serve `blob` to peers asking for its hash, without gossiping; returns the hash."""
+        ...
+
+    def forget(self, before_window: int) -> int:
+        """Stop serving blobs announced or held for windows before `before_window`."""
+        ...
 
     def subscribe(self) -> Subscription: ...
 

@@ -15,6 +15,7 @@ from node.mesh.base import (
     DEFAULT_MAX_BLOB_BYTES,
     Announcement,
     BadAnnouncementError,
+    BlobStore,
     BlobTooLargeError,
     FetchError,
     FetchTarget,
@@ -27,6 +28,7 @@ from node.mesh.base import (
     Subscription,
     broadcast,
     open_record,
+    record_seq,
     seal_record,
     sha256,
 )
@@ -65,7 +67,7 @@ class MemoryMesh:
         self._run = run
         self._max_blob = max_blob_bytes
         self._peer_id = "mem-" + identity.address.hex()
-        self._blobs: dict[bytes, bytes] = {}
+        self._blobs = BlobStore()
         self._sources: dict[bytes, dict[str, Announcement]] = defaultdict(dict)
         self._subs: list[asyncio.Queue[Announcement | None]] = []
         self._seqs: dict[RecordKey, int] = {}
@@ -105,8 +107,7 @@ class MemoryMesh:
         self._require_running()
         if len(blob) > self._max_blob:
             raise BlobTooLargeError(f"blob of {len(blob)} bytes exceeds {self._max_blob}")
-        digest = sha256(blob)
-        self._blobs[digest] = bytes(blob)
+        digest = self._blobs.add(window, blob)
         ann = Announcement.create(self._identity, run=self._run, window=window,
                                   blob_sha256=digest, size=len(blob), peer_id=self._peer_id,
                                   addrs=self.listen_addrs)
@@ -126,6 +127,15 @@ class MemoryMesh:
         self._sources[ann.sha256][ann.peer_id] = ann
         broadcast(self._subs, ann)
 
+    async def hold(self, window: int, blob: bytes) -> bytes:
+        self._require_running()
+        if len(blob) > self._max_blob:
+            raise BlobTooLargeError(f"blob of {len(blob)} bytes exceeds {self._max_blob}")
+        return self._blobs.add(window, blob)
+
+    def forget(self, before_window: int) -> int:
+        return self._blobs.forget(before_window)
+
     def subscribe(self) -> Subscription:
         if not self._running:
             raise MeshStateError("mesh is not running")
@@ -139,8 +149,9 @@ class MemoryMesh:
                 raise BlobTooLargeError(f"announced size {target.size} exceeds {self._max_blob}")
         else:
             first, digest = target
-        if digest in self._blobs:
-            return self._blobs[digest]
+        held = self._blobs.get(digest)
+        if held is not None:
+            return held
         peers = [first] + [p for p in self._sources.get(digest, {}) if p != first]
         failures: dict[str, str] = {}
         try:
@@ -185,7 +196,7 @@ class MemoryMesh:
 
     async def put_record(self, key: RecordKey, value: bytes) -> None:
         self._require_running()
-        seq = self._seqs.get(key, -1) + 1
+        seq = record_seq(self._seqs.get(key))
         sealed = seal_record(self._identity, key, value, seq)
         self._seqs[key] = seq
         self._store_record(key, sealed)

@@ -50,6 +50,7 @@ from node.mesh.base import (
     Announcement,
     BadAnnouncementError,
     BadRecordError,
+    BlobStore,
     BlobTooLargeError,
     FetchTarget,
     FetchTimeoutError,
@@ -61,8 +62,8 @@ from node.mesh.base import (
     Subscription,
     broadcast,
     open_record,
+    record_seq,
     seal_record,
-    sha256,
 )
 from node.mesh.p2p_blob import (
     BLOB_PROTOCOL,
@@ -187,7 +188,7 @@ class P2PMesh:
         self._key_pair = create_new_key_pair(identity.secret)
         self._peer_id = ID.from_pubkey(self._key_pair.public_key)
         self._topic = f"/gradmesh/{config.run}/announce/1"
-        self._blobs: dict[bytes, bytes] = {}
+        self._blobs = BlobStore()
         self._sources: dict[bytes, dict[str, Announcement]] = defaultdict(dict)
         self._peers: dict[str, _PeerState] = defaultdict(_PeerState)
         self._subs: list[asyncio.Queue[Announcement | None]] = []
@@ -454,13 +455,22 @@ class P2PMesh:
             raise MeshStateError("mesh is not running")
         if len(blob) > self._cfg.max_blob_bytes:
             raise BlobTooLargeError(f"blob of {len(blob)} bytes exceeds {self._cfg.max_blob_bytes}")
-        digest = sha256(blob)
-        self._blobs[digest] = bytes(blob)
+        digest = self._blobs.add(window, blob)
         ann = Announcement.create(self._identity, run=self._cfg.run, window=window,
                                   blob_sha256=digest, size=len(blob), peer_id=self.peer_id,
                                   addrs=self._addrs)
         await self._call(self._pubsub.publish, self._topic, ann.encode(), timeout=10.0)
         return ann
+
+    async def hold(self, window: int, blob: bytes) -> bytes:
+        if not self._running:
+            raise MeshStateError("mesh is not running")
+        if len(blob) > self._cfg.max_blob_bytes:
+            raise BlobTooLargeError(f"blob of {len(blob)} bytes exceeds {self._cfg.max_blob_bytes}")
+        return self._blobs.add(window, blob)
+
+    def forget(self, before_window: int) -> int:
+        return self._blobs.forget(before_window)
 
     def subscribe(self) -> Subscription:
         if not self._running:
@@ -527,8 +537,9 @@ class P2PMesh:
         else:
             first, digest = target
             size = None
-        if digest in self._blobs:
-            return self._blobs[digest]
+        held = self._blobs.get(digest)
+        if held is not None:
+            return held
         failures: dict[str, str] = {}
         try:
             data = await self._call(self._fetch_any, digest, first, size, failures,
@@ -598,7 +609,7 @@ class P2PMesh:
     async def put_record(self, key: RecordKey, value: bytes) -> None:
         if not self._running:
             raise MeshStateError("mesh is not running")
-        seq = self._seqs.get(key, -1) + 1
+        seq = record_seq(self._seqs.get(key))
         sealed = seal_record(self._identity, key, value, seq)
         self._seqs[key] = seq
         await self._call(self._dht.put_value, key.path(), sealed, timeout=20.0)

@@ -149,3 +149,32 @@ async def test_timeout_bounds_a_fetch_from_a_silent_peer(cluster: Cluster) -> No
     with pytest.raises(FetchError):
         await b.fetch(ann, timeout=1.5)
     assert time.monotonic() - started < 3.0
+
+
+async def test_held_blob_is_served_unannounced_and_forgotten_by_window(cluster: Cluster) -> None:
+    a, b = await cluster.add(2)
+    seen = Collector(b)
+    old, new = os.urandom(70_000), os.urandom(50_000)
+    old_hash = await a.hold(3, old)
+    new_hash = await a.hold(5, new)
+    assert (old_hash, new_hash) == (sha256(old), sha256(new))
+    assert await b.fetch((a.peer_id, old_hash), timeout=10) == old
+    assert not seen.has(old_hash), "hold must not gossip"
+    assert a.forget(before_window=4) == 1
+    with pytest.raises(FetchError):
+        await b.fetch((a.peer_id, old_hash), timeout=5)
+    assert await b.fetch((a.peer_id, new_hash), timeout=10) == new
+    seen.cancel()
+
+
+async def test_a_restarted_signer_record_outranks_its_stale_one(cluster: Cluster) -> None:
+    a, b = await cluster.add(2)
+    key = RecordKey(cluster.run, 9, a.address)
+    await a.put_record(key, b"before restart")
+    a._seqs.clear()  # what a restart forgets: the last sequence number it used
+    await a.put_record(key, b"after restart")
+    deadline = time.monotonic() + 20
+    got = await b.get_record(key, timeout=5)
+    while got != b"after restart" and time.monotonic() < deadline:
+        got = await b.get_record(key, timeout=5)  # the DHT converges on the highest seq
+    assert got == b"after restart"
