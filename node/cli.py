@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_keygen(sub)
     add_chain_commands(sub)
+    from node.cli_daemons import add_service_commands
+
+    add_service_commands(sub)
     return parser
 
 

@@ -69,7 +69,8 @@ class Plan:
 
 class ValidatorState:
     def __init__(self, path: Path | str, run_id: str) -> None:
-        self.db = sqlite3.connect(str(path), isolation_level=None)  # explicit transactions
+        # one service thread at a time uses it, but not always the same worker thread
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.executescript(SCHEMA)
         row = self.db.execute("SELECT value FROM meta WHERE key='run_id'").fetchone()
         if row is None:

@@ -1,0 +1,153 @@
+"""`gradmesh relay`, `gradmesh dashboard` and `gradmesh devnet`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from node.cli_daemons import (
+    _add_node_flags,
+    _add_run_flags,
+    _env,
+    _host_port,
+    _identity,
+    _mesh,
+    _quiet_libraries,
+    _run_until_signal,
+    _serve_status,
+    _spec,
+)
+
+
+# --- relay -------------------------------------------------------------------------------
+def _run_relay(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    identity = _identity(args)
+    mesh = _mesh(args, identity, args.run, relay_service=True)
+
+    async def main(stop: asyncio.Event) -> int:
+        from node.dashboard.server import stop_server
+        from node.relay_status import RelayProvider
+
+        await mesh.start()
+        runner = None
+        try:
+            addrs = "\n".join(mesh.dial_addrs)
+            if args.addr_file:
+                tmp = Path(f"{args.addr_file}.tmp")
+                tmp.write_text(addrs + "\n")
+                tmp.replace(args.addr_file)  # readers never see half a file
+            print(json.dumps({"peer_id": mesh.peer_id, "addrs": list(mesh.dial_addrs)}),
+                  flush=True)
+            runner = await _serve_status(args.http, RelayProvider(mesh, args.run),
+                                         "gradmesh relay")
+            await stop.wait()
+        finally:
+            if runner is not None:
+                await stop_server(runner)
+            await mesh.stop()
+        return 0
+
+    return _run_until_signal(main)
+
+
+# --- dashboard ---------------------------------------------------------------------------
+def _run_dashboard(args: argparse.Namespace) -> int:
+    from node.dashboard.remote import HttpSnapshotProvider
+
+    _quiet_libraries()
+    if not args.node:
+        raise SystemExit("gradmesh dashboard: give at least one --node URL")
+    provider = HttpSnapshotProvider(args.node)
+
+    async def main(stop: asyncio.Event) -> int:
+        from node.dashboard.app import make_app
+        from node.dashboard.server import start_server, stop_server
+
+        runner, url = await start_server(make_app(provider), args.http[0], args.http[1])
+        print(json.dumps({"dashboard_url": url}), flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await stop_server(runner)
+        return 0
+
+    return _run_until_signal(main)
+
+
+# --- devnet ------------------------------------------------------------------------------
+def _run_devnet(args: argparse.Namespace) -> int:
+    import torch
+
+    from node.devnet import Devnet, DevnetConfig
+    from node.devnet_report import devnet_tables, summarize
+    from node.report import console, progress_bar
+
+    _quiet_libraries(args.verbose)
+    torch.set_num_threads(args.threads)
+    cfg = DevnetConfig(miners=args.miners, windows=args.windows, chain=args.chain,
+                       late_joiner_after=args.late_joiner_after, data_dir=args.data_dir,
+                       dashboard_port=args.dashboard_port, spec=_spec(args),
+                       block_time=args.block_time, blocks_per_window=args.blocks_per_window)
+    devnet = Devnet(cfg)
+
+    async def main(stop: asyncio.Event) -> int:
+        with progress_bar("devnet windows", cfg.windows, enabled=console.is_terminal) as advance:
+            def on_window(i: int) -> None:
+                loss = devnet.miners[0].history[i]["heldout_loss"] if len(
+                    devnet.miners[0].history) > i else None
+                advance(f"held-out {loss:.3f}" if loss is not None else "")
+
+            task = asyncio.create_task(devnet.run(stop, on_window=on_window))
+            while not devnet.dashboard_url and not task.done():
+                await asyncio.sleep(0.1)  # wait for the URL to print it before the bar moves
+            if devnet.dashboard_url:
+                console.print(f"dashboard: {devnet.dashboard_url}")
+            await task
+        summary = summarize(devnet)
+        for table in devnet_tables(summary):
+            console.print(table)
+        if args.json:
+            print(json.dumps(summary))
+        return 0
+
+    return _run_until_signal(main)
+
+
+def add_extra_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("relay", help="bootstrap node and circuit relay for the mesh")
+    _add_node_flags(p)
+    p.add_argument("--run", default=_env("RUN", "devnet"))
+    p.add_argument("--addr-file", type=Path, default=_env("ADDR_FILE"),
+                   help="write this node's multiaddrs here (for --bootstrap-file)")
+    p.set_defaults(func=_run_relay)
+
+    p = sub.add_parser("dashboard", help="one page for several nodes' status")
+    p.add_argument("--node", action="append",
+                   default=[u for u in (_env("NODES") or "").split(",") if u],
+                   help="a node's status URL, e.g. http://127.0.0.1:9101 (repeatable)")
+    p.add_argument("--http", type=_host_port,
+                   default=_host_port(_env("HTTP", "127.0.0.1:8080") or "127.0.0.1:8080"))
+    p.set_defaults(func=_run_dashboard)
+
+    p = sub.add_parser("devnet", help="a whole local network: chain, miners, validator, "
+                                      "dashboard (all on 127.0.0.1)")
+    p.add_argument("--miners", type=int, default=3)
+    p.add_argument("--windows", type=int, default=6)
+    p.add_argument("--late-joiner-after", type=int, default=None,
+                   help="start one more miner after this many windows")
+    p.add_argument("--chain", choices=("embedded", "anvil"), default="embedded")
+    p.add_argument("--block-time", type=float, default=0.5)
+    p.add_argument("--blocks-per-window", type=int, default=40)
+    p.add_argument("--dashboard-port", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=Path("devnet-data"))
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    p.add_argument("--verbose", action="store_true", help="log every service's events")
+    _add_run_flags(p)
+    p.set_defaults(func=_run_devnet)
+
+
+

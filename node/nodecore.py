@@ -1,0 +1,270 @@
+"""What miners and validators share: θ_global, the window's outer step, records,
+checkpoints and the status the dashboard shows.
+
+A node holds θ at the start of `self.window`. `finish_window(w)` gathers the
+window's envelopes, applies the outer step (node/window_step.py), leaves a
+signed window record and, every few windows, a checkpoint others can start
+from; catching up (node/catchup.py) replays the same steps from records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chain.errors import ChainError
+from node.aio import pause
+from node.chainview import AsyncChain
+from node.checkpoint import make_checkpoint
+from node.checkpoint_store import CheckpointStore
+from node.gather import Gatherer
+from node.inner import evaluate
+from node.mesh.base import Mesh, MeshError, sha256
+from node.records import HeadRecord, WindowRecord, head_key, window_key
+from node.runspec import RunAssets, RunSpec
+from node.status import NodeRole, NodeSnapshot, TimelineEvent, WindowPoint
+from node.window_step import apply_selected, params_digest, select
+from protocol.identity import Identity
+from protocol.limits import DEFAULT_LIMITS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    data_dir: Path
+    checkpoint_every: int = 2  # windows between published checkpoints
+    keep_windows: int = 16  # envelopes and checkpoints served for this many windows
+    gather_grace: float = 3.0  # seconds after a window ends for in-flight fetches
+    poll: float = 0.25  # chain polling interval
+    fetch_timeout: float = 20.0
+    record_timeout: float = 5.0
+
+
+class NodeCore:
+    role: NodeRole = "miner"
+
+    def __init__(self, config: NodeConfig, spec: RunSpec, assets: RunAssets, identity: Identity,
+                 mesh: Mesh, chain: AsyncChain) -> None:
+        self.cfg = config
+        self.spec = spec
+        self.assets = assets
+        self.identity = identity
+        self.mesh = mesh
+        self.chain = chain
+        self.model = assets.new_model()
+        self.params = list(self.model.parameters())
+        self.manifest = assets.manifest(self.model)
+        self.window = -1  # θ is θ_global at the start of this window (-1: not synced yet)
+        self.applied = -1  # last window whose outer step was applied here
+        self.digest = params_digest(self.params)
+        self.state = "starting"
+        self.history: list[WindowPoint] = []
+        self.timeline: deque[TimelineEvent] = deque(maxlen=200)
+        self.store = CheckpointStore(config.data_dir / "checkpoints")
+        self.checkpoint: tuple[int, bytes] | None = None  # (window, manifest sha) published
+        self.miners: dict[bytes, Any] = {}  # address -> MinerSlot, from the chain
+        self.heads: dict[bytes, HeadRecord] = {}  # other miners' head records (catch-up)
+        self.gatherer = Gatherer(mesh, spec.run, allowed=lambda a: a in self.miners,
+                                 current_window=lambda: chain.last_window,
+                                 max_bytes=DEFAULT_LIMITS.max_envelope_bytes,
+                                 fetch_timeout=config.fetch_timeout)
+        self._bytes_mark = (0, 0)
+
+    # --- status -----------------------------------------------------------------------
+    def event(self, window: int, text: str) -> None:
+        log.info("%s w%d %s", self.cfg.name, window, text)
+        self.timeline.append(TimelineEvent(t=time.time(), window=window, event=text))
+
+    def snapshot(self) -> NodeSnapshot:
+        stats = self.mesh.stats()
+        return NodeSnapshot(
+            name=self.cfg.name, role=self.role, address=self.identity.address_hex,
+            peer_id=self.mesh.peer_id, state=self.state, window=self.window,
+            peers=len(self.mesh.connected_peers()), bytes_in=stats.bytes_in,
+            bytes_out=stats.bytes_out, history=list(self.history),
+            timeline=list(self.timeline), scores=self.scores(),
+        )  # fmt: skip
+
+    def scores(self) -> list[Any]:
+        return []
+
+    # --- chain ------------------------------------------------------------------------
+    async def refresh_miners(self) -> None:
+        try:
+            slots = await self.chain.call(self.chain.client.miners)
+        except ChainError as exc:
+            log.warning("miners(): %s (keeping the last known set)", exc)
+            return
+        self.miners = {bytes.fromhex(m.address[2:]): m for m in slots}
+
+    async def aggregation_members(self) -> set[bytes]:
+        """Signers whose envelopes count: the contract's aggregation set."""
+        pairs = await self.chain.call(self.chain.client.aggregation_set)
+        return {bytes.fromhex(addr[2:]) for _, addr in pairs}
+
+    # --- the window's outer step -----------------------------------------------------
+    async def finish_window(self, window: int, *, started: float, train_loss: float | None,
+                            ratio: float | None) -> None:
+        """Gather window `window`'s envelopes, apply the outer step, leave records."""
+        self.state = "gathering"
+        await self.gatherer.settle(window, self.cfg.gather_grace)
+        try:
+            allowed = await self.aggregation_members()
+        except ChainError as exc:
+            # without the set no step can be agreed on: keep θ, catch up from peers later
+            self.event(window, f"chain unavailable ({type(exc).__name__}); window skipped")
+            self.window = -1
+            return
+        expect = self.assets.expectation(window, self.manifest)
+        envelopes = self.gatherer.envelopes(window)
+        chosen, skipped = select(envelopes, expect, allowed)
+        for s in skipped:
+            log.info("%s w%d skipped %s: %s", self.cfg.name, window, s.sha256.hex()[:12], s.reason)
+        stats = await asyncio.to_thread(apply_selected, self.params, chosen, self.manifest,
+                                        self.spec.codec, self.spec.outer_lr)
+        self.digest = await asyncio.to_thread(params_digest, self.params)
+        self.applied, self.window = window, window + 1
+        self.event(window, f"applied {stats.peers} contributions")
+        by_sha = {sha256(e): e for e in envelopes}
+        for c in chosen:  # serve what we applied, so late joiners can replay it from us
+            await self.mesh.hold(window, by_sha[c.sha256])
+        await self._put_window_record(window, [(c.signer, c.sha256) for c in chosen])
+        if self.window % self.cfg.checkpoint_every == 0:
+            await self.save_checkpoint()
+        await self._put_head()
+        self.mesh.forget(self.window - self.cfg.keep_windows)
+        self.gatherer.forget(self.window - 2)
+        loss = await asyncio.to_thread(evaluate, self.model, self.assets.eval_batches)
+        self._record_point(window, loss, train_loss, len(chosen), ratio, started)
+
+    def _record_point(self, window: int, loss: float, train_loss: float | None, inputs: int,
+                      ratio: float | None, started: float) -> None:
+        stats = self.mesh.stats()
+        out, inn = stats.bytes_out - self._bytes_mark[0], stats.bytes_in - self._bytes_mark[1]
+        self._bytes_mark = (stats.bytes_out, stats.bytes_in)
+        self.history.append(WindowPoint(
+            window=window, heldout_loss=loss, train_loss=train_loss, bytes_out=out, bytes_in=inn,
+            contributions=inputs, compression_ratio=ratio,
+            seconds=time.time() - started, param_digest=self.digest.hex(),
+        ))  # fmt: skip
+
+    # --- records and checkpoints ------------------------------------------------------
+    async def _put_window_record(self, window: int, inputs: list[tuple[bytes, bytes]]) -> None:
+        record = WindowRecord(window, self.digest, tuple(inputs))
+        try:
+            await self.mesh.put_record(window_key(self.spec.run, window, self.identity.address),
+                                       record.encode())
+        except (MeshError, TimeoutError) as exc:
+            log.warning("window record %d not stored: %s", window, exc)
+
+    async def _put_head(self) -> None:
+        ckpt_window, ckpt_sha = self.checkpoint or (-1, b"")
+        addrs = getattr(self.mesh, "dial_addrs", self.mesh.listen_addrs)  # with /p2p/<id>
+        head = HeadRecord(self.applied, self.digest, ckpt_window, ckpt_sha, self.mesh.peer_id,
+                          tuple(addrs))
+        try:
+            await self.mesh.put_record(head_key(self.spec.run, self.identity.address),
+                                       head.encode())
+        except (MeshError, TimeoutError) as exc:
+            log.warning("head record not stored: %s", exc)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Node-local state saved with local checkpoints (a miner's error feedback)."""
+        return {}
+
+    async def drive(self, stop: asyncio.Event,
+                    work: Callable[[int, bool], Awaitable[Any]],
+                    finish: Callable[[int, float, float, Any], Awaitable[None]]) -> None:
+        """The window loop. `work(w, whole)` runs during w (`whole`: this node heard every
+        announcement of w, because it was listening before w began); after w,
+        `finish(w, started, ended, result)` applies it if whole, else the node replays w
+        from its peers' records."""
+        listening_since = await self.chain.window()  # the gatherer runs from here on
+        await self.sync(stop)
+        while not stop.is_set():
+            w = self.window
+            whole = w > listening_since
+            if self.chain.last_window < w:
+                await self.chain.wait_window(w, self.cfg.poll, stop)
+                if stop.is_set():
+                    break
+            if self.chain.last_window > w + 1 or (self.chain.last_window > w and not whole):
+                await self.sync(stop)  # too far behind to apply w from what we gathered
+                continue
+            started = time.time()
+            result = await work(w, whole) if self.chain.last_window == w else None
+            self.state = "waiting"
+            await self.chain.wait_window(w + 1, self.cfg.poll, stop)
+            if stop.is_set():
+                break  # abandon w: θ is still θ at its start
+            ended = time.time()
+            await self.refresh_miners()
+            if whole:
+                await finish(w, started, ended, result)
+            if self.window != w + 1:
+                await self.sync(stop)
+
+    def restore_extra(self, extra: dict[str, torch.Tensor]) -> None:
+        """Put back what `extra_state` saved (called when resuming a local checkpoint)."""
+
+    async def sync(self, stop: asyncio.Event) -> None:
+        """Catch up until θ is θ_global at the start of the chain's current window."""
+        from node.catchup import CatchUpError, catch_up
+
+        self.state = "catching-up"
+        while not stop.is_set():
+            try:
+                text = await catch_up(self)
+                now = await self.chain.window()
+            except (CatchUpError, MeshError, ChainError) as exc:
+                self.event(self.window, f"catch-up failed: {exc}")
+                await pause(stop, 2.0)
+                continue
+            fresh = text.startswith("θ_init")
+            nobody = all(h.applied_window < self.window for h in self.heads.values())
+            if self.window < now - 1 and nobody:
+                # nobody applied these windows: they are empty for everyone. (One window
+                # behind is not enough evidence: a peer may still be finishing it, or its
+                # record may not have reached us yet.)
+                self.window, self.applied = now, now - 1
+            if self.window >= now:
+                self.event(self.window, f"synced: {text}")
+                if fresh or self.checkpoint is None:
+                    await self.save_checkpoint()  # so a later joiner finds a start point
+                await self._put_head()
+                return
+            await pause(stop, self.cfg.poll * 4)  # peers are still finishing a window
+
+    async def save_checkpoint(self) -> None:
+        """Checkpoint θ at the start of `self.window`: locally, and served to peers."""
+        window = self.window
+        params = [p.detach().clone() for p in self.params]
+        extra = self.extra_state()
+        await asyncio.to_thread(self.store.save, window, params, extra,
+                                {"digest": self.digest.hex(), "run": self.spec.run})
+        manifest, chunks = await asyncio.to_thread(
+            make_checkpoint, self.identity, run=self.spec.run, window=window,
+            model=self.spec.model, manifest=self.manifest, params=params)
+        for chunk in chunks:
+            await self.mesh.hold(window, chunk)
+        encoded = manifest.encode()
+        self.checkpoint = (window, await self.mesh.hold(window, encoded))
+        self.event(window, "checkpoint")
+
+    def load_params(self, params: list[torch.Tensor], window: int) -> None:
+        with torch.no_grad():
+            for p, q in zip(self.params, params, strict=True):
+                p.copy_(q)
+        self.window = window
+        self.applied = window - 1
+        self.digest = params_digest(self.params)

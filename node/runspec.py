@@ -1,0 +1,93 @@
+"""What every node of one run must agree on, and the objects built from it.
+
+Two nodes with different `RunSpec`s compute different θ from the same
+envelopes, so operators pass the same values (the CLI's run flags); the
+envelope binds the run id, codec and model manifest, so a mismatch shows up
+as rejected envelopes rather than silent divergence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from node.data import Corpus, heldout_batches, stdlib_corpus, window_batch
+from node.errors import ConfigError
+from node.inner import InnerConfig
+from node.model import Decoder, build_model, get_config, model_manifest
+from node.shards import load_shards
+from protocol.envelope import Expectation
+from protocol.spec import CodecSpec, Manifest, manifest_digest
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run: str = "devnet"
+    model: str = "tiny"
+    seed: int = 0  # model init and data assignment
+    inner_steps: int = 12  # H
+    batch_size: int = 8
+    seq_len: int = 128
+    inner_lr: float = 2e-3
+    warmup_steps: int = 24
+    total_steps: int = 10_000  # inner cosine schedule length (global steps)
+    k: int = 64
+    index_coding: str = "fixed12"
+    outer_lr: float = 1.0
+    eval_batches: int = 4
+    corpus_bytes: int = 4 * 2**20  # of the standard-library corpus when no shards are given
+    data: Path | None = None  # prepared shards (gradmesh data prepare)
+
+    def __post_init__(self) -> None:
+        get_config(self.model)
+        if not self.run or len(self.run) > 64 or "/" in self.run:
+            raise ConfigError("run id: 1-64 characters, no '/'")
+        if self.inner_steps < 1 or self.batch_size < 1 or self.seq_len < 2:
+            raise ConfigError("inner_steps >= 1, batch_size >= 1, seq_len >= 2")
+        if self.index_coding not in ("fixed12", "gap"):
+            raise ConfigError("index coding: fixed12 or gap")
+        if not self.outer_lr > 0 or not self.inner_lr > 0:
+            raise ConfigError("learning rates must be positive")
+
+    @property
+    def codec(self) -> CodecSpec:
+        return CodecSpec("sparseloco", 64, self.k, 2, self.index_coding)  # type: ignore[arg-type]
+
+    def inner_config(self) -> InnerConfig:
+        return InnerConfig(lr=self.inner_lr, warmup_steps=self.warmup_steps,
+                           total_steps=max(self.total_steps, self.warmup_steps))
+
+
+class RunAssets:
+    """The model, data and expectations one node builds from a `RunSpec`."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.model_config = get_config(spec.model)
+        corpus: Corpus = load_shards(spec.data) if spec.data else stdlib_corpus(spec.corpus_bytes)
+        self.train_tokens: np.ndarray = corpus.train
+        self.heldout_tokens: np.ndarray = corpus.heldout
+        self.seq_len = min(spec.seq_len, self.model_config.max_seq_len)
+        self.eval_batches = heldout_batches(corpus.heldout, n_batches=spec.eval_batches,
+                                            batch_size=spec.batch_size, seq_len=self.seq_len,
+                                            seed=spec.seed)
+
+    def new_model(self) -> Decoder:
+        """θ_init: identical on every node (seeded)."""
+        return build_model(self.model_config, seed=self.spec.seed)
+
+    def manifest(self, model: Decoder) -> Manifest:
+        return model_manifest(model)
+
+    def manifest_digest(self, manifest: Manifest) -> bytes:
+        return manifest_digest(manifest)
+
+    def expectation(self, window: int, manifest: Manifest) -> Expectation:
+        return Expectation(self.spec.run, window, self.spec.codec, manifest)
+
+    def batch(self, window: int, uid: int, step: int) -> torch.Tensor:
+        return window_batch(self.train_tokens, seed=self.spec.seed, window=window, uid=uid,
+                            step=step, batch_size=self.spec.batch_size, seq_len=self.seq_len)

@@ -1,0 +1,96 @@
+"""The outer step every peer applies at the end of a window: pure and replayable.
+
+Inputs are the envelopes a node gathered for window w; the rule decides which
+count (signed for this run and window, by an allowed signer, decodable, finite;
+one per signer) and applies SparseLoCo's clip-to-median mean with the outer
+learning rate. Miners, validators and a catching-up node call the same
+function, so the same inputs give bit-identical θ everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from node.aggregate import AggregateStats, aggregate_sparse, sparse_norm
+from protocol.envelope import Expectation, open_envelope
+from protocol.errors import ProtocolError
+from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.sparse import SparseTensor, decode_payload
+from protocol.spec import CodecSpec, Manifest
+
+
+@dataclass(frozen=True)
+class Selected:
+    signer: bytes
+    sha256: bytes  # of the whole envelope: what peers fetch to replay the window
+    tensors: list[SparseTensor]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    signer: bytes | None
+    sha256: bytes
+    reason: str
+
+
+def select(envelopes: Iterable[bytes], expect: Expectation, allowed: set[bytes] | None,
+           limits: Limits = DEFAULT_LIMITS) -> tuple[list[Selected], list[Skipped]]:
+    """Which envelopes count for this window, in signer order.
+
+    A signer with two different valid envelopes (equivocation) gets none counted:
+    peers may have seen different ones, and counting neither keeps them in step.
+    """
+    by_signer: dict[bytes, list[Selected]] = {}
+    skipped: list[Skipped] = []
+    for data in envelopes:
+        digest = hashlib.sha256(data).digest()
+        try:
+            env = open_envelope(data, expect, limits)
+            tensors = decode_payload(env.payload, expect.manifest, expect.codec, limits)
+        except ProtocolError as exc:
+            skipped.append(Skipped(None, digest, f"{type(exc).__name__}: {exc}"))
+            continue
+        if allowed is not None and env.signer not in allowed:
+            skipped.append(Skipped(env.signer, digest, "signer not in the aggregation set"))
+            continue
+        if not all(math.isfinite(sparse_norm(t)) for t in tensors):
+            skipped.append(Skipped(env.signer, digest, "non-finite values"))
+            continue
+        seen = by_signer.setdefault(env.signer, [])
+        if all(s.sha256 != digest for s in seen):
+            seen.append(Selected(env.signer, digest, tensors))
+    chosen: list[Selected] = []
+    for signer in sorted(by_signer):
+        entries = by_signer[signer]
+        if len(entries) == 1:
+            chosen.append(entries[0])
+        else:
+            skipped.extend(Skipped(signer, e.sha256, "equivocation") for e in entries)
+    return chosen, skipped
+
+
+def apply_selected(params: Sequence[torch.Tensor], chosen: Sequence[Selected],
+                   manifest: Manifest, codec: CodecSpec, lr: float) -> AggregateStats:
+    """θ ← θ − lr · clip-to-median mean of the chosen contributions (no-op if none)."""
+    if not chosen:
+        return AggregateStats(peers=0, clipped=0, skipped=0)
+    device = params[0].device
+    update, stats = aggregate_sparse([(c.signer, c.tensors) for c in chosen], manifest, codec,
+                                     device)
+    with torch.no_grad():
+        for p, u in zip(params, update, strict=True):
+            p.sub_(u.to(p.dtype), alpha=lr)
+    return stats
+
+
+def params_digest(params: Sequence[torch.Tensor]) -> bytes:
+    """SHA-256 over every parameter's fp32 bytes in order (same as simulate.param_digest)."""
+    digest = hashlib.sha256()
+    for p in params:
+        digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.digest()
