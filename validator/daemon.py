@@ -89,9 +89,12 @@ class ValidatorService(NodeCore):
                                 GathererSource(self.gatherer), ValidatorState(db_path, spec.run),
                                 assets.train_tokens, assets.new_model(), self.manifest)
         self.report: WindowReport | None = None
+        self._last_scores: list[Any] = []
         self._scorer_lock = asyncio.Lock()  # its SQLite state: one user at a time
 
     def scores(self) -> list[Any]:
+        if self.state == "stopped":  # the state database is closed: the last answer
+            return self._last_scores
         states = self.scorer.state.miners()
         planned = dict(rating.weights({u: s.score for u, s in states.items()},
                                       self.scorer.cfg.policy))
@@ -132,8 +135,9 @@ class ValidatorService(NodeCore):
                     posting.cancel()
         finally:
             await self.mesh.stop()
-            self.scorer.state.close()
+            self._last_scores = self.scores()
             self.state = "stopped"
+            self.scorer.state.close()
 
     async def _windows(self, stop: asyncio.Event) -> None:
         await self.drive(stop, self._work, self._finish)
