@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from node.cli_daemons import (
     _add_node_flags,
     _add_run_flags,
+    _chain,
     _env,
     _host_port,
     _identity,
@@ -60,7 +62,19 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     _quiet_libraries()
     if not args.node:
         raise SystemExit("gradmesh dashboard: give at least one --node URL")
-    provider = HttpSnapshotProvider(args.node)
+    reader = None
+    if args.rpc and args.contract:
+        from node.chainview import read_chain_snapshot
+        from node.keys import new_identity
+
+        # a throwaway key: the dashboard only reads the chain, it never signs
+        chain = _chain(argparse.Namespace(rpc=args.rpc, contract=args.contract),
+                       new_identity())
+
+        async def reader() -> Any:
+            return await read_chain_snapshot(chain)
+
+    provider = HttpSnapshotProvider(args.node, chain_reader=reader)
 
     async def main(stop: asyncio.Event) -> int:
         from node.dashboard.app import make_app
@@ -130,6 +144,8 @@ def add_extra_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="a node's status URL, e.g. http://127.0.0.1:9101 (repeatable)")
     p.add_argument("--http", type=_host_port,
                    default=_host_port(_env("HTTP", "127.0.0.1:8080") or "127.0.0.1:8080"))
+    p.add_argument("--rpc", default=_env("RPC"), help="chain JSON-RPC URL (balances, windows)")
+    p.add_argument("--contract", default=_env("CONTRACT"))
     p.set_defaults(func=_run_dashboard)
 
     p = sub.add_parser("devnet", help="a whole local network: chain, miners, validator, "

@@ -42,7 +42,7 @@ async def _wait(cond: object, task: asyncio.Task[None], timeout: float, what: st
 async def _check_dashboard(url: str) -> None:
     dom = await asyncio.to_thread(dump_dom, url + "/", 90.0)
     points = count_points(dom)
-    assert points.get("heldout-loss", 0) >= 2 * 4, points  # 3 miners + validator, 2 windows
+    assert points.get("heldout-loss", 0) >= 2 * 3, points  # 3 miners, 2 windows each (at least)
     assert all(n > 0 for n in points.values()), points
     (_artifacts() / "devnet-dashboard.html").write_text(dom)
     png = await asyncio.to_thread(screenshot, url + "/", _artifacts() / "devnet-dashboard.png",

@@ -1,0 +1,72 @@
+"""The outer step every node applies: which envelopes count, and that it is deterministic."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from node.model import build_model, get_config, model_manifest
+from node.outer import OuterConfig, SparseLoCo
+from node.window_step import apply_selected, params_digest, select
+from protocol.envelope import BaseModel, Expectation, seal
+from tests.support.keys import identity
+
+CODEC = OuterConfig().codec
+
+
+def _setup() -> tuple[list[torch.Tensor], Expectation, SparseLoCo]:
+    model = build_model(get_config("tiny"), seed=0)
+    manifest = model_manifest(model)
+    return list(model.parameters()), Expectation("run", 3, CODEC, manifest), SparseLoCo(
+        OuterConfig(), manifest)
+
+
+def _envelope(n: int, outer: SparseLoCo, expect: Expectation, scale: float = 1e-3,
+              window: int = 3) -> bytes:
+    torch.manual_seed(n)
+    delta = [torch.randn(t.shape) * scale for t in expect.manifest]
+    return seal(identity(n), run_id="run", window=window, base=BaseModel(window, b"\0" * 32),
+                codec=CODEC, manifest=expect.manifest, payload=outer.encode(delta))
+
+
+def test_selection_is_in_signer_order_and_filters_strangers_and_garbage() -> None:
+    _, expect, outer = _setup()
+    envs = [_envelope(n, outer, expect) for n in (5, 1, 3)]
+    allowed = {identity(1).address, identity(5).address}
+    chosen, skipped = select([*envs, os.urandom(500), _envelope(1, outer, expect, window=4)],
+                             expect, allowed)
+    assert [c.signer for c in chosen] == sorted(allowed)
+    reasons = sorted(s.reason.split(":")[0] for s in skipped)
+    assert "signer not in the aggregation set" in reasons
+    assert len(skipped) == 3  # the stranger, the garbage, the wrong window
+
+
+def test_an_equivocating_signer_counts_for_nobody() -> None:
+    _, expect, outer = _setup()
+    first = _envelope(1, outer, expect)
+    second = _envelope(1, outer, expect, scale=2e-3)
+    other = _envelope(2, outer, expect)
+    chosen, skipped = select([first, other, second, first], expect, None)
+    assert [c.signer for c in chosen] == [identity(2).address]
+    assert {s.reason for s in skipped if s.signer == identity(1).address} == {"equivocation"}
+
+
+def test_apply_is_bit_identical_whatever_the_arrival_order() -> None:
+    params_a, expect, outer = _setup()
+    params_b = [p.detach().clone() for p in params_a]
+    envs = [_envelope(n, outer, expect) for n in range(4)]
+    chosen_a, _ = select(envs, expect, None)
+    chosen_b, _ = select(list(reversed(envs)), expect, None)
+    before = params_digest(params_a)
+    apply_selected(params_a, chosen_a, expect.manifest, CODEC, 1.0)
+    apply_selected(params_b, chosen_b, expect.manifest, CODEC, 1.0)
+    assert params_digest(params_a) == params_digest(params_b) != before
+
+
+def test_nothing_chosen_leaves_theta_alone() -> None:
+    params, expect, _ = _setup()
+    before = params_digest(params)
+    stats = apply_selected(params, [], expect.manifest, CODEC, 1.0)
+    assert stats.peers == 0
+    assert params_digest(params) == before
