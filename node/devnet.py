@@ -68,9 +68,10 @@ class DevnetProvider:
         return snap
 
     async def snapshot(self) -> Snapshot:
-        return Snapshot(schema=SCHEMA, run=self.chain.contract and self.nodes()[0].spec.run,
+        nodes = self.nodes()
+        return Snapshot(schema=SCHEMA, run=nodes[0].spec.run if nodes else "",
                         generated_at=time.time(), chain=await self.chain_snapshot(),
-                        nodes=[n.snapshot() for n in self.nodes()])
+                        nodes=[n.snapshot() for n in nodes])
 
     def health(self) -> tuple[bool, str]:
         bad = [n.cfg.name for n in self.nodes() if n.state == "stopped"]
