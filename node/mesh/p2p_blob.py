@@ -1,22 +1,28 @@
-"""The `/gradmesh/blob/1` stream protocol (trio side; imported only by `node.mesh.p2p`).
+"""The `/gradmesh/blob/2` stream protocol (trio side; imported only by `node.mesh.p2p*`).
 
-Request: the 32-byte SHA-256 of the wanted blob. Response: one status byte,
-then for OK an 8-byte big-endian length and exactly that many bytes. The
-reader caps the length, reads in chunks under an idle deadline and a minimum
-rate (a trickling peer is cut off), hashes as it goes and rejects a mismatch.
+Request: the 32-byte SHA-256 of the wanted blob and an 8-byte big-endian
+offset. Response: one status byte, then for OK an 8-byte big-endian length
+(of the whole blob) and exactly `length - offset` bytes, the blob from the
+offset on. The reader caps the length, reads in chunks under an idle
+deadline and a minimum rate (a trickling peer is cut off), hashes as it goes
+(the hash state survives a source change, so a resumed transfer is still
+checked against the SHA-256 of the whole blob) and rejects a mismatch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
-BLOB_PROTOCOL = "/gradmesh/blob/1"
+BLOB_PROTOCOL = "/gradmesh/blob/2"
 OK, NOT_FOUND, BUSY, REFUSED = 0, 1, 2, 3
 CHUNK = 1 << 20
+REQUEST_LEN = 40  # sha256 + offset
 _HEADER = 9
 
 
@@ -36,6 +42,54 @@ class ReadLimits:
     grace: float = 2.0
 
 
+@dataclass
+class Partial:
+    """What a fetch holds so far: the next source is asked from `len(body)` on.
+
+    `sources` records (peer, first offset, bytes) per source that contributed.
+    """
+
+    body: bytearray = field(default_factory=bytearray)
+    hasher: Any = field(default_factory=hashlib.sha256)
+    length: int | None = None
+    sources: list[tuple[str, int, int]] = field(default_factory=list)
+    _mark: tuple[int, Any] | None = None
+
+    @property
+    def offset(self) -> int:
+        return len(self.body)
+
+    def mark(self) -> None:
+        """Remember where the current source starts (undone by `rollback`)."""
+        self._mark = (len(self.body), self.hasher.copy())
+
+    def rollback(self) -> None:
+        """Drop what the current source sent: a faulting peer's bytes are not trusted."""
+        if self._mark is None:
+            return
+        start, hasher = self._mark
+        if start < len(self.body):
+            del self.body[start:]
+            self.hasher = hasher
+            self.sources = [s for s in self.sources if s[1] < start]
+        self._mark = None
+
+    def reset(self) -> None:
+        self.body = bytearray()
+        self.hasher = hashlib.sha256()
+        self.length = None
+        self.sources = []
+        self._mark = None
+
+
+def request(digest: bytes, offset: int = 0) -> bytes:
+    return digest + offset.to_bytes(8, "big")
+
+
+def parse_request(data: bytes) -> tuple[bytes, int]:
+    return data[:32], int.from_bytes(data[32:40], "big")
+
+
 async def read_exact(stream, n: int, idle_timeout: float) -> bytes:  # type: ignore[no-untyped-def]
     buf = bytearray()
     while len(buf) < n:
@@ -53,7 +107,14 @@ async def read_exact(stream, n: int, idle_timeout: float) -> bytes:  # type: ign
 
 
 async def read_response(stream, digest: bytes, expected_size: int | None,  # type: ignore[no-untyped-def]
-                        limits: ReadLimits, on_bytes) -> bytes:
+                        limits: ReadLimits, on_bytes: Callable[[int], None],
+                        partial: Partial | None = None, source: str = "") -> bytes:
+    """Read one reply into `partial` (a fresh one by default) and return the whole blob.
+
+    On an exception the bytes received so far stay in `partial`, so the caller
+    can ask the next source for the rest.
+    """
+    part = Partial() if partial is None else partial
     header = await read_exact(stream, _HEADER, limits.idle_timeout)
     status, length = header[0], int.from_bytes(header[1:], "big")
     if status in (NOT_FOUND, BUSY, REFUSED) and length == 0:
@@ -64,29 +125,39 @@ async def read_response(stream, digest: bytes, expected_size: int | None,  # typ
         raise PeerFault(f"length prefix {length} exceeds cap {limits.max_blob_bytes}")
     if expected_size is not None and length != expected_size:
         raise PeerFault(f"length {length} differs from announced size {expected_size}")
-    hasher = hashlib.sha256()
-    body = bytearray()
+    if part.length is not None and length != part.length:
+        raise PeerFault(f"length {length} differs from the earlier source's {part.length}")
+    if part.offset > length:
+        raise PeerFault(f"offset {part.offset} beyond length {length}")
+    part.length = length
+    part.mark()
+    first = part.offset
     started = time.monotonic()
-    while len(body) < length:
-        with trio.move_on_after(limits.idle_timeout) as cs:
-            try:
-                piece = await stream.read(min(CHUNK, length - len(body)))
-            except Exception as exc:
-                raise PeerUnavailable(f"stream ended after {len(body)}/{length} bytes: "
-                                      f"{type(exc).__name__}") from exc
-        if cs.cancelled_caught:
-            raise PeerFault(f"stalled for {limits.idle_timeout}s at {len(body)}/{length}")
-        if not piece:
-            raise PeerUnavailable(f"stream ended after {len(body)}/{length} bytes")
-        body += piece
-        hasher.update(piece)
-        on_bytes(len(piece))
-        elapsed = time.monotonic() - started
-        if elapsed > limits.grace and len(body) / elapsed < limits.min_rate:
-            raise PeerFault(f"too slow: {len(body) / elapsed:.0f} B/s")
-    if hasher.digest() != digest:
+    try:
+        while part.offset < length:
+            with trio.move_on_after(limits.idle_timeout) as cs:
+                try:
+                    piece = await stream.read(min(CHUNK, length - part.offset))
+                except Exception as exc:
+                    raise PeerUnavailable(f"stream ended after {part.offset}/{length} bytes: "
+                                          f"{type(exc).__name__}") from exc
+            if cs.cancelled_caught:
+                raise PeerFault(f"stalled for {limits.idle_timeout}s at {part.offset}/{length}")
+            if not piece:
+                raise PeerUnavailable(f"stream ended after {part.offset}/{length} bytes")
+            part.body += piece
+            part.hasher.update(piece)
+            on_bytes(len(piece))
+            elapsed = time.monotonic() - started
+            got = part.offset - first
+            if elapsed > limits.grace and got / elapsed < limits.min_rate:
+                raise PeerFault(f"too slow: {got / elapsed:.0f} B/s")
+    finally:
+        if part.offset > first:
+            part.sources.append((source, first, part.offset - first))
+    if part.hasher.digest() != digest:
         raise PeerFault("bytes do not hash to the requested SHA-256")
-    return bytes(body)
+    return bytes(part.body)
 
 
 def response_header(status: int, length: int = 0) -> bytes:
@@ -101,11 +172,28 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = time.monotonic()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def take(self) -> bool:
+        self._refill()
         if self.tokens >= 1:
             self.tokens -= 1
             return True
         return False
+
+
+class ByteBucket(TokenBucket):
+    """Bytes per second (one peer's upload budget): `spend` waits until `n` bytes fit."""
+
+    async def spend(self, n: int) -> None:
+        self._refill()
+        self.tokens -= n  # may go negative: the debt is paid by waiting
+        if self.tokens < 0:
+            await trio.sleep(-self.tokens / self.rate)
+
+    def piece_size(self) -> int:
+        """Write in pieces of about 1/8 s of budget, so the pace stays smooth."""
+        return max(16 * 1024, min(CHUNK, int(self.rate / 8)))

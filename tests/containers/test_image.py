@@ -1,12 +1,12 @@
 """The container image (docker/Dockerfile) as its users run it, with podman.
 
-Builds the image once per source tree (gradmesh:test-<hash>, reused when it exists), then:
-`--help`, non-root, the image's configuration, a chain in a loopback-only pod read by a
-second container, and a small network (chain, relay, 2 miners, a validator) that must
-post rewards on the contract. Opt-in with GRADMESH_CONTAINERS=1 (.ci/run sets it); skipped when no container engine
-is usable, or with GRADMESH_SKIP_CONTAINERS=1. Select with `-m containers`, leave out with
-`-m 'not containers'`. Leftovers after a killed run: `podman pod rm -f` the pods named
-gmtest-*, `podman volume prune --filter label=gmtest`.
+Builds the image once per source tree (gradmesh:test-<hash>, reused when it exists),
+then: `--help`, non-root, the image's configuration, a chain in a loopback-only pod
+read by a second container, and a small network (chain, relay, 2 miners, a validator)
+that must post rewards on the contract. Opt-in with GRADMESH_CONTAINERS=1 (.ci/run
+sets it); skipped when no container engine is usable, or with
+GRADMESH_SKIP_CONTAINERS=1. Leftovers after a killed run: `podman pod rm -f` the pods
+named gmtest-*, `podman volume prune --filter label=gmtest`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import trio
 from node.mesh import LOOPBACK, AddressNotAllowedError, FetchError
 from node.mesh.base import sha256
 from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
-from node.mesh.p2p_blob import OK, response_header
+from node.mesh.p2p_blob import OK, REQUEST_LEN, response_header
 from tests.support.keys import identity
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
@@ -28,8 +28,8 @@ class EvilMesh(P2PMesh):
     mode = "garbage"
 
     async def _serve_blob(self, stream: Any) -> None:
-        digest = await stream.read(32)
-        blob = self._blobs.get(bytes(digest), b"")
+        digest = await stream.read(REQUEST_LEN)
+        blob = self._blobs.get(bytes(digest[:32])) or b""
         if self.mode == "garbage":
             await stream.write(os.urandom(4096))
         elif self.mode == "oversize":

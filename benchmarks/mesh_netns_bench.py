@@ -1,0 +1,147 @@
+"""Mesh figures in network namespaces (root only; every node runs in a namespace this
+script creates and deletes; nothing in the root namespace is touched):
+
+* `dissemination`: N peers (default 8) each announce a blob (default 10 MiB) and fetch
+  everyone else's, all at once. Each peer hangs off a switch namespace by its own veth,
+  shaped in both directions to `--mbit` (tbf; plus `--rtt-ms` of netem delay where the
+  kernel has netem). Reported against the bandwidth lower bound: every peer must
+  receive (N-1) blobs through its link, (N-1)·size·8 / rate seconds.
+* `relay`: two hosts behind two NATs (MASQUERADE, inbound dropped) and a relay on the
+  "public" segment; one blob through the circuit relay, then, after DCUtR, over the
+  hole-punched direct connection.
+
+Usage: python benchmarks/mesh_netns_bench.py {dissemination,relay} [--json] [options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.netns import Lab, available, qdisc_available, read_event
+
+PUBLIC = "10.99.0"
+
+
+def dissemination(args: argparse.Namespace) -> dict[str, Any]:
+    n, mib, mbit = args.peers, args.mib, args.mbit
+    with Lab() as lab:
+        switch = lab.ns("sw")
+        lab.bridge(switch)
+        shaping = ""
+        hosts = []
+        for i in range(n):
+            ns = lab.ns(f"p{i}")
+            dev, sw_dev = lab.link(ns, f"10.97.0.{i + 1}/24", switch, None)
+            lab.sh(switch, f"ip link set {sw_dev} master {lab.tag}br")
+            # each direction gets half the RTT as delay (where netem exists) and the rate
+            shaping = lab.shape(ns, dev, mbit, args.rtt_ms / 2)
+            lab.shape(switch, sw_dev, mbit, args.rtt_ms / 2)
+            hosts.append(ns)
+        procs = []
+        boot: list[str] = []
+        for i, ns in enumerate(hosts):
+            cfg = {"role": "swarm", "key": 10 + i, "host": f"10.97.0.{i + 1}", "port": 4001,
+                   "policy": ["10.97.0.0/24"], "peers": n, "blob_mib": mib, "timeout": 180,
+                   "bootstrap": boot}
+            procs.append(lab.spawn(ns, json.dumps(cfg)))
+            if i == 0:
+                boot = [f"/ip4/10.97.0.1/tcp/4001/p2p/{peer_id_of(lab, procs[0])}"]
+        for i, p in enumerate(procs):
+            read_event(p, "ready", 240)
+            print(f"peer {i} ready", file=sys.stderr)
+        started = time.monotonic()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        done = [read_event(p, "done", 900) for p in procs]
+        wall = time.monotonic() - started
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.close()
+    slowest = max(float(d["seconds"]) for d in done)  # type: ignore[arg-type]
+    bound = (n - 1) * mib * 2**20 * 8 / (mbit * 1e6)
+    return {"peers": n, "blob_mib": mib, "link": shaping,
+            "rtt_ms_requested": args.rtt_ms,
+            "rtt_applied": qdisc_available("netem") and args.rtt_ms > 0,
+            "all_ok": all(d["ok"] for d in done),
+            "slowest_peer_s": round(slowest, 2), "wall_s": round(wall, 2),
+            "median_peer_s": round(sorted(float(d["seconds"]) for d in done)[n // 2], 2),  # type: ignore[arg-type]
+            "lower_bound_s": round(bound, 2), "ratio_to_bound": round(slowest / bound, 2)}
+
+
+def peer_id_of(lab: Lab, proc: Any) -> str:
+    """Node 0's peer id: it is derived from its key, the same in every process."""
+    from libp2p.crypto.secp256k1 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    from tests.support.keys import identity
+
+    return str(ID.from_pubkey(create_new_key_pair(identity(10).secret).public_key).to_base58())
+
+
+def relay(args: argparse.Namespace) -> dict[str, Any]:
+    from tests.network.test_mesh_relay import natted_host
+
+    with Lab() as lab:
+        hub = lab.ns("r")
+        lab.bridge(hub, f"{PUBLIC}.1/24")
+        ns_a = natted_host(lab, "a", f"{PUBLIC}.2", "10.98.1", hub)
+        ns_b = natted_host(lab, "b", f"{PUBLIC}.3", "10.98.2", hub)
+        r = lab.spawn(hub, json.dumps({"role": "relay", "key": 1, "host": f"{PUBLIC}.1",
+                                       "policy": [f"{PUBLIC}.0/24"]}))
+        relay_addr = read_event(r, "up", 30)["dial_addrs"][0]  # type: ignore[index]
+        common = {"relays": [relay_addr], "bootstrap": [relay_addr], "hole_punch_after": 1.0}
+        holder = lab.spawn(ns_b, json.dumps({
+            "role": "holder", "key": 3, "host": "10.98.2.2", "blob_mib": args.mib,
+            "policy": [f"{PUBLIC}.0/24", "10.98.2.0/24"], **common}))
+        up = read_event(holder, "up", 40)
+        fetcher = lab.spawn(ns_a, json.dumps({
+            "role": "fetcher", "key": 2, "host": "10.98.1.2", "target": up["peer_id"],
+            "expect_direct": True, "timeout": 300,
+            "policy": [f"{PUBLIC}.0/24", "10.98.1.0/24"], **common}))
+        relayed = read_event(fetcher, "fetched", 300)
+        direct = read_event(fetcher, "fetched", 300)
+    return {"blob_mib": args.mib,
+            "relayed_mib_s": round(float(relayed["mib_s"]), 1),  # type: ignore[arg-type]
+            "relayed_path": relayed["transfers"][0]["path"],  # type: ignore[index]
+            "direct_mib_s": round(float(direct["mib_s"]), 1),  # type: ignore[arg-type]
+            "direct_path": direct["transfers"][0]["path"],  # type: ignore[index]
+            "direct_to_relayed": round(float(direct["mib_s"]) / float(relayed["mib_s"]), 2),  # type: ignore[arg-type]
+            "ok": bool(relayed["ok"] and direct["ok"])}
+
+
+def main() -> None:
+    # a SIGTERM (e.g. from `timeout`) must still run Lab.close() and remove the namespaces
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["dissemination", "relay"])
+    parser.add_argument("--peers", type=int, default=8)
+    parser.add_argument("--mib", type=float, default=None)
+    parser.add_argument("--mbit", type=float, default=100.0)
+    parser.add_argument("--rtt-ms", type=float, default=40.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    reason = available(need_iptables=args.what == "relay")
+    if reason:
+        sys.exit(f"cannot run: {reason}")
+    if args.mib is None:
+        args.mib = 10.0 if args.what == "dissemination" else 64.0
+    result = dissemination(args) if args.what == "dissemination" else relay(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:24s} {v}")
+
+
+if __name__ == "__main__":
+    main()

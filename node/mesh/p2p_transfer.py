@@ -1,0 +1,284 @@
+"""Blob serving and fetching for `P2PMesh` (a mixin; trio side of the bridge).
+
+Serving: `/gradmesh/blob/2` requests are rate limited per peer (requests/s, at
+most `per_peer_streams` at once, and `peer_upload_rate` bytes/s), refused for
+banned peers and answered from the given offset. Fetching: announcers are tried
+in turn; a source that dies or stalls mid-blob is resumed at the next one from
+the received offset (a faulting source's own bytes are dropped first), and the
+SHA-256 of the whole blob is checked at the end whoever sent which part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from node.mesh.base import (
+    AddressNotAllowedError,
+    Announcement,
+    BlobStore,
+    BlobTooLargeError,
+    FetchTarget,
+    FetchTimeoutError,
+    NoSourceError,
+)
+from node.mesh.p2p_blob import (
+    BLOB_PROTOCOL,
+    BUSY,
+    NOT_FOUND,
+    OK,
+    REFUSED,
+    REQUEST_LEN,
+    ByteBucket,
+    Partial,
+    PeerFault,
+    PeerUnavailable,
+    ReadLimits,
+    TokenBucket,
+    parse_request,
+    read_exact,
+    read_response,
+    request,
+    response_header,
+)
+from node.mesh.p2p_config import P2PConfig
+from node.mesh.p2p_host import connection_addrs, is_relayed
+
+log = logging.getLogger("node.mesh.p2p")
+
+FAULT_PENALTY = -50
+SUCCESS_REWARD = 1
+OPEN_TIMEOUT_S = 10.0  # connect + stream open + request write
+ATTEMPTS_PER_PEER = 3  # transient failures (dial, negotiation) are retried
+TRANSFER_LOG = 256
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One source's part of a fetch: which bytes came from whom, over which path."""
+
+    sha256: bytes
+    peer_id: str
+    offset: int  # first byte this source sent
+    nbytes: int
+    path: tuple[str, ...]  # the connection's transport addresses
+    relayed: bool
+
+
+@dataclass
+class _PeerState:
+    score: int = 0
+    streams: int = 0
+    bucket: TokenBucket | None = None
+    upload: ByteBucket | None = None
+    last_fault: str = ""
+
+
+class BlobTransfers:
+    """The blob half of `P2PMesh`; the attributes below are the mesh's."""
+
+    _cfg: P2PConfig
+    _blobs: BlobStore
+    _sources: dict[bytes, dict[str, Announcement]]
+    _circuits: dict[str, list[str]]
+    _peers: dict[str, _PeerState]
+    _host: Any
+    _nat: Any
+    _in: int
+    _out: int
+    _served: int
+    _fetched: int
+    transfers: deque[Transfer]
+    limits: ReadLimits
+
+    @property
+    def address(self) -> bytes:
+        raise NotImplementedError
+
+    def banned(self, peer_id: str) -> bool:
+        raise NotImplementedError
+
+    def _remember(self, ann: Announcement) -> None:
+        raise NotImplementedError
+
+    async def _call(self, fn: Any, *args: Any, timeout: float) -> Any:
+        raise NotImplementedError
+
+    # ---- blobs: serving -------------------------------------------------------------
+    async def _guarded_blob_handler(self, stream: Any) -> None:
+        # an exception escaping a py-libp2p handler can tear the host down: catch all
+        try:
+            await self._serve_blob(stream)
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            log.debug("blob handler: %r", exc)
+            with contextlib.suppress(BaseException):
+                await stream.reset()
+
+    async def _serve_blob(self, stream: Any) -> None:
+        peer = stream.muxed_conn.peer_id.to_base58()
+        state = self._peers[peer]
+        if state.bucket is None:
+            state.bucket = TokenBucket(self._cfg.requests_per_second,
+                                       2 * self._cfg.requests_per_second)
+        if self.banned(peer) or not state.bucket.take():
+            await stream.write(response_header(REFUSED))
+            await stream.close()
+            return
+        if state.streams >= self._cfg.per_peer_streams:
+            await stream.write(response_header(BUSY))
+            await stream.close()
+            return
+        state.streams += 1
+        try:
+            try:
+                digest, offset = parse_request(
+                    await read_exact(stream, REQUEST_LEN, self._cfg.request_timeout))
+            except (PeerFault, PeerUnavailable):
+                await stream.reset()
+                return
+            blob = self._blobs.get(digest)
+            if blob is None or offset > len(blob):
+                await stream.write(response_header(NOT_FOUND))
+                await stream.close()
+                return
+            await stream.write(response_header(OK, len(blob)))
+            await self._send_body(stream, state, memoryview(blob)[offset:])
+            self._served += 1
+            await stream.close()
+        finally:
+            state.streams -= 1
+
+    async def _send_body(self, stream: Any, state: _PeerState, view: memoryview) -> None:
+        rate = self._cfg.peer_upload_rate
+        if rate > 0 and state.upload is None:
+            state.upload = ByteBucket(rate, rate / 4)
+        bucket = state.upload
+        step = bucket.piece_size() if bucket is not None else 1 << 20
+        for start in range(0, len(view), step):
+            piece = bytes(view[start:start + step])
+            if bucket is not None:
+                await bucket.spend(len(piece))
+            await stream.write(piece)
+            self._out += len(piece)
+
+    # ---- blobs: fetching ---------------------------------------------------------------
+    async def fetch(self, target: FetchTarget, *, timeout: float) -> bytes:
+        if isinstance(target, Announcement):
+            digest, first, size = target.sha256, target.peer_id, target.size
+            if size > self._cfg.max_blob_bytes:
+                raise BlobTooLargeError(f"announced size {size} exceeds {self._cfg.max_blob_bytes}")
+            if target.peer_id not in self._sources[digest] and target.announcer != self.address:
+                self._remember(target)
+        else:
+            first, digest = target
+            size = None
+        held = self._blobs.get(digest)
+        if held is not None:
+            return held
+        failures: dict[str, str] = {}
+        try:
+            data = await self._call(self._fetch_any, digest, first, size, failures,
+                                    timeout=timeout)
+        except TimeoutError:
+            raise FetchTimeoutError(f"no source delivered {digest.hex()[:16]} "
+                                    f"within {timeout}s", failures) from None
+        if data is None:
+            raise NoSourceError(f"every source of {digest.hex()[:16]} failed", failures)
+        self._fetched += 1
+        return bytes(data)
+
+    async def _fetch_any(self, digest: bytes, first: str, size: int | None,
+                         failures: dict[str, str]) -> bytes | None:
+        """Try the announcers in turn; a source that dies mid-blob is resumed from its
+        offset at the next one. The SHA-256 covers the whole blob, whoever sent which part;
+        a mismatch after a multi-source transfer cannot name the culprit, so the parts are
+        dropped, their sources are not asked again for this blob, and it starts over."""
+        faulted: set[str] = set()
+        attempts: dict[str, int] = {}
+        partial = Partial()
+        while True:
+            candidates = dict.fromkeys([first, *self._sources.get(digest, {})])
+            pending = [p for p in candidates if p not in faulted and not self.banned(p)
+                       and attempts.get(p, 0) < ATTEMPTS_PER_PEER]
+            if not pending:
+                return None
+            peer = min(pending, key=lambda p: attempts.get(p, 0))  # untried sources first
+            attempts[peer] = attempts.get(peer, 0) + 1
+            try:
+                return await self._fetch_from(peer, digest, size, partial)
+            except PeerFault as exc:
+                mismatch = str(exc).startswith("bytes do not hash")
+                earlier = {p for p, _, _ in partial.sources} - {peer}
+                if mismatch and earlier:
+                    # someone among the earlier sources may have lied: start over from
+                    # this one, without them and without blaming anyone yet
+                    failures[peer] = f"PeerFault: {exc} (resumed transfer; restarted)"
+                    faulted.update(earlier)
+                    attempts[peer] -= 1
+                    partial.reset()
+                    continue
+                faulted.add(peer)  # a misbehaving peer gets no second chance
+                failures[peer] = f"PeerFault: {exc}"
+                if mismatch:
+                    partial.reset()
+                else:
+                    partial.rollback()  # its bytes are not trusted either
+                await self._penalize(peer, str(exc))
+            except AddressNotAllowedError as exc:
+                faulted.add(peer)
+                failures[peer] = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # dial, negotiation and stream errors: transient
+                failures[peer] = f"{type(exc).__name__}: {exc}"
+                log.debug("fetch %s from %s: %s", digest.hex()[:12], peer, failures[peer])
+
+    async def _open_stream(self, peer: str) -> Any:
+        pid = ID.from_base58(peer)
+        if self._nat is not None and pid not in self._host.get_connected_peers():
+            await self._nat.connect(pid, self._circuits.get(peer, []))
+        return await self._host.new_stream(pid, [TProtocol(BLOB_PROTOCOL)])
+
+    async def _fetch_from(self, peer: str, digest: bytes, size: int | None,
+                          partial: Partial) -> bytes:
+        stream = None
+        offset = partial.offset
+        try:
+            # opening a stream (dial, multistream, yamux) can stall under load with no
+            # error at all; bound it so the attempt fails over instead of hanging
+            with trio.fail_after(OPEN_TIMEOUT_S):
+                stream = await self._open_stream(peer)
+                await stream.write(request(digest, offset))
+
+            def count(n: int) -> None:
+                self._in += n
+
+            data = await read_response(stream, digest, size, self.limits, count, partial, peer)
+            self._peers[peer].score += SUCCESS_REWARD
+            return data
+        finally:
+            if stream is not None:
+                self._log_transfer(stream, peer, digest, offset, partial.offset - offset)
+                with trio.move_on_after(2), contextlib.suppress(Exception):
+                    await stream.close()
+
+    def _log_transfer(self, stream: Any, peer: str, digest: bytes, offset: int,
+                      nbytes: int) -> None:
+        path = tuple(connection_addrs(getattr(stream, "swarm_conn", None)))
+        self.transfers.append(Transfer(digest, peer, offset, max(0, nbytes), path,
+                                       is_relayed(list(path))))
+
+    async def _penalize(self, peer: str, why: str) -> None:
+        state = self._peers[peer]
+        state.score += FAULT_PENALTY
+        state.last_fault = why
+        log.info("peer %s faulted (%s), score %d", peer, why, state.score)
+        with contextlib.suppress(Exception), trio.move_on_after(2):
+            await self._host.disconnect(ID.from_base58(peer))

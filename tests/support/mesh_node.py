@@ -1,0 +1,182 @@
+"""One mesh node for namespace tests and benchmarks: `python mesh_node.py '<json config>'`.
+
+Run by `tests.support.netns.Lab.spawn` inside a network namespace, never in the
+root namespace. Speaks JSON lines on stdout (`{"event": ...}`), reads commands
+(`go`) on stdin and stops when stdin closes. Roles:
+
+* relay: `relay_service` node; reports its dial addresses.
+* holder: announces a deterministic blob (after a relay reservation when it has
+  relays) until stopped.
+* fetcher: fetches the first blob announced by `target` (or anyone); with
+  `expect_direct` it then waits for a direct (hole-punched) connection to the
+  announcer and fetches again; reports each transfer's path.
+* swarm: announces its own blob, waits for `peers` announcements, says `ready`,
+  fetches them all at `go`, reports the time, keeps serving until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from node.mesh import AddressPolicy
+from node.mesh.p2p import P2PConfig, P2PMesh
+from tests.support.keys import identity
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def make_blob(seed: int, mib: float) -> bytes:
+    block = hashlib.sha256(f"blob-{seed}".encode()).digest()
+    return (block * (int(mib * (1 << 20)) // 32 + 1))[: int(mib * (1 << 20))]
+
+
+async def until(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def stdin_lines() -> asyncio.Queue[str | None]:
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def reader() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line.strip())
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    loop.run_in_executor(None, reader)
+    return queue
+
+
+def transfers(mesh: P2PMesh) -> list[dict[str, Any]]:
+    return [{"peer": t.peer_id, "offset": t.offset, "nbytes": t.nbytes, "path": list(t.path),
+             "relayed": t.relayed} for t in mesh.transfers]
+
+
+async def main(cfg: dict[str, Any]) -> None:
+    logging.basicConfig(level=cfg.get("log", "WARNING"), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in cfg.get("debug", ()):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    role = cfg["role"]
+    config = P2PConfig(
+        run=cfg.get("run", "netns"), listen_host=cfg["host"], port=cfg.get("port", 0),
+        policy=AddressPolicy.of(cfg["policy"]), bootstrap=tuple(cfg.get("bootstrap", ())),
+        relays=tuple(cfg.get("relays", ())), relay_service=role == "relay",
+        hole_punch_after=cfg.get("hole_punch_after", 2.0),
+        peer_upload_rate=cfg.get("peer_upload_rate", 0.0), max_blob_bytes=1 << 30)
+    mesh = P2PMesh(identity(cfg["key"]), config)
+    commands = await stdin_lines()
+    await mesh.start()
+    try:
+        if role == "relay":
+            emit("up", peer_id=mesh.peer_id, dial_addrs=list(mesh.dial_addrs))
+            while await commands.get() is not None:
+                pass
+        elif role == "holder":
+            blob = make_blob(cfg["key"], cfg.get("blob_mib", 4))
+            if config.relays:
+                await until(lambda: mesh.circuit_addrs, 30, "a relay reservation")
+            emit("up", peer_id=mesh.peer_id, circuit_addrs=list(mesh.circuit_addrs),
+                 reachability=mesh.reachability, sha256=hashlib.sha256(blob).hexdigest())
+            stop = asyncio.ensure_future(drain(commands))
+            while not stop.done():
+                await mesh.announce(1, blob)
+                await asyncio.wait([stop], timeout=0.5)
+            emit("stats", served=mesh.stats().blobs_served, bytes_out=mesh.stats().bytes_out)
+        elif role == "fetcher":
+            await fetcher(mesh, cfg)
+        elif role == "swarm":
+            await swarm(mesh, cfg, commands)
+    except Exception as exc:
+        emit("error", error=repr(exc))
+        raise
+    finally:
+        await mesh.stop()
+
+
+async def drain(commands: asyncio.Queue[str | None]) -> None:
+    while await commands.get() is not None:
+        pass
+
+
+async def fetcher(mesh: P2PMesh, cfg: dict[str, Any]) -> None:
+    if mesh._cfg.relays:
+        await until(lambda: mesh.circuit_addrs, 30, "a relay reservation")
+    sub = mesh.subscribe()
+    async with asyncio.timeout(cfg.get("timeout", 60)):
+        async for ann in sub:
+            if cfg.get("target") in (None, ann.peer_id):
+                break
+        emit("announced", addrs=list(ann.addrs))
+        started = time.monotonic()
+        data = await mesh.fetch(ann, timeout=60)
+        elapsed = time.monotonic() - started
+        emit("fetched", ok=hashlib.sha256(data).digest() == ann.sha256, seconds=elapsed,
+             mib_s=len(data) / elapsed / 2**20, reachability=mesh.reachability,
+             paths=[list(p) for p in mesh.connection_paths(ann.peer_id)],
+             transfers=transfers(mesh))
+        if cfg.get("expect_direct"):
+            await until(lambda: mesh.direct_connection(ann.peer_id) is not None,
+                        cfg.get("direct_timeout", 40), "a direct connection")
+            mesh.transfers.clear()
+            started = time.monotonic()
+            data = await mesh.fetch(ann, timeout=60)
+            elapsed = time.monotonic() - started
+            emit("fetched", ok=hashlib.sha256(data).digest() == ann.sha256, seconds=elapsed,
+                 mib_s=len(data) / elapsed / 2**20,
+                 direct=list(mesh.direct_connection(ann.peer_id) or ()),
+                 paths=[list(p) for p in mesh.connection_paths(ann.peer_id)],
+                 transfers=transfers(mesh))
+
+
+async def swarm(mesh: P2PMesh, cfg: dict[str, Any],
+                commands: asyncio.Queue[str | None]) -> None:
+    blob = make_blob(cfg["key"], cfg.get("blob_mib", 10))
+    sub = mesh.subscribe()
+    seen: dict[str, Any] = {}
+
+    async def collect() -> None:
+        async for ann in sub:
+            seen.setdefault(ann.peer_id, ann)
+
+    task = asyncio.ensure_future(collect())
+
+    async def keep_announcing() -> None:  # gossip meshes form late: repeat until `go`
+        while True:
+            await mesh.announce(1, blob)
+            await asyncio.sleep(0.5)
+
+    announcer = asyncio.ensure_future(keep_announcing())
+    await until(lambda: len(seen) >= cfg["peers"] - 1, cfg.get("timeout", 120),
+                f"{cfg['peers'] - 1} announcements")
+    emit("ready", peer_id=mesh.peer_id)
+    while (await commands.get()) not in ("go", None):
+        pass
+    announcer.cancel()
+    started = time.monotonic()
+    results = await asyncio.gather(*(mesh.fetch(a, timeout=600) for a in seen.values()))
+    elapsed = time.monotonic() - started
+    emit("done", seconds=elapsed, ok=all(hashlib.sha256(r).digest() == a.sha256
+                                          for r, a in zip(results, seen.values(), strict=True)),
+         bytes_in=mesh.stats().bytes_in)
+    await drain(commands)  # keep serving until told to stop
+    task.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(json.loads(sys.argv[1])))

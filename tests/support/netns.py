@@ -1,0 +1,223 @@
+"""Network namespaces for mesh tests and benchmarks: made here, always removed here.
+
+Network safety (DESIGN.md): every non-loopback address lives inside namespaces
+this module creates; nothing in the root namespace gets an address, a route or
+a firewall rule. `Lab` records each namespace it makes and `close()` deletes
+them all (which also removes their veth ends, bridges and iptables state),
+bounded in time, even after a failure half-way through setup.
+
+Needs root, iproute2 and, for NAT, iptables (Debian packages `iproute2`,
+`iptables`); `tc` shaping needs a kernel with `tbf`/`htb` (`netem` is used for
+delay only where the kernel has it). `available()` says why not, for a skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_SCRIPT = Path(__file__).with_name("mesh_node.py")
+
+
+class NetnsError(RuntimeError):
+    pass
+
+
+def _run(args: Sequence[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def available(need_iptables: bool = False) -> str | None:
+    """None when namespaces can be made here, else the reason (for pytest.skip)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "iproute2 (`ip`) is not installed"
+    if need_iptables and shutil.which("iptables") is None:
+        return "iptables is not installed"
+    probe = f"gmprobe{uuid.uuid4().hex[:6]}"
+    made = _run(["ip", "netns", "add", probe])
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    try:
+        if need_iptables:
+            r = _run(["ip", "netns", "exec", probe, "iptables", "-t", "nat", "-L", "-n"])
+            if r.returncode != 0:
+                return f"iptables NAT does not work here: {r.stderr.strip()}"
+    finally:
+        _run(["ip", "netns", "del", probe])
+    return None
+
+
+def qdisc_available(kind: str) -> bool:
+    probe = f"gmq{uuid.uuid4().hex[:6]}"
+    if _run(["ip", "netns", "add", probe]).returncode != 0:
+        return False
+    try:
+        args = {"netem": ["delay", "1ms"], "tbf": ["rate", "1mbit", "burst", "32k",
+                                                  "latency", "50ms"]}.get(kind, [])
+        r = _run(["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "lo", "root",
+                  kind, *args])
+        return r.returncode == 0
+    finally:
+        _run(["ip", "netns", "del", probe])
+
+
+class Lab:
+    """A set of namespaces with a unique prefix; use as a context manager."""
+
+    def __init__(self) -> None:
+        self.tag = f"gm{uuid.uuid4().hex[:6]}"
+        self.namespaces: list[str] = []
+        self._links = 0
+        self.procs: list[subprocess.Popen[str]] = []
+        self._stderr: dict[int, Any] = {}
+
+    # ---- building -----------------------------------------------------------------
+    def ns(self, name: str) -> str:
+        full = f"{self.tag}{name}"
+        r = _run(["ip", "netns", "add", full])
+        if r.returncode != 0:
+            raise NetnsError(f"ip netns add {full}: {r.stderr.strip()}")
+        self.namespaces.append(full)
+        self.sh(full, "ip link set lo up")
+        return full
+
+    def sh(self, ns: str, command: str, timeout: float = 10.0) -> str:
+        r = _run(["ip", "netns", "exec", ns, "sh", "-c", command], timeout)
+        if r.returncode != 0:
+            raise NetnsError(f"[{ns}] {command}: {r.stderr.strip() or r.stdout.strip()}")
+        return r.stdout
+
+    def link(self, ns_a: str, addr_a: str | None, ns_b: str, addr_b: str | None) -> tuple[str, str]:
+        """A veth pair between two namespaces; addresses in CIDR form (or None)."""
+        self._links += 1
+        dev_a, dev_b = f"{self.tag}x{self._links}", f"{self.tag}y{self._links}"
+        r = _run(["ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name",
+                  dev_b, "netns", ns_b])
+        if r.returncode != 0:
+            raise NetnsError(f"veth {dev_a}/{dev_b}: {r.stderr.strip()}")
+        for ns, dev, addr in ((ns_a, dev_a, addr_a), (ns_b, dev_b, addr_b)):
+            if addr:
+                self.sh(ns, f"ip addr add {addr} dev {dev}")
+            self.sh(ns, f"ip link set {dev} up")
+        return dev_a, dev_b
+
+    def bridge(self, ns: str, addr: str | None = None) -> str:
+        dev = f"{self.tag}br"
+        self.sh(ns, f"ip link add {dev} type bridge && ip link set {dev} up")
+        if addr:
+            self.sh(ns, f"ip addr add {addr} dev {dev}")
+        return dev
+
+    def nat(self, ns: str, public_dev: str) -> None:
+        """Masquerade out of `public_dev`; drop anything inbound not part of a flow
+        started inside (conntrack ESTABLISHED,RELATED only)."""
+        self.sh(ns, "echo 1 > /proc/sys/net/ipv4/ip_forward")
+        self.sh(ns, f"iptables -t nat -A POSTROUTING -o {public_dev} -j MASQUERADE")
+        for chain in ("FORWARD", "INPUT"):
+            self.sh(ns, f"iptables -A {chain} -i {public_dev} -m conntrack "
+                        f"--ctstate ESTABLISHED,RELATED -j ACCEPT")
+            self.sh(ns, f"iptables -A {chain} -i {public_dev} -j DROP")
+
+    def shape(self, ns: str, dev: str, mbit: float, delay_ms: float = 0.0) -> str:
+        """Egress shaping on `dev`: tbf rate (and netem delay where the kernel has it).
+        Returns what was applied."""
+        rate = f"{mbit}mbit"
+        if delay_ms and qdisc_available("netem"):
+            self.sh(ns, f"tc qdisc add dev {dev} root netem delay {delay_ms}ms rate {rate} "
+                        f"limit 10000")
+            return f"netem rate {rate} delay {delay_ms}ms"
+        burst = max(32 * 1024, int(mbit * 1e6 / 8 / 100))  # ~10 ms of traffic
+        self.sh(ns, f"tc qdisc add dev {dev} root tbf rate {rate} burst {burst} latency 100ms")
+        return f"tbf rate {rate}"
+
+    # ---- processes ----------------------------------------------------------------
+    def spawn(self, ns: str, config: str) -> subprocess.Popen[str]:
+        """Run tests/support/mesh_node.py in `ns` with a JSON config; JSON lines out."""
+        err = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in close())
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(NODE_SCRIPT), config],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            cwd=str(ROOT))
+        self._stderr[proc.pid] = err
+        proc.lab = self  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    # ---- teardown -----------------------------------------------------------------
+    def close(self) -> list[str]:
+        """Kill our processes, delete our namespaces; returns any that survived."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            for stream in (proc.stdin, proc.stdout, self._stderr.pop(proc.pid, None)):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        for ns in reversed(self.namespaces):
+            _run(["ip", "netns", "del", ns])
+        listed = _run(["ip", "netns", "list"]).stdout
+        return [ns for ns in self.namespaces if ns in listed.split()]
+
+    def stderr(self, proc: subprocess.Popen[str]) -> str:
+        err = self._stderr.get(proc.pid)
+        if err is None:
+            return ""
+        err.flush()
+        err.seek(0)
+        return str(err.read()[-4000:])
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_event(proc: subprocess.Popen[str], event: str, timeout: float) -> dict[str, object]:
+    """The next JSON line with `event` from `proc`'s stdout, within `timeout` seconds."""
+    import json
+    import select
+    import time
+
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    skipped: list[str] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no {event!r} event within {timeout}s; got {skipped[-5:]}"
+                               f"{_stderr_tail(proc)}")
+        ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+        if not ready:
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            raise NetnsError(f"node exited (rc {proc.wait(timeout=10)}) before {event!r}; "
+                             f"got {skipped[-5:]}{_stderr_tail(proc)}")
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            skipped.append(line.strip())
+            continue
+        if msg.get("event") == event:
+            return dict(msg)
+        skipped.append(line.strip())
+
+
+def _stderr_tail(proc: subprocess.Popen[str]) -> str:
+    lab = getattr(proc, "lab", None)
+    return f"\nstderr: {lab.stderr(proc)}" if lab is not None else ""
