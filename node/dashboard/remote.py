@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
+import numpy as np
 from yarl import URL
 
 from node.dashboard.errors import (
@@ -30,6 +32,28 @@ from node.status import SCHEMA, ChainSnapshot, NodeSnapshot, Snapshot, TimelineE
 
 ChainReader = Callable[[], Awaitable[ChainSnapshot | None]]
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+MAX_JSON_DEPTH = 32
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a JSON string literal
+
+
+def _shallow(body: bytes) -> bytes:
+    """`body` if its arrays/objects nest at most MAX_JSON_DEPTH deep, else ValueError.
+
+    json's C parser recurses once per level and web3's dependencies raise Python's
+    recursion limit to 100000, so deep input from a hostile node would overflow the C
+    stack (a segfault, not an exception) instead of raising RecursionError."""
+    skeleton = np.frombuffer(_STRING.sub(b'""', body), dtype=np.uint8)
+    steps = (np.isin(skeleton, _OPEN).astype(np.int32)
+             - np.isin(skeleton, _CLOSE).astype(np.int32))
+    if steps.size and int(np.cumsum(steps).max()) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    return body
+
+
+_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
 
 
 class HttpSnapshotProvider:
@@ -98,7 +122,7 @@ class HttpSnapshotProvider:
             why = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
             return NodeUnreachable(url, why)
         try:
-            return check_snapshot(json.loads(body))
+            return check_snapshot(json.loads(_shallow(body)))
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             return MalformedSnapshot(url, f"not JSON ({type(exc).__name__})")
         except SchemaMismatch as exc:

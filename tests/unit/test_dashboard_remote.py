@@ -212,3 +212,14 @@ async def test_bad_url_is_unreachable_not_an_exception() -> None:
     snap = await HttpSnapshotProvider(["not a url"]).snapshot()
     assert snap["nodes"][0]["state"] == "unreachable"
     assert json.dumps(snap)  # still plain JSON
+
+
+def test_deep_json_is_refused_before_the_parser_recurses() -> None:
+    # web3's dependencies lift Python's recursion limit to 100000: json's C parser would
+    # then overflow the C stack on this body (a segfault) instead of raising
+    from node.dashboard.remote import MAX_JSON_DEPTH, _shallow
+
+    with pytest.raises(ValueError, match="nested deeper"):
+        _shallow(b"[" * 200_000 + b"]" * 200_000)
+    ok = b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"", "b": ' + b"[" * MAX_JSON_DEPTH
+    assert _shallow(ok) == ok  # brackets inside strings do not count
