@@ -221,5 +221,5 @@ def test_deep_json_is_refused_before_the_parser_recurses() -> None:
 
     with pytest.raises(ValueError, match="nested deeper"):
         _shallow(b"[" * 200_000 + b"]" * 200_000)
-    ok = b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"", "b": ' + b"[" * MAX_JSON_DEPTH
+    ok = b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"", "b": ' + b"[" * (MAX_JSON_DEPTH - 1)
     assert _shallow(ok) == ok  # brackets inside strings do not count
