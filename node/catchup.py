@@ -93,7 +93,7 @@ async def _remote_checkpoint(core: NodeCore, signer: bytes, head: HeadRecord
 
 
 async def _start_point(core: NodeCore, heads: dict[bytes, HeadRecord]) -> str:
-    local = await asyncio.to_thread(core.store.latest)
+    local = None if core.distrust_local else await asyncio.to_thread(core.store.latest)
     remote = [(h.checkpoint_window, a, h) for a, h in heads.items() if h.checkpoint_sha256]
     best = max(remote, key=lambda r: r[0], default=None)
     if best is not None and (local is None or best[0] > local.window):

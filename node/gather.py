@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from node.mesh.base import Announcement, FetchError, Mesh
@@ -39,7 +39,8 @@ class Gatherer:
     def __init__(self, mesh: Mesh, run: str, *, allowed: Callable[[bytes], bool],
                  current_window: Callable[[], int], max_bytes: int,
                  clock: Callable[[], float] = time.time, fetch_timeout: float = 20.0,
-                 concurrency: int = 8, horizon: int = 2) -> None:
+                 concurrency: int = 8, horizon: int = 2,
+                 refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self.mesh = mesh
         self.run_id = run
         self.allowed = allowed
@@ -48,6 +49,7 @@ class Gatherer:
         self.clock = clock
         self.fetch_timeout = fetch_timeout
         self.horizon = horizon  # accept announcements for current ± horizon windows
+        self.refresh = refresh  # re-reads the registered set (a newcomer's first window)
         self._windows: dict[int, _Window] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._changed = asyncio.Event()
@@ -83,6 +85,9 @@ class Gatherer:
             async with asyncio.TaskGroup() as tg:
                 async for ann in sub:
                     why = self.wanted(ann)
+                    if why == "announcer not registered" and self.refresh is not None:
+                        await self.refresh()  # it may have registered since we last looked
+                        why = self.wanted(ann)
                     if why is not None:
                         log.debug("ignoring announcement from 0x%s: %s",
                                   ann.announcer.hex(), why)

@@ -31,7 +31,7 @@ from node.mesh.base import Mesh, MeshError, sha256
 from node.records import HeadRecord, WindowRecord, head_key, window_key
 from node.runspec import RunAssets, RunSpec
 from node.status import NodeRole, NodeSnapshot, TimelineEvent, WindowPoint
-from node.window_step import apply_selected, params_digest, select
+from node.window_step import apply_selected, diverged, params_digest, select
 from protocol.identity import Identity
 from protocol.limits import DEFAULT_LIMITS
 
@@ -74,10 +74,13 @@ class NodeCore:
         self.checkpoint: tuple[int, bytes] | None = None  # (window, manifest sha) published
         self.miners: dict[bytes, Any] = {}  # address -> MinerSlot, from the chain
         self.heads: dict[bytes, HeadRecord] = {}  # other miners' head records (catch-up)
+        self.distrust_local = False  # after a divergence our own checkpoints are suspect
         self.gatherer = Gatherer(mesh, spec.run, allowed=lambda a: a in self.miners,
                                  current_window=lambda: chain.last_window,
                                  max_bytes=DEFAULT_LIMITS.max_envelope_bytes,
-                                 fetch_timeout=config.fetch_timeout)
+                                 fetch_timeout=config.fetch_timeout,
+                                 refresh=self._refresh_soon)
+        self._miners_read = 0.0
         self._bytes_mark = (0, 0)
 
     # --- status -----------------------------------------------------------------------
@@ -106,6 +109,12 @@ class NodeCore:
             log.warning("miners(): %s (keeping the last known set)", exc)
             return
         self.miners = {bytes.fromhex(m.address[2:]): m for m in slots}
+        self._miners_read = time.monotonic()
+
+    async def _refresh_soon(self) -> None:
+        """Re-read the miners at most every 2 s (unknown announcers trigger it)."""
+        if time.monotonic() - self._miners_read >= 2.0:
+            await self.refresh_miners()
 
     async def aggregation_members(self) -> set[bytes]:
         """Signers whose envelopes count: the contract's aggregation set."""
@@ -130,6 +139,12 @@ class NodeCore:
         chosen, skipped = select(envelopes, expect, allowed)
         for s in skipped:
             log.info("%s w%d skipped %s: %s", self.cfg.name, window, s.sha256.hex()[:12], s.reason)
+        others = diverged(self.digest, self.identity.address, chosen)
+        if others:
+            # our θ is not the one the network trains from: replay from peers instead
+            self.event(window, f"diverged from {others} peers' θ: resyncing")
+            self.window, self.distrust_local = -1, True
+            return
         stats = await asyncio.to_thread(apply_selected, self.params, chosen, self.manifest,
                                         self.spec.codec, self.spec.outer_lr)
         self.digest = await asyncio.to_thread(params_digest, self.params)
@@ -238,6 +253,7 @@ class NodeCore:
                 # record may not have reached us yet.)
                 self.window, self.applied = now, now - 1
             if self.window >= now:
+                self.distrust_local = False
                 self.event(self.window, f"synced: {text}")
                 if fresh or self.checkpoint is None:
                     await self.save_checkpoint()  # so a later joiner finds a start point

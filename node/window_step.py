@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ class Selected:
     signer: bytes
     sha256: bytes  # of the whole envelope: what peers fetch to replay the window
     tensors: list[SparseTensor]
+    base_digest: bytes = b""  # the θ digest the signer says it trained from
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def select(envelopes: Iterable[bytes], expect: Expectation, allowed: set[bytes] 
             continue
         seen = by_signer.setdefault(env.signer, [])
         if all(s.sha256 != digest for s in seen):
-            seen.append(Selected(env.signer, digest, tensors))
+            seen.append(Selected(env.signer, digest, tensors, env.header.base.digest))
     chosen: list[Selected] = []
     for signer in sorted(by_signer):
         entries = by_signer[signer]
@@ -72,6 +74,16 @@ def select(envelopes: Iterable[bytes], expect: Expectation, allowed: set[bytes] 
         else:
             skipped.extend(Skipped(signer, e.sha256, "equivocation") for e in entries)
     return chosen, skipped
+
+
+def diverged(own_digest: bytes, own_address: bytes, chosen: Sequence[Selected]) -> int:
+    """How many other signers agree on a θ (their envelopes' base) that is not ours:
+    0 when ours is among their bases or no base is shared by at least two of them."""
+    bases = Counter(c.base_digest for c in chosen if c.signer != own_address)
+    if not bases or own_digest in bases:
+        return 0
+    _, count = bases.most_common(1)[0]
+    return count if count >= 2 else 0
 
 
 def apply_selected(params: Sequence[torch.Tensor], chosen: Sequence[Selected],

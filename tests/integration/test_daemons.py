@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from chain.client import Role
 from tests.support.daemons import MemNet
@@ -59,6 +60,18 @@ async def test_network_trains_identically_and_a_late_joiner_and_a_restart_catch_
         synced = next(e["event"] for e in late.timeline if e["event"].startswith("synced"))
         assert "checkpoint of window" in synced
         assert "from 0x" in synced
+
+        # a node whose θ drifted (a missed envelope, a bit flip) notices from its peers'
+        # envelopes and replays from their records
+        def drift_until_noticed() -> bool:
+            if any(e["event"].startswith("diverged") for e in miners[2].timeline):
+                return True
+            if miners[2].state == "waiting":  # (training restores θ at its end)
+                with torch.no_grad():
+                    miners[2].params[0].add_(1e-3)
+            return False
+
+        await net.until(drift_until_noticed, 60, "m2 to notice its divergence")
 
         await net.halt("m1")  # what SIGTERM does: abandon the window, flush, leave
         assert net.services["m1"].state == "stopped"

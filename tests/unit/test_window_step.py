@@ -70,3 +70,17 @@ def test_nothing_chosen_leaves_theta_alone() -> None:
     stats = apply_selected(params, [], expect.manifest, CODEC, 1.0)
     assert stats.peers == 0
     assert params_digest(params) == before
+
+
+def test_divergence_needs_two_peers_agreeing_on_another_theta() -> None:
+    from node.window_step import Selected, diverged
+
+    def sel(n: int, base: bytes) -> Selected:
+        return Selected(identity(n).address, bytes([n]) * 32, [], base)
+
+    mine, theirs = b"\1" * 32, b"\2" * 32
+    me = identity(0).address
+    assert diverged(mine, me, [sel(0, mine), sel(1, theirs), sel(2, theirs)]) == 2
+    assert diverged(mine, me, [sel(1, theirs), sel(2, mine)]) == 0  # someone shares ours
+    assert diverged(mine, me, [sel(1, theirs), sel(2, b"\3" * 32)]) == 0  # no majority
+    assert diverged(mine, me, [sel(0, theirs)]) == 0  # our own envelope does not count
