@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from chain.errors import ChainError
+from chain.errors import ChainError, ChainUnavailableError
 from node.aio import pause
 from node.chainview import AsyncChain
 from node.checkpoint import make_checkpoint
@@ -110,6 +110,22 @@ class NodeCore:
             return
         self.miners = {bytes.fromhex(m.address[2:]): m for m in slots}
         self._miners_read = time.monotonic()
+
+    async def register(self) -> None:
+        """Join the contract in this node's role (services override)."""
+
+    async def join(self, stop: asyncio.Event) -> bool:
+        """Register, waiting out an unreachable chain; False if stopped first. Refusals
+        by the contract (typed reverts) are not retried: they need the operator."""
+        while not stop.is_set():
+            try:
+                await self.register()
+                await self.refresh_miners()
+                return True
+            except ChainUnavailableError as exc:
+                self.event(-1, f"chain unreachable, retrying: {exc}")
+                await pause(stop, 2.0)
+        return False
 
     async def _refresh_soon(self) -> None:
         """Re-read the miners at most every 2 s (unknown announcers trigger it)."""
@@ -204,7 +220,7 @@ class NodeCore:
         announcement of w, because it was listening before w began); after w,
         `finish(w, started, ended, result)` applies it if whole, else the node replays w
         from its peers' records."""
-        listening_since = await self.chain.window()  # the gatherer runs from here on
+        listening_since = await self.chain.wait_window(0, self.cfg.poll, stop)  # gatherer on
         await self.sync(stop)
         while not stop.is_set():
             w = self.window

@@ -123,8 +123,8 @@ class ValidatorService(NodeCore):
     async def run(self, stop: asyncio.Event) -> None:
         await self.mesh.start()
         try:
-            await self.register()
-            await self.refresh_miners()
+            if not await self.join(stop):
+                return
             async with asyncio.TaskGroup() as tg:
                 gathering = tg.create_task(self.gatherer.run())
                 posting = tg.create_task(self._posting(stop))

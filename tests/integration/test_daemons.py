@@ -16,6 +16,9 @@ import pytest
 import torch
 
 from chain.client import Role
+from chain.errors import ChainUnavailableError
+from node.chainview import AsyncChain
+from node.miner import MinerService
 from tests.support.daemons import MemNet
 from tests.support.keys import identity
 
@@ -105,4 +108,45 @@ async def test_network_trains_identically_and_a_late_joiner_and_a_restart_catch_
         garbage_stop.set()
         await net.close()
         await garbage
+        ticker.cancel()
+
+
+class _FlakyClient:
+    """A chain client whose first calls fail as an unreachable RPC endpoint would."""
+
+    def __init__(self, inner: object, failures: int) -> None:
+        self._inner = inner
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: object) -> object:
+            if self.failures > 0:
+                self.failures -= 1
+                raise ChainUnavailableError("connection refused (injected)")
+            return attr(*args)
+
+        return call
+
+
+async def test_a_miner_waits_out_an_unreachable_chain(tmp_path: Path) -> None:
+    net = MemNet(tmp_path)
+    ticker = asyncio.create_task(net.tick())
+    try:
+        who = identity(5)
+        flaky = _FlakyClient(net.chain.client(who.address_hex), failures=3)
+        miner = MinerService(net.config("flaky"), net.spec, net.assets, who,
+                             net.network.node(who, net.spec.run),
+                             AsyncChain(flaky, net.lock), stake=10**18)  # type: ignore[arg-type]
+        net.start(miner)
+        await net.until(lambda: miner.state in ("training", "waiting"), 60,
+                        "the miner to register and start its windows")
+        retries = [e for e in miner.timeline if "chain unreachable" in e["event"]]
+        assert len(retries) == 3
+        assert miner.uid >= 0
+    finally:
+        await net.close()
         ticker.cancel()
