@@ -20,6 +20,8 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import torch
+
 from node.checkpoint import CheckpointError, CheckpointManifest, restore_params
 from node.errors import NodeError
 from node.mesh.base import FetchError, MeshError
@@ -77,7 +79,7 @@ async def _fetch(core: NodeCore, sha: bytes, holders: list[str]) -> bytes:
 
 
 async def _remote_checkpoint(core: NodeCore, signer: bytes, head: HeadRecord
-                             ) -> list:  # type: ignore[type-arg]
+                             ) -> list[torch.Tensor]:
     raw = await _fetch(core, head.checkpoint_sha256, [head.peer_id])
     try:
         manifest = CheckpointManifest.decode(raw)

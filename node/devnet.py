@@ -21,6 +21,7 @@ from typing import Any
 
 from chain.client import ChainParams
 from chain.deploy import deploy_network
+from chain.errors import ChainError
 from chain.launch import AnvilChain, EmbeddedChain
 from chain.web3client import Web3ChainClient
 from node.chainview import AsyncChain, add_validator_balances, read_chain_snapshot
@@ -62,7 +63,7 @@ class DevnetProvider:
     async def chain_snapshot(self) -> ChainSnapshot | None:
         snap = await read_chain_snapshot(self.chain)
         if snap is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(ChainError):
                 await self.chain.call(add_validator_balances, snap, self.chain.client,
                                       self.validators)
         return snap
@@ -182,7 +183,7 @@ class Devnet:
                 if self.cfg.chain != "anvil":
                     tg.create_task(self.tick(services_stop))
                 for node in self.nodes():
-                    tg.create_task(node.run(services_stop))  # type: ignore[attr-defined]
+                    tg.create_task(node.run(services_stop))
                 tg.create_task(self._watch(stop, services_stop, tg, on_window))
             self.final_chain = await provider.chain_snapshot()  # before the chain goes away
         finally:

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from chain.client import Role
 from chain.errors import ChainError
 from node.chainview import AsyncChain
-from node.errors import NodeError
 from node.inner import InnerTrainer
 from node.mesh.base import Mesh, MeshError
 from node.model import param_count
@@ -31,10 +29,6 @@ from protocol.envelope import BaseModel, seal
 from protocol.identity import Identity
 
 log = logging.getLogger(__name__)
-
-
-class RegistrationError(NodeError):
-    """The chain refused to register this key as a miner."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +43,7 @@ class MinerService(NodeCore):
 
     def __init__(self, config: NodeConfig, spec: RunSpec, assets: RunAssets, identity: Identity,
                  mesh: Mesh, chain: AsyncChain, *, stake: int) -> None:
-        super().__init__(config, spec, assets, identity, mesh, chain)
-        self.stake = stake
-        self.uid = -1
+        super().__init__(config, spec, assets, identity, mesh, chain, stake=stake)
         self.trainer = InnerTrainer(self.model, spec.inner_config())
         self.outer = SparseLoCo(OuterConfig(k=spec.k, index_coding=spec.codec.index_coding,
                                             lr=spec.outer_lr), self.manifest)
@@ -68,34 +60,7 @@ class MinerService(NodeCore):
                 buf.copy_(saved)
 
     # --- lifecycle ----------------------------------------------------------------------
-    async def register(self) -> None:
-        info = await self.chain.call(self.chain.client.role_of, self.identity.address_hex)
-        if info.role == Role.MINER and info.active:
-            self.uid = info.uid
-            return
-        if info.role != Role.NONE:
-            raise RegistrationError(f"{self.identity.address_hex} is registered as {info.role}")
-        self.uid = await self.chain.call(self.chain.client.register, Role.MINER,
-                                         self.mesh.peer_id.encode(), self.stake)
-        self.event(-1, f"registered as miner uid {self.uid}")
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.mesh.start()
-        try:
-            if not await self.join(stop):
-                return
-            async with asyncio.TaskGroup() as tg:
-                gathering = tg.create_task(self.gatherer.run())
-                try:
-                    await self._windows(stop)
-                finally:
-                    gathering.cancel()
-        finally:
-            await self._flush()
-            await self.mesh.stop()
-            self.state = "stopped"
-
-    async def _flush(self) -> None:
+    async def shutdown(self) -> None:
         """Keep θ at the start of the window in progress (and the error feedback)."""
         if self.window >= 0:
             params = [p.detach().clone() for p in self.params]
@@ -103,16 +68,13 @@ class MinerService(NodeCore):
                                     {"digest": self.digest.hex(), "run": self.spec.run})
             self.event(self.window, "state flushed")
 
-    async def _windows(self, stop: asyncio.Event) -> None:
-        await self.drive(stop, self._work, self._finish)
-
-    async def _work(self, window: int, whole: bool) -> Trained | None:
+    async def work(self, window: int, whole: bool) -> Trained | None:
         if not whole:
             self.event(window, "joined mid-window: not training this window")
             return None
         return await self._train_and_publish(window)
 
-    async def _finish(self, window: int, started: float, ended: float,
+    async def finish(self, window: int, started: float, ended: float,
                       trained: Trained | None) -> None:
         await self.finish_window(window, started=started,
                                  train_loss=trained.train_loss if trained else None,

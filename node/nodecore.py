@@ -13,18 +13,20 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from chain.client import Role
 from chain.errors import ChainError, ChainUnavailableError
 from node.aio import pause
 from node.chainview import AsyncChain
 from node.checkpoint import make_checkpoint
 from node.checkpoint_store import CheckpointStore
+from node.errors import NodeError
 from node.gather import Gatherer
 from node.inner import evaluate
 from node.mesh.base import Mesh, MeshError, sha256
@@ -50,12 +52,19 @@ class NodeConfig:
     record_timeout: float = 5.0
 
 
+class RegistrationError(NodeError):
+    """The chain holds this key in another role; the operator must sort it out."""
+
+
 class NodeCore:
     role: NodeRole = "miner"
+    chain_role: Role = Role.MINER
 
     def __init__(self, config: NodeConfig, spec: RunSpec, assets: RunAssets, identity: Identity,
-                 mesh: Mesh, chain: AsyncChain) -> None:
+                 mesh: Mesh, chain: AsyncChain, *, stake: int) -> None:
         self.cfg = config
+        self.stake = stake
+        self.uid = -1
         self.spec = spec
         self.assets = assets
         self.identity = identity
@@ -112,7 +121,50 @@ class NodeCore:
         self._miners_read = time.monotonic()
 
     async def register(self) -> None:
-        """Join the contract in this node's role (services override)."""
+        """Join the contract in this node's role (nothing to do if already in it)."""
+        info = await self.chain.call(self.chain.client.role_of, self.identity.address_hex)
+        if info.role == self.chain_role and info.active:
+            self.uid = info.uid
+            return
+        if info.role != Role.NONE:
+            raise RegistrationError(f"{self.identity.address_hex} is registered as {info.role}")
+        self.uid = await self.chain.call(self.chain.client.register, self.chain_role,
+                                         self.mesh.peer_id.encode(), self.stake)
+        self.event(-1, f"registered as {self.role} uid {self.uid}")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The service until `stop`: join, then the window loop beside the gatherer (and
+        whatever `background` adds); on the way out `shutdown`, then leave the mesh."""
+        await self.mesh.start()
+        try:
+            if not await self.join(stop):
+                return
+            async with asyncio.TaskGroup() as tg:
+                helpers = [tg.create_task(c) for c in (self.gatherer.run(),
+                                                        *self.background(stop))]
+                try:
+                    await self.drive(stop, self.work, self.finish)
+                finally:
+                    for task in helpers:
+                        task.cancel()
+        finally:
+            await self.shutdown()
+            await self.mesh.stop()
+            self.state = "stopped"
+
+    def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        """Extra tasks a service runs beside the window loop."""
+        return []
+
+    async def work(self, window: int, whole: bool) -> Any:
+        """What the node does during a window (a validator only listens)."""
+        return None
+
+    async def finish(self, window: int, started: float, ended: float, result: Any) -> None:
+        await self.finish_window(window, started=started, train_loss=None, ratio=None)
+
+    async def shutdown(self) -> None:
+        """Flush what must survive a restart."""
 
     async def join(self, stop: asyncio.Event) -> bool:
         """Register, waiting out an unreachable chain; False if stopped first. Refusals

@@ -25,6 +25,7 @@ from node.inner import InnerConfig, InnerTrainer, evaluate
 from node.model import Decoder, build_model, get_config, model_manifest, param_count
 from node.outer import OPTIMIZERS, OptimizerName, OuterConfig, OuterOptimizer, make_outer
 from node.shards import load_shards
+from node.window_step import params_digest
 from protocol.envelope import BaseModel, Expectation, open_envelope, seal
 from protocol.identity import Identity
 from protocol.spec import INDEX_CODINGS, IndexCoding, Manifest
@@ -122,10 +123,7 @@ class SimMiner:
 
 
 def param_digest(model: torch.nn.Module) -> bytes:
-    digest = hashlib.sha256()
-    for p in model.parameters():
-        digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.digest()
+    return params_digest(list(model.parameters()))
 
 
 def _identity_for(seed: int, uid: int) -> Identity:

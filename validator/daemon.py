@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,12 @@ from node.status import ScoreRow
 from protocol.envelope import BaseModel
 from protocol.identity import Identity
 from validator import rating
-from validator.errors import ValidatorError
 from validator.scoring import ScoringConfig
 from validator.service import GlobalView, Validator, ValidatorConfig, WindowReport
 from validator.source import Arrival
 from validator.state import ValidatorState
 
 log = logging.getLogger(__name__)
-
-
-class RegistrationError(ValidatorError):
-    """The chain refused to register this key as a validator."""
 
 
 class GathererSource:
@@ -70,12 +66,12 @@ class LockedClient:
 
 class ValidatorService(NodeCore):
     role = "validator"
+    chain_role = Role.VALIDATOR
 
     def __init__(self, config: NodeConfig, spec: RunSpec, assets: RunAssets, identity: Identity,
                  mesh: Mesh, chain: AsyncChain, *, stake: int, validator_seed: int,
                  db_path: Path, eval_batches: int = 4) -> None:
-        super().__init__(config, spec, assets, identity, mesh, chain)
-        self.stake = stake
+        super().__init__(config, spec, assets, identity, mesh, chain, stake=stake)
         # bma_threshold 0 on small models: see docs/validator.md (deviations)
         scoring = ScoringConfig(data_seed=spec.seed, inner_steps=spec.inner_steps,
                                 batch_size=spec.batch_size, seq_len=assets.seq_len,
@@ -90,10 +86,11 @@ class ValidatorService(NodeCore):
                                 assets.train_tokens, assets.new_model(), self.manifest)
         self.report: WindowReport | None = None
         self._last_scores: list[Any] = []
+        self._closed = False
         self._scorer_lock = asyncio.Lock()  # its SQLite state: one user at a time
 
     def scores(self) -> list[Any]:
-        if self.state == "stopped":  # the state database is closed: the last answer
+        if self._closed:  # the state database is closed: the last answer
             return self._last_scores
         states = self.scorer.state.miners()
         planned = dict(rating.weights({u: s.score for u, s in states.items()},
@@ -110,42 +107,15 @@ class ValidatorService(NodeCore):
                                 weight=planned.get(uid, 0) / total))
         return out
 
-    async def register(self) -> None:
-        info = await self.chain.call(self.chain.client.role_of, self.identity.address_hex)
-        if info.role == Role.VALIDATOR and info.active:
-            return
-        if info.role != Role.NONE:
-            raise RegistrationError(f"{self.identity.address_hex} is registered as {info.role}")
-        await self.chain.call(self.chain.client.register, Role.VALIDATOR,
-                              self.mesh.peer_id.encode(), self.stake)
-        self.event(-1, "registered as validator")
+    def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        return [self._posting(stop)]
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.mesh.start()
-        try:
-            if not await self.join(stop):
-                return
-            async with asyncio.TaskGroup() as tg:
-                gathering = tg.create_task(self.gatherer.run())
-                posting = tg.create_task(self._posting(stop))
-                try:
-                    await self._windows(stop)
-                finally:
-                    gathering.cancel()
-                    posting.cancel()
-        finally:
-            await self.mesh.stop()
-            self._last_scores = self.scores()
-            self.state = "stopped"
-            self.scorer.state.close()
+    async def shutdown(self) -> None:
+        self._last_scores = self.scores()
+        self._closed = True
+        self.scorer.state.close()
 
-    async def _windows(self, stop: asyncio.Event) -> None:
-        await self.drive(stop, self._work, self._finish)
-
-    async def _work(self, window: int, whole: bool) -> None:
-        return None  # a validator only listens during a window
-
-    async def _finish(self, window: int, started: float, ended: float, result: None) -> None:
+    async def finish(self, window: int, started: float, ended: float, result: None) -> None:
         await self._score(window, deadline=ended + self.cfg.gather_grace)
         await self.finish_window(window, started=started, train_loss=None, ratio=None)
 
