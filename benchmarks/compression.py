@@ -15,10 +15,10 @@ import hashlib
 import sys
 import time
 
-from node.data import stdlib_corpus, window_batch
-from node.inner import InnerConfig, InnerTrainer
-from node.model import build_model, get_config, model_manifest, param_count
-from node.outer import OuterConfig, SparseLoCo
+from node.engine.data import stdlib_corpus, window_batch
+from node.engine.inner import InnerConfig, InnerTrainer
+from node.engine.model import build_model, get_config, model_manifest, param_count
+from node.outer.optimizers import OuterConfig, SparseLoCo
 from protocol.envelope import BaseModel, seal
 from protocol.identity import Identity
 from protocol.sparse import chunk_layout

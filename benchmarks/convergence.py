@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from node.simulate import SimConfig, run_simulation
-from node.svgplot import line_chart
+from node.sim.simulate import SimConfig, run_simulation
+from node.dashboard.svgplot import line_chart
 
 RUNS = (
     ("DDP (dense grads every step)", "ddp", "fixed12"),

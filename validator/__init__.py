@@ -6,7 +6,7 @@ Public entry points: `Validator` (service.py), `ValidatorConfig`, `GlobalView`,
 """
 
 from validator.errors import Rejection, ValidatorError
-from validator.service import GlobalView, Validator, ValidatorConfig, WindowReport
+from validator.scorer import GlobalView, Validator, ValidatorConfig, WindowReport
 from validator.source import Arrival, BoardSource, ContributionSource
 from validator.state import ValidatorState
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from node.aggregate import median, sparse_norm
+from node.outer.aggregate import median, sparse_norm
 from protocol.envelope import Expectation, Header, open_envelope, read_unverified
 from protocol.errors import (
     NonFiniteValueError,

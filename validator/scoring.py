@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from node.data import derive_seed, sample_offsets, window_batch
-from node.model import Decoder
+from node.engine.data import derive_seed, sample_offsets, window_batch
+from node.engine.model import Decoder
 from protocol.envelope import BaseModel
 from protocol.sparse import SparseTensor, decompress
 from protocol.spec import CodecSpec, Manifest

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from node.board import MemoryBoard
+from node.mesh.board import MemoryBoard
 
 
 @dataclass(frozen=True)

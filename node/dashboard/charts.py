@@ -1,4 +1,4 @@
-"""The dashboard's charts: snapshot fields turned into inline SVG via `node.svgplot`.
+"""The dashboard's charts: snapshot fields turned into inline SVG via `node.dashboard.svgplot`.
 
 Each chart's `<svg>` carries `data-chart="<id>"` and one `class="point"` element
 per data point; `CHART_IDS` lists them all (the browser test counts points per id).
@@ -7,7 +7,7 @@ per data point; `CHART_IDS` lists them all (the browser test counts points per i
 from __future__ import annotations
 
 from node.status import NodeSnapshot, WindowPoint
-from node.svgplot import bar_chart, timeline_chart, xy_chart
+from node.dashboard.svgplot import bar_chart, timeline_chart, xy_chart
 
 CHART_IDS = ("heldout-loss", "wire-bytes", "throughput", "peers", "timeline")
 MAX_WINDOWS = 300  # per node: bounded page size however long the run

@@ -1,7 +1,7 @@
 """Server-rendered HTML of one snapshot.
 
 Every string that came from a snapshot came from the network: it goes through
-`html.escape` (via `_cell`, or inside `node.svgplot`) and nowhere else. Cells
+`html.escape` (via `_cell`, or inside `node.dashboard.svgplot`) and nowhere else. Cells
 built here from escaped parts are wrapped in `Safe` so they are not escaped twice.
 """
 

@@ -17,7 +17,7 @@ import pytest
 from node.dashboard import make_app, start_server, stop_server
 from node.dashboard.charts import CHART_IDS
 from node.dashboard.sample import GrowingProvider
-from node.svgplot import PALETTE
+from node.dashboard.svgplot import PALETTE
 from tests.support.browser import (
     BrowserError,
     count_points,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from node.devnet import Devnet, DevnetConfig
-from node.devnet_report import summarize
+from node.sim.devnet import Devnet, DevnetConfig
+from node.sim.summary import summarize
 from tests.support.browser import count_points, dump_dom, find_chromium, screenshot
 
 pytestmark = pytest.mark.slow

@@ -66,7 +66,7 @@ def chain() -> Iterator[tuple[str, str, AnvilChain]]:
 
 def _miner(tmp: Path, name: str, account: int, rpc: str, contract: str, port: int, http: int,
            bootstrap: str | None) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "node.cli", "miner", "--dev-account", str(account),
+    args = [sys.executable, "-m", "node.cli.main", "miner", "--dev-account", str(account),
             "--rpc", rpc, "--contract", contract, "--run", RUN, "--inner-steps", "4",
             "--data-dir", str(tmp / name), "--port", str(port), "--http", f"127.0.0.1:{http}"]
     if bootstrap:

@@ -14,7 +14,7 @@ FAST = ["--miners", "2", "--rounds", "2", "--inner-steps", "3", "--batch-size", 
 
 
 def gradmesh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "node.cli.main", *args], capture_output=True,
                           text=True, timeout=240, check=False,
                           env={**os.environ, **(env or {})})
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from chain.launch import dev_accounts, find_anvil
-from node.cli_chain import parse_amount
-from node.keys import write_key_file
+from node.cli.chain import parse_amount
+from node.runtime.keys import write_key_file
 from protocol.identity import Identity
 
 pytestmark = pytest.mark.skipif(find_anvil() is None,
                                 reason="anvil not installed: npm install --prefix chain")
-CLI = [sys.executable, "-m", "node.cli"]
+CLI = [sys.executable, "-m", "node.cli.main"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

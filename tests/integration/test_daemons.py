@@ -17,8 +17,8 @@ import torch
 
 from chain.client import Role
 from chain.errors import ChainUnavailableError
-from node.chainview import AsyncChain
-from node.miner import MinerService
+from node.runtime.chainview import AsyncChain
+from node.runtime.miner import MinerService
 from tests.support.daemons import MemNet
 from tests.support.keys import identity
 

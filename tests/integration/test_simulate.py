@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from node.simulate import SimConfig, Swarm, param_digest, run_simulation
+from node.sim.simulate import SimConfig, Swarm, param_digest, run_simulation
 from protocol.envelope import Expectation, open_envelope
 from protocol.errors import ProtocolError, WrongWindowError
 

@@ -13,7 +13,7 @@ from chain.commitment import weights_commitment
 from chain.errors import ChainUnavailableError
 from chain.memory import MemoryChainClient
 from tests.support.attackers import HONEST, Harness, HarnessConfig
-from validator.service import GlobalView
+from validator.scorer import GlobalView
 from validator.state import ValidatorState
 
 CFG = HarnessConfig(inner_steps=3)

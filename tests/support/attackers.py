@@ -21,18 +21,18 @@ import torch
 
 from chain.client import ChainParams, Role
 from chain.memory import MemoryChain
-from node.aggregate import aggregate_sparse
-from node.board import MemoryBoard
-from node.data import heldout_batches, stdlib_corpus, window_batch
-from node.inner import InnerConfig, InnerTrainer, evaluate
-from node.model import Decoder, build_model, get_config, model_manifest
-from node.outer import OuterConfig, SparseLoCo
-from node.simulate import param_digest
+from node.outer.aggregate import aggregate_sparse
+from node.mesh.board import MemoryBoard
+from node.engine.data import heldout_batches, stdlib_corpus, window_batch
+from node.engine.inner import InnerConfig, InnerTrainer, evaluate
+from node.engine.model import Decoder, build_model, get_config, model_manifest
+from node.outer.optimizers import OuterConfig, SparseLoCo
+from node.sim.simulate import param_digest
 from protocol.envelope import BaseModel, read_unverified, seal
 from protocol.identity import Identity, checksum_address
 from protocol.sparse import compress, decode_payload, decompress, encode_payload
 from validator.scoring import ScoringConfig
-from validator.service import GlobalView, Validator, ValidatorConfig, WindowReport
+from validator.scorer import GlobalView, Validator, ValidatorConfig, WindowReport
 from validator.source import BoardSource
 from validator.state import ValidatorState
 

@@ -1,6 +1,6 @@
 """Miner and validator services on an in-memory chain and mesh, with a fast block clock.
 
-The services are the real ones (node/miner.py, validator/daemon.py); only the
+The services are the real ones (node/runtime/miner.py, validator/service.py); only the
 chain (`MemoryChain`) and the mesh (`MemoryMesh`) are in-memory, so a whole
 network's windows take a couple of seconds each.
 """
@@ -15,15 +15,15 @@ from typing import Any
 
 from chain.client import ChainParams
 from chain.memory import MemoryChain
-from node.aio import pause
-from node.chainview import AsyncChain
+from node.runtime.aio import pause
+from node.runtime.chainview import AsyncChain
 from node.mesh import MemoryNetwork
-from node.miner import MinerService
-from node.nodecore import NodeConfig, NodeCore
-from node.runspec import RunAssets, RunSpec
+from node.runtime.miner import MinerService
+from node.runtime.core import NodeConfig, NodeCore
+from node.runtime.runspec import RunAssets, RunSpec
 from protocol.identity import Identity
 from tests.support.keys import identity
-from validator.daemon import ValidatorService
+from validator.service import ValidatorService
 
 SPEC = RunSpec(run="memnet", inner_steps=4, batch_size=4, seq_len=64, eval_batches=2,
                corpus_bytes=2 * 2**20, warmup_steps=4)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.aggregate import aggregate_mean, aggregate_sparse, clip_scales, median, sparse_norm
+from node.outer.aggregate import aggregate_mean, aggregate_sparse, clip_scales, median, sparse_norm
 from protocol.sparse import compress, decompress
 from protocol.spec import CodecSpec, TensorSpec
 

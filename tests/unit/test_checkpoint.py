@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.checkpoint import (
+from node.runtime.checkpoint import (
     MAX_TOTAL_BYTES,
     MIN_CHUNK_SIZE,
     BadManifestError,
@@ -31,10 +31,10 @@ from node.checkpoint import (
     sha256,
     verify_chunk,
 )
-from node.checkpoint_store import CheckpointStore
+from node.engine.store import CheckpointStore
 from node.errors import ConfigError
-from node.model import Decoder, build_model, get_config, model_manifest
-from node.simulate import param_digest
+from node.engine.model import Decoder, build_model, get_config, model_manifest
+from node.sim.simulate import param_digest
 from protocol import canonical
 from tests.support.keys import identity
 
@@ -365,7 +365,7 @@ def test_damaged_newest_file_falls_back_to_the_previous_one(
     store.save(1, _small_params(1), meta={"step": 1})
     newest = store.save(2, _small_params(2), meta={"step": 2})
     _corrupt(newest, how)
-    with caplog.at_level(logging.WARNING, logger="node.checkpoint_store"):
+    with caplog.at_level(logging.WARNING, logger="node.engine.store"):
         latest = store.latest()
     assert latest is not None
     assert (latest.window, latest.meta) == (1, {"step": 1})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.cli import main
+from node.cli.main import main
 
 
 @pytest.mark.parametrize(("argv", "message"), [

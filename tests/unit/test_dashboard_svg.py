@@ -1,11 +1,11 @@
-"""node.svgplot: the dashboard's charts mark and escape their points; line_chart is as before."""
+"""node.dashboard.svgplot: the dashboard's charts mark and escape their points; line_chart is as before."""
 
 from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
 
-from node.svgplot import bar_chart, line_chart, timeline_chart, xy_chart
+from node.dashboard.svgplot import bar_chart, line_chart, timeline_chart, xy_chart
 from tests.support.browser import count_points
 
 SVG = "{http://www.w3.org/2000/svg}"

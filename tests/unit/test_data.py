@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from node.data import (
+from node.engine.data import (
     ByteTokenizer,
     Corpus,
     heldout_batches,
@@ -122,7 +122,7 @@ def test_heldout_batches_deterministic() -> None:
 
 def test_offsets_are_pinned_to_sha256_not_a_library_rng() -> None:
     # a validator on another numpy version must recompute the same assignment
-    from node.data import sample_offsets
+    from node.engine.data import sample_offsets
 
     expected = int.from_bytes(
         hashlib.sha256((12345).to_bytes(8, "big") + (0).to_bytes(4, "big")).digest()[:8], "big"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from node.errors import InsecureKeyFileError, KeyFileError
-from node.keys import load_key_file, load_or_create_key, write_key_file
+from node.runtime.keys import load_key_file, load_or_create_key, write_key_file
 from tests.support.keys import identity
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from node.errors import ConfigError
-from node.model import (
+from node.engine.model import (
     MODEL_CONFIGS,
     Decoder,
     ModelConfig,

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.outer import OuterConfig, SparseLoCo, make_outer
+from node.outer.optimizers import OuterConfig, SparseLoCo, make_outer
 from protocol.sparse import decode_payload, decompress
 from protocol.spec import TensorSpec
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.records import BadRecordValueError, HeadRecord, WindowRecord, head_key, window_key
+from node.runtime.records import BadRecordValueError, HeadRecord, WindowRecord, head_key, window_key
 from protocol import canonical
 
 

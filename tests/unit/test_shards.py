@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.data import DOC_SEPARATOR, path_in_heldout
+from node.engine.data import DOC_SEPARATOR, path_in_heldout
 from node.errors import DataError
-from node.shards import MANIFEST_NAME, ShardManifest, load_shards, prepare_shards
+from node.engine.shards import MANIFEST_NAME, ShardManifest, load_shards, prepare_shards
 
 
 def make_inputs(root: Path, n: int = 40) -> dict[str, bytes]:

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from node.model import build_model, get_config, model_manifest
+from node.engine.model import build_model, get_config, model_manifest
 from protocol.envelope import BaseModel, Expectation, seal
 from protocol.sparse import compress, encode_payload
 from protocol.spec import CodecSpec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from node.model import build_model, get_config, model_manifest
+from node.engine.model import build_model, get_config, model_manifest
 from protocol.sparse import SparseTensor, compress
 from protocol.spec import CodecSpec
 from validator.copying import detect_copies, fingerprint, overlap

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from node.data import stdlib_corpus
-from node.model import build_model, get_config, model_manifest
+from node.engine.data import stdlib_corpus
+from node.engine.model import build_model, get_config, model_manifest
 from protocol.envelope import BaseModel
 from protocol.sparse import compress
 from protocol.spec import CodecSpec

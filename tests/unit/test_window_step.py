@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from node.model import build_model, get_config, model_manifest
-from node.outer import OuterConfig, SparseLoCo
-from node.window_step import apply_selected, params_digest, select
+from node.engine.model import build_model, get_config, model_manifest
+from node.outer.optimizers import OuterConfig, SparseLoCo
+from node.outer.step import apply_selected, params_digest, select
 from protocol.envelope import BaseModel, Expectation, seal
 from tests.support.keys import identity
 
@@ -73,7 +73,7 @@ def test_nothing_chosen_leaves_theta_alone() -> None:
 
 
 def test_divergence_needs_two_peers_agreeing_on_another_theta() -> None:
-    from node.window_step import Selected, diverged
+    from node.outer.step import Selected, diverged
 
     def sel(n: int, base: bytes) -> Selected:
         return Selected(identity(n).address, bytes([n]) * 32, [], base)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.model import get_config, param_count, parameter_shapes
-from node.outer import OuterConfig, SparseLoCo
+from node.engine.model import get_config, param_count, parameter_shapes
+from node.outer.optimizers import OuterConfig, SparseLoCo
 from protocol.envelope import BaseModel, seal
 from protocol.spec import TensorSpec
 from tests.support.keys import identity

@@ -1,12 +1,12 @@
 """Model checkpoints a late-joining miner can fetch from untrusted peers.
 
 θ is serialised as fp32 little-endian bytes, parameter after parameter, so its
-SHA-256 equals `node.simulate.param_digest` of the same model. The bytes are
+SHA-256 equals `node.sim.simulate.param_digest` of the same model. The bytes are
 cut into fixed-size chunks; a signed `CheckpointManifest` names every chunk's
 SHA-256, so a fetcher can verify (and blame) each chunk as it arrives instead
 of trusting a multi-gigabyte blob only once it is complete.
 
-The local on-disk store lives in `node.checkpoint_store`.
+The local on-disk store lives in `node.engine.store`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from node.checkpoint import CheckpointError, CorruptCheckpointError, fp32_bytes
+from node.runtime.checkpoint import CheckpointError, CorruptCheckpointError, fp32_bytes
 from node.errors import ConfigError
 from protocol import canonical
 from protocol.errors import ProtocolError

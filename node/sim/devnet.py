@@ -24,12 +24,12 @@ from chain.deploy import deploy_network
 from chain.errors import ChainError
 from chain.launch import AnvilChain, EmbeddedChain
 from chain.web3client import Web3ChainClient
-from node.chainview import AsyncChain, add_validator_balances, read_chain_snapshot
-from node.inner import evaluate
+from node.runtime.chainview import AsyncChain, add_validator_balances, read_chain_snapshot
+from node.engine.inner import evaluate
 from node.mesh.p2p import P2PConfig, P2PMesh
-from node.miner import MinerService
-from node.nodecore import NodeConfig, NodeCore
-from node.runspec import RunAssets, RunSpec
+from node.runtime.miner import MinerService
+from node.runtime.core import NodeConfig, NodeCore
+from node.runtime.runspec import RunAssets, RunSpec
 from node.status import SCHEMA, ChainSnapshot, Snapshot
 from protocol.identity import Identity
 
@@ -129,7 +129,7 @@ class Devnet:
                             self.mesh(identity), self.async_chain(1 + i), stake=10**18)
 
     def make_validator(self) -> NodeCore:
-        from validator.daemon import ValidatorService
+        from validator.service import ValidatorService
 
         index = 1 + self.cfg.miners + 1  # after the miners and the late joiner
         identity = self.account(index)

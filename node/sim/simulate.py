@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from node.board import MemoryBoard
-from node.data import heldout_batches, stdlib_corpus, window_batch
+from node.mesh.board import MemoryBoard
+from node.engine.data import heldout_batches, stdlib_corpus, window_batch
 from node.errors import ConfigError
-from node.inner import InnerConfig, InnerTrainer, evaluate
-from node.model import Decoder, build_model, get_config, model_manifest, param_count
-from node.outer import OPTIMIZERS, OptimizerName, OuterConfig, OuterOptimizer, make_outer
-from node.shards import load_shards
-from node.window_step import params_digest
+from node.engine.inner import InnerConfig, InnerTrainer, evaluate
+from node.engine.model import Decoder, build_model, get_config, model_manifest, param_count
+from node.outer.optimizers import OPTIMIZERS, OptimizerName, OuterConfig, OuterOptimizer, make_outer
+from node.engine.shards import load_shards
+from node.outer.step import params_digest
 from protocol.envelope import BaseModel, Expectation, open_envelope, seal
 from protocol.identity import Identity
 from protocol.spec import INDEX_CODINGS, IndexCoding, Manifest

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chain.errors import ChainError
-from node.cli_chain import add_chain_commands
+from node.cli.chain import add_chain_commands
 from node.errors import NodeError
 from protocol.errors import ProtocolError
 
@@ -21,8 +21,8 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from node.model import MODEL_CONFIGS
-    from node.outer import OPTIMIZERS
+    from node.engine.model import MODEL_CONFIGS
+    from node.outer.optimizers import OPTIMIZERS
     from protocol.spec import INDEX_CODINGS
 
     p = sub.add_parser("simulate", help="run an in-process swarm of miners",
@@ -53,8 +53,8 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from node.report import console, progress_bar, simulation_tables
-    from node.simulate import SimConfig, run_simulation
+    from node.cli.report import console, progress_bar, simulation_tables
+    from node.sim.simulate import SimConfig, run_simulation
 
     cfg = SimConfig(
         miners=args.miners, rounds=args.rounds, model=args.model, optimizer=args.optimizer,
@@ -91,8 +91,8 @@ def _add_data(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run_data_prepare(args: argparse.Namespace) -> int:
-    from node.report import console
-    from node.shards import DEFAULT_SUFFIXES, prepare_shards
+    from node.cli.report import console
+    from node.engine.shards import DEFAULT_SUFFIXES, prepare_shards
 
     manifest = prepare_shards(args.inputs, args.out, shard_tokens=int(args.shard_mib * 2**20),
                               heldout_fraction=args.heldout_fraction,
@@ -111,7 +111,7 @@ def _add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run_keygen(args: argparse.Namespace) -> int:
-    from node.keys import new_identity, write_key_file
+    from node.runtime.keys import new_identity, write_key_file
 
     identity = new_identity()
     write_key_file(args.key, identity, overwrite=args.force)
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_keygen(sub)
     add_chain_commands(sub)
-    from node.cli_daemons import add_service_commands
+    from node.cli.daemons import add_service_commands
 
     add_service_commands(sub)
     return parser

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from node.cli_daemons import (
+from node.cli.daemons import (
     _add_node_flags,
     _add_run_flags,
     _chain,
@@ -31,7 +31,7 @@ def _run_relay(args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> int:
         from node.dashboard.server import stop_server
-        from node.relay_status import RelayProvider
+        from node.runtime.relay_status import RelayProvider
 
         await mesh.start()
         runner = None
@@ -64,8 +64,8 @@ def _run_dashboard(args: argparse.Namespace) -> int:
         raise SystemExit("gradmesh dashboard: give at least one --node URL")
     reader = None
     if args.rpc and args.contract:
-        from node.chainview import read_chain_snapshot
-        from node.keys import new_identity
+        from node.runtime.chainview import read_chain_snapshot
+        from node.runtime.keys import new_identity
 
         # a throwaway key: the dashboard only reads the chain, it never signs
         chain = _chain(argparse.Namespace(rpc=args.rpc, contract=args.contract),
@@ -95,9 +95,9 @@ def _run_dashboard(args: argparse.Namespace) -> int:
 def _run_devnet(args: argparse.Namespace) -> int:
     import torch
 
-    from node.devnet import Devnet, DevnetConfig
-    from node.devnet_report import devnet_tables, summarize
-    from node.report import console, progress_bar
+    from node.sim.devnet import Devnet, DevnetConfig
+    from node.sim.summary import devnet_tables, summarize
+    from node.cli.report import console, progress_bar
 
     _quiet_libraries(args.verbose)
     torch.set_num_threads(args.threads)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from node.data import Corpus, heldout_batches, stdlib_corpus, window_batch
+from node.engine.data import Corpus, heldout_batches, stdlib_corpus, window_batch
 from node.errors import ConfigError
-from node.inner import InnerConfig
-from node.model import Decoder, build_model, get_config, model_manifest
-from node.shards import load_shards
+from node.engine.inner import InnerConfig
+from node.engine.model import Decoder, build_model, get_config, model_manifest
+from node.engine.shards import load_shards
 from protocol.envelope import Expectation
 from protocol.spec import CodecSpec, Manifest, manifest_digest
 

@@ -91,7 +91,7 @@ def add_chain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _run_up(args: argparse.Namespace) -> int:
     from chain.deploy import deploy_network
     from chain.launch import AnvilChain
-    from node.report import console
+    from node.cli.report import console
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -118,7 +118,7 @@ def _run_deploy(args: argparse.Namespace) -> int:
     from web3 import Web3
 
     from chain.deploy import deploy_network
-    from node.keys import load_key_file
+    from node.runtime.keys import load_key_file
 
     identity = load_key_file(args.key)
     w3 = Web3(Web3.HTTPProvider(args.rpc))
@@ -130,7 +130,7 @@ def _run_deploy(args: argparse.Namespace) -> int:
 def _run_register(args: argparse.Namespace) -> int:
     from chain.client import Role
     from chain.web3client import Web3ChainClient
-    from node.keys import load_key_file
+    from node.runtime.keys import load_key_file
 
     identity = load_key_file(args.key)
     client = Web3ChainClient.connect(args.rpc, args.contract, identity.secret)
@@ -158,7 +158,7 @@ def chain_status(client: Any) -> dict[str, Any]:
 
 def _run_status(args: argparse.Namespace) -> int:
     from chain.web3client import Web3ChainClient
-    from node.report import console
+    from node.cli.report import console
 
     # a status read needs no key; a throwaway one satisfies the client
     client = Web3ChainClient.connect(args.rpc, args.contract, b"\x01" * 32)

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from chain.errors import ChainError
-from node.chainview import AsyncChain
-from node.inner import InnerTrainer
+from node.runtime.chainview import AsyncChain
+from node.engine.inner import InnerTrainer
 from node.mesh.base import Mesh, MeshError
-from node.model import param_count
-from node.nodecore import NodeConfig, NodeCore
-from node.outer import OuterConfig, SparseLoCo
-from node.runspec import RunAssets, RunSpec
+from node.engine.model import param_count
+from node.runtime.core import NodeConfig, NodeCore
+from node.outer.optimizers import OuterConfig, SparseLoCo
+from node.runtime.runspec import RunAssets, RunSpec
 from protocol.envelope import BaseModel, seal
 from protocol.identity import Identity
 

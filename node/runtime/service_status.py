@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from node.chainview import read_chain_snapshot
-from node.nodecore import NodeCore
+from node.runtime.chainview import read_chain_snapshot
+from node.runtime.core import NodeCore
 from node.status import SCHEMA, Snapshot
 
 

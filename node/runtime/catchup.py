@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from node.checkpoint import CheckpointError, CheckpointManifest, restore_params
+from node.runtime.checkpoint import CheckpointError, CheckpointManifest, restore_params
 from node.errors import NodeError
 from node.mesh.base import FetchError, MeshError
-from node.records import BadRecordValueError, HeadRecord, WindowRecord, head_key, window_key
-from node.window_step import apply_selected, params_digest, select
+from node.runtime.records import BadRecordValueError, HeadRecord, WindowRecord, head_key, window_key
+from node.outer.step import apply_selected, params_digest, select
 
 if TYPE_CHECKING:
-    from node.nodecore import NodeCore
+    from node.runtime.core import NodeCore
 
 log = logging.getLogger(__name__)
 

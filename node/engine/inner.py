@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from node.errors import ConfigError, DataError
-from node.model import Decoder
+from node.engine.model import Decoder
 
 
 @dataclass(frozen=True)

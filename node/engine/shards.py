@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from node.data import DOC_SEPARATOR, ByteTokenizer, Corpus, check_fraction, path_in_heldout
+from node.engine.data import DOC_SEPARATOR, ByteTokenizer, Corpus, check_fraction, path_in_heldout
 from node.errors import ConfigError, DataError
 
 FORMAT = "gradmesh-shards"

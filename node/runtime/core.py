@@ -2,9 +2,9 @@
 checkpoints and the status the dashboard shows.
 
 A node holds θ at the start of `self.window`. `finish_window(w)` gathers the
-window's envelopes, applies the outer step (node/window_step.py), leaves a
+window's envelopes, applies the outer step (node/outer/step.py), leaves a
 signed window record and, every few windows, a checkpoint others can start
-from; catching up (node/catchup.py) replays the same steps from records.
+from; catching up (node/runtime/catchup.py) replays the same steps from records.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ import torch
 
 from chain.client import Role
 from chain.errors import ChainError, ChainUnavailableError
-from node.aio import pause
-from node.chainview import AsyncChain
-from node.checkpoint import make_checkpoint
-from node.checkpoint_store import CheckpointStore
+from node.runtime.aio import pause
+from node.runtime.chainview import AsyncChain
+from node.runtime.checkpoint import make_checkpoint
+from node.engine.store import CheckpointStore
 from node.errors import NodeError
-from node.gather import Gatherer
-from node.inner import evaluate
+from node.runtime.gather import Gatherer
+from node.engine.inner import evaluate
 from node.mesh.base import Mesh, MeshError, sha256
-from node.records import HeadRecord, WindowRecord, head_key, window_key
-from node.runspec import RunAssets, RunSpec
+from node.runtime.records import HeadRecord, WindowRecord, head_key, window_key
+from node.runtime.runspec import RunAssets, RunSpec
 from node.status import NodeRole, NodeSnapshot, TimelineEvent, WindowPoint
-from node.window_step import apply_selected, diverged, params_digest, select
+from node.outer.step import apply_selected, diverged, params_digest, select
 from protocol.identity import Identity
 from protocol.limits import DEFAULT_LIMITS
 
@@ -302,7 +302,7 @@ class NodeCore:
 
     async def sync(self, stop: asyncio.Event) -> None:
         """Catch up until θ is θ_global at the start of the chain's current window."""
-        from node.catchup import CatchUpError, catch_up
+        from node.runtime.catchup import CatchUpError, catch_up
 
         self.state = "catching-up"
         while not stop.is_set():

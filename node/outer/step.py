@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from node.aggregate import AggregateStats, aggregate_sparse, sparse_norm
+from node.outer.aggregate import AggregateStats, aggregate_sparse, sparse_norm
 from protocol.envelope import Expectation, open_envelope
 from protocol.errors import ProtocolError
 from protocol.limits import DEFAULT_LIMITS, Limits

@@ -53,7 +53,7 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
 
 # --- shared flags ------------------------------------------------------------------------
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    from node.model import MODEL_CONFIGS
+    from node.engine.model import MODEL_CONFIGS
 
     g = p.add_argument_group("run (every node of a run must use the same values)")
     g.add_argument("--run", default=_env("RUN", "devnet"))
@@ -67,7 +67,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from node.runspec import RunSpec
+    from node.runtime.runspec import RunSpec
 
     return RunSpec(run=args.run, model=args.model, seed=args.seed, inner_steps=args.inner_steps,
                    batch_size=args.batch_size, seq_len=args.seq_len, data=args.data)
@@ -99,7 +99,7 @@ def _split(text: str | None) -> list[str]:
 
 
 def _identity(args: argparse.Namespace) -> Any:
-    from node.keys import load_or_create_key
+    from node.runtime.keys import load_or_create_key
     from protocol.identity import Identity
 
     if args.dev_account is not None:
@@ -138,7 +138,7 @@ def _chain(args: argparse.Namespace, identity: Any) -> Any:
     from web3 import Web3
 
     from chain.web3client import Web3ChainClient
-    from node.chainview import AsyncChain
+    from node.runtime.chainview import AsyncChain
 
     if not args.rpc or not args.contract:
         raise ConfigError("give --rpc URL and --contract ADDRESS (or GRADMESH_RPC/CONTRACT)")
@@ -160,10 +160,10 @@ async def _serve_status(http: tuple[str, int] | None, provider: Any, title: str)
 
 # --- miner and validator -----------------------------------------------------------------
 def _run_service(args: argparse.Namespace) -> int:
-    from node.cli_chain import parse_amount
-    from node.nodecore import NodeConfig
-    from node.runspec import RunAssets
-    from node.service_status import ServiceProvider
+    from node.cli.chain import parse_amount
+    from node.runtime.core import NodeConfig
+    from node.runtime.runspec import RunAssets
+    from node.runtime.service_status import ServiceProvider
 
     _quiet_libraries()
     spec = _spec(args)
@@ -175,11 +175,11 @@ def _run_service(args: argparse.Namespace) -> int:
     assets = RunAssets(spec)
     stake = parse_amount(args.stake)
     if args.command == "miner":
-        from node.miner import MinerService
+        from node.runtime.miner import MinerService
 
         service: Any = MinerService(config, spec, assets, identity, mesh, chain, stake=stake)
     else:
-        from validator.daemon import ValidatorService
+        from validator.service import ValidatorService
 
         service = ValidatorService(config, spec, assets, identity, mesh, chain, stake=stake,
                                    validator_seed=args.validator_seed,
@@ -212,6 +212,6 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                                os.urandom(4), "big"),
                            help="seeds the held-out batches (keep it private)")
         p.set_defaults(func=_run_service)
-    from node.cli_extra import add_extra_commands
+    from node.cli.network import add_extra_commands
 
     add_extra_commands(sub)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from chain.client import ChainClient, Role
 from chain.errors import ChainError
-from node.aio import pause
+from node.runtime.aio import pause
 from node.status import BalanceRow, ChainSnapshot
 
 log = logging.getLogger(__name__)

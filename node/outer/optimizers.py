@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import torch
 
-from node.aggregate import AggregateStats, aggregate_mean, aggregate_sparse
+from node.outer.aggregate import AggregateStats, aggregate_mean, aggregate_sparse
 from node.errors import ConfigError
-from node.inner import InnerTrainer
+from node.engine.inner import InnerTrainer
 from protocol.dense import decode_dense, encode_dense
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.sparse import compress, decode_payload, decompress, encode_payload

@@ -1,0 +1,326 @@
+"""The per-window loop: gather → check → score → rate → persist → post weights.
+
+`Validator.process_window` is idempotent per window (a recorded window is not
+scored again) and writes everything in one transaction; `Validator.post`
+drives the commit-reveal state machine and may be called as often as wanted:
+each call does what the chain's phase allows, survives `ChainError`s, and
+never sends a second, different vote for an epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from eth_utils import to_canonical_address
+
+from chain.client import ChainClient
+from chain.commitment import weights_commitment
+from chain.errors import AlreadyRevealed, ChainError, ChainUnavailableError, WrongPhase
+from node.outer.aggregate import aggregate_sparse
+from node.engine.data import derive_seed
+from node.engine.model import Decoder
+from protocol.envelope import BaseModel, Expectation
+from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.sparse import SparseTensor
+from protocol.spec import CodecSpec, Manifest
+from validator import rating, scoring
+from validator.checks import Accepted, CheckContext, check_window, scale_check
+from validator.copying import detect_copies, fingerprint
+from validator.errors import ConfigError, CopyRejected, Rejection
+from validator.source import ContributionSource
+from validator.state import MinerState, Plan, ResultRow, ValidatorState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidatorConfig:
+    run_id: str
+    validator_seed: int
+    scoring: scoring.ScoringConfig
+    codec: CodecSpec
+    copy_threshold: float = 0.4
+    copy_sample_mod: int = 1
+    scale_factor: float = 5.0
+    slash_factor: float = 0.75
+    max_evals: int | None = None  # time budget in evaluations per window
+    policy: rating.WeightPolicy = field(default_factory=rating.WeightPolicy)
+    limits: Limits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.copy_threshold <= 1.0 or self.scale_factor <= 1.0:
+            raise ConfigError("copy_threshold in (0, 1], scale_factor > 1")
+        if not 0.0 <= self.slash_factor <= 1.0:
+            raise ConfigError("slash_factor must lie in [0, 1]")
+        if self.max_evals is not None and self.max_evals < 1:
+            raise ConfigError("max_evals must be >= 1")
+
+
+@dataclass(frozen=True)
+class GlobalView:
+    """θ_global at the start of the window being scored, and its fingerprint."""
+
+    params: Sequence[torch.Tensor]
+    base: BaseModel
+
+
+HELPFUL_FRACTION = 0.1
+
+
+def helpful_uids(gains: dict[int, float]) -> list[int]:
+    """Uids whose random-batch gain is positive and at least HELPFUL_FRACTION of the
+    median positive gain: updates that barely move the loss (noise at an honest norm)
+    are kept out of the aggregate and of the proof-of-data reference."""
+    positive = sorted(g for g in gains.values() if g > 0.0)
+    if not positive:
+        return []
+    floor = HELPFUL_FRACTION * positive[len(positive) // 2]
+    return sorted(u for u, g in gains.items() if g > 0.0 and g >= floor)
+
+
+@dataclass
+class Evaluated:
+    score: scoring.LossScore
+    sync: float
+    bit: float  # proof-of-assigned-data bit
+
+
+@dataclass
+class WindowReport:
+    window: int
+    submitted: int
+    evaluated: int
+    rows: list[ResultRow]
+    accepted: dict[int, Accepted] = field(default_factory=dict)  # passed every check
+    replayed: bool = False  # loaded from state, not scored now
+
+    def positive(self) -> list[int]:
+        """Uids whose update, applied alone, clearly lowered the random-batch loss."""
+        return helpful_uids({r.uid: r.s_rand for r in self.rows
+                             if r.status == "scored" and r.s_rand is not None})
+
+    def aggregation_inputs(self, allowed: set[int] | None = None
+                           ) -> list[tuple[bytes, list[SparseTensor]]]:
+        """(signer, tensors) of the accepted, positively scored miners (∩ `allowed`)."""
+        keep = [u for u in self.positive() if allowed is None or u in allowed]
+        return [(self.accepted[u].signer, self.accepted[u].tensors) for u in keep
+                if u in self.accepted]
+
+
+class Validator:
+    def __init__(self, config: ValidatorConfig, chain: ChainClient, source: ContributionSource,
+                 state: ValidatorState, tokens: np.ndarray, model: Decoder, manifest: Manifest,
+                 salt_source: Callable[[int], bytes] = os.urandom) -> None:
+        self.cfg = config
+        self.chain = chain
+        self.source = source
+        self.state = state
+        self.tokens = tokens
+        self.manifest = manifest
+        self.evaluator = scoring.Evaluator(model, manifest, config.codec)
+        self.salt_source = salt_source
+        self._miners: dict[bytes, int] = {}
+        self._wpe: int | None = None
+
+    # --- registration -----------------------------------------------------------------
+    def registered(self) -> dict[bytes, int]:
+        """address -> uid from the chain; the last good answer while it is down."""
+        try:
+            self._miners = {to_canonical_address(m.address): m.uid for m in self.chain.miners()}
+        except ChainError as exc:
+            log.warning("miners(): %s; using the last known set", exc)
+        return self._miners
+
+    # --- scoring --------------------------------------------------------------------
+    def process_window(self, window: int, view: GlobalView, deadline: float) -> WindowReport:
+        if self.state.has_window(window):
+            return WindowReport(window, 0, 0, self.state.results(window), replayed=True)
+        miners = self.registered()
+        arrivals = self.source.contributions(window)
+        expect = Expectation(self.cfg.run_id, window, self.cfg.codec, self.manifest)
+        ctx = CheckContext(expect, miners, deadline, self.cfg.limits)
+        accepted, refused = check_window(arrivals, ctx)
+        failures: dict[int, Rejection] = {}
+        for r in refused:
+            uid = miners.get(r.signer) if r.signer is not None else None
+            if uid is not None and uid not in accepted:
+                failures.setdefault(uid, r.error)
+        accepted, scale_fail = scale_check(accepted, self.cfg.scale_factor)
+        failures.update(scale_fail)
+        prints = [fingerprint(a.uid, a.arrival.order, a.payload_hash, a.tensors, self.manifest,
+                              self.cfg.codec, self.cfg.copy_sample_mod) for a in accepted.values()]
+        for uid, flag in detect_copies(prints, self.cfg.copy_threshold).items():
+            kind = "identical payload" if flag.identical else f"overlap {flag.overlap:.2f}"
+            failures[uid] = CopyRejected(f"{kind} with uid {flag.original}")
+            del accepted[uid]
+
+        states = self.state.miners()
+        for uid in miners.values():
+            states.setdefault(uid, MinerState(uid))
+        chosen = self._budget(accepted, states, window)
+        rows, scores = self._evaluate(window, view, accepted, chosen, states)
+        new_ratings = rating.rate_window({u: (states[u].mu, states[u].sigma) for u in scores},
+                                         {u: e.score.combined for u, e in scores.items()})
+        for uid, e in sorted(scores.items()):
+            st = states[uid]
+            st.mu, st.sigma = new_ratings[uid]
+            st.bma = scoring.proof_step(st.bma, e.bit, self.cfg.scoring.bma_decay)
+            st.windows_seen += 1
+            data = scoring.data_factor(st.bma, st.windows_seen, self.cfg.scoring)
+            # an update that did not lower the random-batch loss earns nothing this window
+            helped = 1.0 if e.score.rand > 0.0 else 0.0
+            st.score = rating.final_score(st.mu, st.sigma, data, e.sync) * helped
+            rows.append(ResultRow(window, uid, "scored", f"b={e.bit:+.0f}", e.score.own,
+                                  e.score.rand, e.sync, st.score))
+        for uid in sorted(set(miners.values()) - set(accepted)):
+            st = states[uid]
+            st.score = rating.slash(st.score, self.cfg.slash_factor)
+            err = failures.get(uid)
+            status, reason = ("rejected", err.reason) if err else ("missing", "missing")
+            rows.append(ResultRow(window, uid, status, reason, None, None, None, st.score))
+        plan = self._plan_for(window, states)
+        self.state.save_window(window, states.values(), rows, len(arrivals), len(scores), plan)
+        return WindowReport(window, len(arrivals), len(scores), sorted(rows, key=lambda r: r.uid),
+                            accepted={u: accepted[u] for u in chosen})
+
+    def _budget(self, accepted: dict[int, Accepted], states: dict[int, MinerState],
+                window: int) -> list[int]:
+        budget = self.cfg.max_evals
+        if budget is None or budget >= len(accepted):
+            return sorted(accepted)
+        ordinals = {u: rating.ordinal(states[u].mu, states[u].sigma) for u in accepted}
+        return rating.sample_by_bins(ordinals, budget,
+                                     derive_seed("val-sample", self.cfg.validator_seed, window))
+
+    def _evaluate(self, window: int, view: GlobalView, accepted: dict[int, Accepted],
+                  chosen: list[int], states: dict[int, MinerState]
+                  ) -> tuple[list[ResultRow], dict[int, Evaluated]]:
+        cfg, seed = self.cfg.scoring, self.cfg.validator_seed
+        rows: list[ResultRow] = []
+        done: dict[int, Evaluated] = {}
+        if not chosen:
+            return rows, done
+        rand = scoring.random_batches(self.tokens, cfg, seed, window)
+        ev = self.evaluator
+        ev.load(view.params, None, 0.0)
+        rand_before = ev.loss(rand)
+        owns = {u: scoring.own_batches(self.tokens, cfg, seed, window, u) for u in chosen}
+        own_before = {u: ev.loss(owns[u]) for u in chosen}
+        for uid in sorted(accepted):
+            if uid not in chosen:
+                rows.append(ResultRow(window, uid, "skipped", "budget", None, None, None,
+                                      states[uid].score))
+                continue
+            item = accepted[uid]
+            ls = scoring.loss_score(ev, view.params, item.tensors, owns[uid], own_before[uid],
+                                    rand, rand_before, cfg)
+            if not (math.isfinite(ls.own) and math.isfinite(ls.rand)):
+                ls = scoring.LossScore(-1.0, -1.0)
+            sync = scoring.sync_score(item.header.base, view.base.step, view.base.digest,
+                                      cfg.sync_max_lag)
+            done[uid] = Evaluated(ls, sync, 0.0)
+        helpful = helpful_uids({u: e.score.rand for u, e in done.items()})
+        for uid, e in done.items():
+            # leave-one-out reference: the other helpful updates, clipped to median, mean
+            others = [(accepted[u].signer, accepted[u].tensors) for u in helpful if u != uid]
+            ref = None
+            if len(others) >= 2:
+                reference, _ = aggregate_sparse(others, self.manifest, self.cfg.codec)
+                ref = scoring.reference_score(ev, view.params, reference, owns[uid],
+                                              own_before[uid], rand, rand_before, cfg)
+            e.bit = scoring.proof_bit(e.score, ref)
+        return rows, done
+
+    # --- weights ----------------------------------------------------------------------
+    def _epoch_to_plan(self, window: int) -> int | None:
+        """Weights for epoch E are planned after scoring the window before E's last one
+        (the chain is then in E's last window, still E's commit phase)."""
+        wpe = self._windows_per_epoch()
+        nxt = window + 1
+        return nxt // wpe if nxt % wpe == wpe - 1 else None
+
+    def _windows_per_epoch(self) -> int:
+        if self._wpe is None:  # deploy-time constant: ask the chain once
+            self._wpe = int(self.chain.params().windows_per_epoch)
+        return self._wpe
+
+    def _make_plan(self, epoch: int, states: dict[int, MinerState]) -> Plan:
+        pairs = rating.weights({u: s.score for u, s in states.items()}, self.cfg.policy)
+        return Plan(epoch, tuple(u for u, _ in pairs), tuple(w for _, w in pairs),
+                    self.salt_source(32))
+
+    def _plan_for(self, window: int, states: dict[int, MinerState]) -> Plan | None:
+        try:
+            epoch = self._epoch_to_plan(window)
+        except ChainError:
+            return None
+        if epoch is None or self.state.plan(epoch) is not None:
+            return None
+        return self._make_plan(epoch, states)
+
+    def post(self) -> list[tuple[int, str]]:
+        """Advance every unfinished plan as far as the chain allows; returns (epoch, action)."""
+        done: list[tuple[int, str]] = []
+        try:
+            window = self.chain.current_window()
+            wpe = self._windows_per_epoch()
+            reveal_windows = int(self.chain.params().reveal_windows)
+        except ChainUnavailableError:
+            return done
+        epoch_now = window // wpe
+        for plan in self.state.plans(("planned", "committed")):
+            try:
+                action = self._advance(plan, window, epoch_now, wpe, reveal_windows)
+            except ChainUnavailableError:
+                break  # try again on the next call; nothing recorded, nothing lost
+            except ChainError as exc:
+                log.warning("epoch %d: %s", plan.epoch, exc)
+                action = f"error:{type(exc).__name__}"
+            if action:
+                done.append((plan.epoch, action))
+        return done
+
+    def _advance(self, plan: Plan, window: int, epoch_now: int, wpe: int,
+                 reveal_windows: int) -> str:
+        if plan.status == "planned":
+            if epoch_now < plan.epoch:
+                return ""
+            if epoch_now > plan.epoch:
+                self._carry_over(plan, epoch_now)
+                return "missed"
+            commitment = weights_commitment(self.chain.address, plan.epoch, plan.uids,
+                                            plan.weights, plan.salt)
+            try:
+                # a crash right after committing: the chain already holds this vote
+                if self.chain.commitment_of(plan.epoch, self.chain.address) != commitment:
+                    self.chain.commit_weights(plan.epoch, commitment)
+            except WrongPhase:
+                self._carry_over(plan, epoch_now)
+                return "missed"
+            self.state.set_status(plan.epoch, "committed")
+            return "committed"
+        start = (plan.epoch + 1) * wpe
+        if window < start:
+            return ""
+        if window >= start + reveal_windows:
+            self.state.set_status(plan.epoch, "missed")
+            return "missed"
+        # AlreadyRevealed: sent before a crash, the chain already holds exactly this vote
+        with contextlib.suppress(AlreadyRevealed):
+            self.chain.reveal_weights(plan.epoch, plan.uids, plan.weights, plan.salt)
+        self.state.set_status(plan.epoch, "revealed")
+        return "revealed"
+
+    def _carry_over(self, plan: Plan, epoch_now: int) -> None:
+        """A plan whose commit phase passed (e.g. chain outage): mark it missed and post
+        the same weights for the current epoch instead, unless one is planned already."""
+        self.state.set_status(plan.epoch, "missed")
+        if self.state.plan(epoch_now) is None:
+            self.state.add_plan(Plan(epoch_now, plan.uids, plan.weights, self.salt_source(32)))
