@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from node.sim.simulate import SimConfig, run_simulation
 from node.dashboard.svgplot import line_chart
+from node.sim.simulate import SimConfig, run_simulation
 
 RUNS = (
     ("DDP (dense grads every step)", "ddp", "fixed12"),
@@ -42,10 +42,10 @@ def main() -> int:
 
     results = {}
     for label, optimizer, coding in RUNS:
-        cfg = SimConfig(miners=args.miners, rounds=args.rounds, model=args.model,
-                        optimizer=optimizer, index_coding=coding,  # type: ignore[arg-type]
-                        inner_steps=args.inner_steps, batch_size=args.batch_size,
-                        seq_len=args.seq_len, inner_lr=args.inner_lr, seed=args.seed)
+        cfg = SimConfig.build(miners=args.miners, rounds=args.rounds, model=args.model,
+                              optimizer=optimizer, index_coding=coding,
+                              inner_steps=args.inner_steps, batch_size=args.batch_size,
+                              seq_len=args.seq_len, inner_lr=args.inner_lr, seed=args.seed)
         print(f"running {label} ...", file=sys.stderr, flush=True)
         results[label] = run_simulation(cfg).to_json()
 

@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from node.outer.aggregate import aggregate_sparse
 from node.engine.data import stdlib_corpus
 from node.engine.model import build_model, get_config, model_manifest
+from node.outer.aggregate import aggregate_sparse
 from protocol.sparse import compress
 from protocol.spec import CodecSpec
 from validator import scoring

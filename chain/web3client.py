@@ -91,11 +91,15 @@ class Web3ChainClient:
         self._lock = threading.Lock()
         self._chain_id: int | None = None
         self._estimate_at: str | None = "pending"
+        self._endpoint = str(getattr(getattr(w3, "provider", None), "endpoint_uri", None)
+                             or "endpoint")
 
     @classmethod
-    def connect(cls, rpc_url: str, contract_address: str, private_key: bytes | str,
+    def connect(cls, rpc_url: str, contract_address: str, private_key: bytes | str, *,
+                timeout: float | tuple[float, float] = 10.0,
                 **kwargs: Any) -> Web3ChainClient:
-        provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10},
+        """`timeout`: seconds per request, or (connect, read) seconds."""
+        provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout},
                                      exception_retry_configuration=None)
         return cls(Web3(provider), contract_address, private_key, **kwargs)
 
@@ -116,7 +120,8 @@ class Web3ChainClient:
                 return action()
             except _TRANSIENT as exc:
                 if self._clock() + delay > deadline:
-                    raise ChainUnavailableError(f"{what}: RPC unavailable ({exc})") from exc
+                    raise ChainUnavailableError(
+                        f"{what}: RPC {self._endpoint} unavailable ({exc})") from exc
                 self._sleep(delay)
                 delay = min(delay * 2, self._retry.max_delay_s)
 
@@ -203,7 +208,8 @@ class Web3ChainClient:
                 pass
             if self._clock() > deadline:
                 self._nonce = None
-                raise ChainUnavailableError(f"{name}: no receipt for 0x{tx_hash.hex()} in time")
+                raise ChainUnavailableError(
+                    f"{name}: no receipt for 0x{tx_hash.hex()} from {self._endpoint} in time")
             self._sleep(delay)
             delay = min(delay * 2, self._retry.max_delay_s)
 

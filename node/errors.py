@@ -21,3 +21,15 @@ class KeyFileError(NodeError):
 
 class InsecureKeyFileError(KeyFileError):
     """A key file is readable or writable by group or others."""
+
+
+class CheckpointError(NodeError):
+    """Root of every checkpoint error (the signed format and the local store)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A local checkpoint file is truncated, malformed or fails its content hash."""
+
+
+class EngineError(NodeError):
+    """The engine was asked for something its state does not allow."""

@@ -19,6 +19,17 @@ class StateError(ValidatorError):
     """The persisted state is missing, inconsistent or from another run."""
 
 
+class StateMismatchError(StateError):
+    """The state database at `path` belongs to run `found`, not to run `expected`."""
+
+    def __init__(self, path: str, found: str, expected: str) -> None:
+        super().__init__(f"validator state {path} belongs to run {found!r}, not to run "
+                         f"{expected!r}: give another --data-dir (or remove it to start over)")
+        self.path = path
+        self.found = found
+        self.expected = expected
+
+
 class Rejection(ValidatorError):
     """One contribution failed a check; `reason` is a short stable code."""
 

@@ -23,13 +23,13 @@ from eth_utils import to_canonical_address
 from chain.client import ChainClient
 from chain.commitment import weights_commitment
 from chain.errors import AlreadyRevealed, ChainError, ChainUnavailableError, WrongPhase
-from node.outer.aggregate import aggregate_sparse
 from node.engine.data import derive_seed
-from node.engine.model import Decoder
+from node.engine.evaluator import Evaluator
+from node.outer.aggregate import aggregate_sparse
 from protocol.envelope import BaseModel, Expectation
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.sparse import SparseTensor
-from protocol.spec import CodecSpec, Manifest
+from protocol.spec import CodecSpec
 from validator import rating, scoring
 from validator.checks import Accepted, CheckContext, check_window, scale_check
 from validator.copying import detect_copies, fingerprint
@@ -116,15 +116,17 @@ class WindowReport:
 
 class Validator:
     def __init__(self, config: ValidatorConfig, chain: ChainClient, source: ContributionSource,
-                 state: ValidatorState, tokens: np.ndarray, model: Decoder, manifest: Manifest,
+                 state: ValidatorState, tokens: np.ndarray, evaluator: Evaluator,
                  salt_source: Callable[[int], bytes] = os.urandom) -> None:
+        """`evaluator` is the engine's scratch model (`Engine.evaluator()`): scoring loads
+        θ_global minus one update into it, never into the engine's own θ."""
         self.cfg = config
         self.chain = chain
         self.source = source
         self.state = state
         self.tokens = tokens
-        self.manifest = manifest
-        self.evaluator = scoring.Evaluator(model, manifest, config.codec)
+        self.manifest = evaluator.manifest
+        self.evaluator = evaluator
         self.salt_source = salt_source
         self._miners: dict[bytes, int] = {}
         self._wpe: int | None = None

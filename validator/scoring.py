@@ -30,10 +30,9 @@ import numpy as np
 import torch
 
 from node.engine.data import derive_seed, sample_offsets, window_batch
-from node.engine.model import Decoder
+from node.engine.evaluator import Evaluator
 from protocol.envelope import BaseModel
-from protocol.sparse import SparseTensor, decompress
-from protocol.spec import CodecSpec, Manifest
+from protocol.sparse import SparseTensor
 
 RANDOM_UID = 2**32 + 7  # a uid no miner can hold: the "random batch" assignment
 
@@ -83,33 +82,6 @@ def random_batches(tokens: np.ndarray, cfg: ScoringConfig, validator_seed: int,
             for i in range(cfg.rand_batches)]
 
 
-def mean_loss(model: Decoder, batches: Sequence[torch.Tensor]) -> float:
-    with torch.no_grad():
-        return math.fsum(float(model.loss(b)) for b in batches) / len(batches)
-
-
-class Evaluator:
-    """Holds one scratch model; `load` puts θ_global − scale·update into it."""
-
-    def __init__(self, model: Decoder, manifest: Manifest, spec: CodecSpec) -> None:
-        self.model = model.eval()
-        self.params = list(model.parameters())
-        self.manifest = manifest
-        self.spec = spec
-
-    def load(self, theta: Sequence[torch.Tensor], update: Sequence[SparseTensor] | None,
-             scale: float) -> None:
-        with torch.no_grad():
-            for i, (p, t) in enumerate(zip(self.params, theta, strict=True)):
-                p.copy_(t)
-                if update is not None:
-                    dense = decompress(update[i], tuple(self.manifest[i].shape), self.spec)
-                    p.sub_(dense.to(p.dtype), alpha=scale)
-
-    def loss(self, batches: Sequence[torch.Tensor]) -> float:
-        return mean_loss(self.model, batches)
-
-
 def relative_gain(before: float, after: float) -> float:
     if not (math.isfinite(before) and math.isfinite(after)) or before <= 0.0:
         return -1.0
@@ -144,9 +116,7 @@ def reference_score(ev: Evaluator, theta: Sequence[torch.Tensor],
                     own_before: float, rand: Sequence[torch.Tensor], rand_before: float,
                     cfg: ScoringConfig) -> LossScore:
     """Gains of a dense reference update on one miner's own batch and the random one."""
-    with torch.no_grad():
-        for p, t, u in zip(ev.params, theta, reference, strict=True):
-            p.copy_(t).sub_(u.to(p.dtype), alpha=cfg.outer_lr * cfg.lr_factor)
+    ev.load_dense(theta, reference, cfg.outer_lr * cfg.lr_factor)
     return LossScore(own=relative_gain(own_before, ev.loss(own)),
                      rand=relative_gain(rand_before, ev.loss(rand)))
 

@@ -17,18 +17,18 @@ from typing import Any
 
 from chain.client import ChainClient, Role
 from chain.errors import ChainError
+from node.mesh.base import Mesh
 from node.runtime.aio import pause
 from node.runtime.chainview import AsyncChain
-from node.runtime.gather import Gatherer
-from node.mesh.base import Mesh
 from node.runtime.core import NodeConfig, NodeCore
+from node.runtime.gather import Gatherer
 from node.runtime.runspec import RunAssets, RunSpec
 from node.status import ScoreRow
 from protocol.envelope import BaseModel
 from protocol.identity import Identity
 from validator import rating
-from validator.scoring import ScoringConfig
 from validator.scorer import GlobalView, Validator, ValidatorConfig, WindowReport
+from validator.scoring import ScoringConfig
 from validator.source import Arrival
 from validator.state import ValidatorState
 
@@ -77,13 +77,13 @@ class ValidatorService(NodeCore):
                                 batch_size=spec.batch_size, seq_len=assets.seq_len,
                                 own_steps=min(eval_batches, spec.inner_steps),
                                 rand_batches=eval_batches,
-                                outer_lr=spec.outer_lr, bma_threshold=0.0)
+                                outer_lr=spec.effective_outer_lr, bma_threshold=0.0)
         vcfg = ValidatorConfig(run_id=spec.run, validator_seed=validator_seed, scoring=scoring,
                                codec=spec.codec)
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self.scorer = Validator(vcfg, LockedClient(chain.client, chain.lock),
                                 GathererSource(self.gatherer), ValidatorState(db_path, spec.run),
-                                assets.train_tokens, assets.new_model(), self.manifest)
+                                assets.train_tokens, self.engine.evaluator())
         self.report: WindowReport | None = None
         self._last_scores: list[Any] = []
         self._closed = False
@@ -128,8 +128,8 @@ class ValidatorService(NodeCore):
     async def _score(self, window: int, deadline: float) -> None:
         self.state = "scoring"
         await self.gatherer.settle(window, self.cfg.gather_grace)
-        view = GlobalView([p.detach().clone() for p in self.params],
-                          BaseModel(step=window, digest=self.digest))
+        params = await asyncio.to_thread(self.engine.full_params)
+        view = GlobalView(params, BaseModel(step=window, digest=self.digest))
         try:
             async with self._scorer_lock:
                 self.report = await asyncio.to_thread(self.scorer.process_window, window, view,

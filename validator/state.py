@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from validator.errors import StateError
+from validator.errors import StateError, StateMismatchError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,12 +71,18 @@ class ValidatorState:
     def __init__(self, path: Path | str, run_id: str) -> None:
         # one service thread at a time uses it, but not always the same worker thread
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.executescript(SCHEMA)
-        row = self.db.execute("SELECT value FROM meta WHERE key='run_id'").fetchone()
+        try:
+            self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key='run_id'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise StateError(f"validator state {path} is not a usable SQLite database "
+                             f"({exc})") from exc
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('run_id', ?)", (run_id,))
         elif row[0] != run_id:
-            raise StateError(f"state belongs to run {row[0]!r}, not {run_id!r}")
+            self.db.close()
+            raise StateMismatchError(str(path), row[0], run_id)
 
     def close(self) -> None:
         self.db.close()

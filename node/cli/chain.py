@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import signal
 import threading
 from dataclasses import asdict, fields
-from pathlib import Path
 from typing import Any
 
-_UNITS = {"wei": 1, "gwei": 10**9, "ether": 10**18, "eth": 10**18}
+from node.cli.common import (
+    add_contract_flag,
+    add_flag,
+    add_key_flag,
+    add_rpc_flag,
+    cli_chain_client,
+    cli_web3,
+    parse_amount,
+)
 
-
-def parse_amount(text: str) -> int:
-    """'1000', '1e18', '2.5ether', '3 gwei' -> wei."""
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([a-z]*)\s*", text.lower())
-    if not match or match.group(2) not in ("", *_UNITS):
-        raise argparse.ArgumentTypeError(f"not an amount: {text!r} (e.g. 1000, 1e18, 2ether)")
-    from decimal import Decimal
-
-    value = Decimal(match.group(1)) * _UNITS.get(match.group(2) or "wei", 1)
-    if value != value.to_integral_value():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of wei")
-    return int(value)
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(f"GRADMESH_{name}")
+__all__ = ["add_chain_commands", "chain_status", "parse_amount"]
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
@@ -56,35 +46,34 @@ def add_chain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
     up = chain_sub.add_parser("up", help="start anvil on 127.0.0.1, deploy, run until stopped")
     up.add_argument("--json", action="store_true", help='print {"rpc": ..., "contract": ...}')
-    up.add_argument("--port", type=int, default=int(_env("CHAIN_PORT") or 0),
-                    help="RPC port on 127.0.0.1 (default: a free one)")
-    up.add_argument("--block-time", type=float, default=float(_env("BLOCK_TIME") or 0),
-                    help="seconds per block (default 0: one block per transaction)")
+    add_flag(up, "--port", env="CHAIN_PORT", type=int, default=0,
+             help="RPC port on 127.0.0.1 (default: a free one)")
+    add_flag(up, "--block-time", env="BLOCK_TIME", type=float, default=0.0,
+             help="seconds per block (default 0: one block per transaction)")
     _add_params(up)
     up.set_defaults(func=_run_up)
 
     deploy = chain_sub.add_parser("deploy", help="deploy the contract to an RPC endpoint")
-    deploy.add_argument("--rpc", default=_env("RPC"), required=_env("RPC") is None)
-    deploy.add_argument("--key", type=Path, default=_env("KEY"), required=_env("KEY") is None)
+    add_rpc_flag(deploy, required=True)
+    add_key_flag(deploy, required=True, help="deployer key file")
     deploy.add_argument("--json", action="store_true")
     _add_params(deploy)
     deploy.set_defaults(func=_run_deploy)
 
     status = chain_sub.add_parser("status", help="windows, peers, stakes, consensus, balances")
-    status.add_argument("--rpc", default=_env("RPC"), required=_env("RPC") is None)
-    status.add_argument("--contract", default=_env("CONTRACT"),
-                        required=_env("CONTRACT") is None)
+    add_rpc_flag(status, required=True)
+    add_contract_flag(status, required=True)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_run_status)
 
     reg = sub.add_parser("register", help="register this key as a miner or validator")
-    reg.add_argument("--rpc", default=_env("RPC"), required=_env("RPC") is None)
-    reg.add_argument("--contract", default=_env("CONTRACT"), required=_env("CONTRACT") is None)
-    reg.add_argument("--key", type=Path, default=_env("KEY"), required=_env("KEY") is None)
+    add_rpc_flag(reg, required=True)
+    add_contract_flag(reg, required=True)
+    add_key_flag(reg, required=True)
     reg.add_argument("--role", choices=("miner", "validator"), required=True)
     reg.add_argument("--stake", type=parse_amount, required=True, help="e.g. 1ether")
-    reg.add_argument("--peer-id", default=_env("PEER_ID"), required=_env("PEER_ID") is None,
-                     help="libp2p peer id to bind (text, at most 64 bytes)")
+    add_flag(reg, "--peer-id", env="PEER_ID", required=True,
+             help="libp2p peer id to bind (text, at most 64 bytes)")
     reg.set_defaults(func=_run_register)
 
 
@@ -115,13 +104,11 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _run_deploy(args: argparse.Namespace) -> int:
-    from web3 import Web3
-
     from chain.deploy import deploy_network
     from node.runtime.keys import load_key_file
 
     identity = load_key_file(args.key)
-    w3 = Web3(Web3.HTTPProvider(args.rpc))
+    w3 = cli_web3(args.rpc)
     contract = deploy_network(w3, identity.secret, _params(args), fund=args.fund)
     print(json.dumps({"rpc": args.rpc, "contract": contract}) if args.json else contract)
     return 0
@@ -129,11 +116,10 @@ def _run_deploy(args: argparse.Namespace) -> int:
 
 def _run_register(args: argparse.Namespace) -> int:
     from chain.client import Role
-    from chain.web3client import Web3ChainClient
     from node.runtime.keys import load_key_file
 
     identity = load_key_file(args.key)
-    client = Web3ChainClient.connect(args.rpc, args.contract, identity.secret)
+    client = cli_chain_client(args.rpc, args.contract, identity.secret, sends=True)
     role = Role.MINER if args.role == "miner" else Role.VALIDATOR
     uid = client.register(role, args.peer_id.encode(), args.stake)
     print(json.dumps({"address": client.address, "role": args.role, "uid": uid}))
@@ -157,11 +143,10 @@ def chain_status(client: Any) -> dict[str, Any]:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from chain.web3client import Web3ChainClient
     from node.cli.report import console
 
     # a status read needs no key; a throwaway one satisfies the client
-    client = Web3ChainClient.connect(args.rpc, args.contract, b"\x01" * 32)
+    client = cli_chain_client(args.rpc, args.contract, b"\x01" * 32)
     status = chain_status(client)
     if args.json:
         print(json.dumps(status))

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from chain.errors import ChainError
 from node.cli.chain import add_chain_commands
+from node.cli.common import add_flag, add_key_flag
+from node.cli.daemons import add_service_commands
+from node.cli.network import add_network_commands
+from node.dashboard.errors import DashboardError
 from node.errors import NodeError
 from protocol.errors import ProtocolError
+from validator.errors import ValidatorError
 
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"GRADMESH_{name}", default)
+# The root error of every package: main() answers each with `gradmesh: error:` and
+# exit 2 (tests/unit/test_cli_errors.py checks that every error derives from one).
+ROOT_ERRORS: tuple[type[Exception], ...] = (
+    NodeError, ProtocolError, ChainError, ValidatorError, DashboardError,
+)
 
 
 def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,8 +51,8 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--corpus-mib", type=float, default=16.0,
                    help="MiB of the standard-library corpus to read (0: all)")
-    p.add_argument("--data", type=Path, default=_env("DATA"),
-                   help="prepared shards folder (from `gradmesh data prepare`)")
+    add_flag(p, "--data", env="DATA", type=Path,
+             help="prepared shards folder (from `gradmesh data prepare`)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=_run_simulate)
@@ -56,15 +62,14 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from node.cli.report import console, progress_bar, simulation_tables
     from node.sim.simulate import SimConfig, run_simulation
 
-    cfg = SimConfig(
-        miners=args.miners, rounds=args.rounds, model=args.model, optimizer=args.optimizer,
-        index_coding=args.index_coding, k=args.k, inner_steps=args.inner_steps,
-        batch_size=args.batch_size, seq_len=args.seq_len, inner_lr=args.inner_lr,
-        warmup_steps=args.warmup_steps,
-        outer_lr=args.outer_lr, seed=args.seed, eval_batches=args.eval_batches,
-        corpus_bytes=int(args.corpus_mib * 2**20) or None, data_dir=args.data,
-        threads=args.threads,
-    )  # fmt: skip
+    cfg = SimConfig.build(
+        miners=args.miners, rounds=args.rounds, threads=args.threads,
+        model=args.model, optimizer=args.optimizer, index_coding=args.index_coding, k=args.k,
+        inner_steps=args.inner_steps, batch_size=args.batch_size, seq_len=args.seq_len,
+        inner_lr=args.inner_lr, warmup_steps=args.warmup_steps, outer_lr=args.outer_lr,
+        seed=args.seed, eval_batches=args.eval_batches,
+        corpus_bytes=int(args.corpus_mib * 2**20) or None, data=args.data,
+    )
     with progress_bar("training", cfg.rounds, enabled=console.is_terminal) as advance:
         result = run_simulation(
             cfg, on_round=lambda r: advance(f"held-out {r.heldout_loss:.3f}")
@@ -105,7 +110,7 @@ def _run_data_prepare(args: argparse.Namespace) -> int:
 
 def _add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("keygen", help="create a secp256k1 key file (mode 0600)")
-    p.add_argument("--key", type=Path, default=_env("KEY"), required=_env("KEY") is None)
+    add_key_flag(p, required=True, help="key file to create")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_run_keygen)
 
@@ -126,9 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_keygen(sub)
     add_chain_commands(sub)
-    from node.cli.daemons import add_service_commands
-
     add_service_commands(sub)
+    add_network_commands(sub)
     return parser
 
 
@@ -137,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (NodeError, ProtocolError, ChainError) as exc:
+    except ROOT_ERRORS as exc:
         print(f"gradmesh: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,26 +8,29 @@ import json
 from pathlib import Path
 from typing import Any
 
-from node.cli.daemons import (
-    _add_node_flags,
-    _add_run_flags,
-    _chain,
-    _env,
-    _host_port,
-    _identity,
-    _mesh,
-    _quiet_libraries,
-    _run_until_signal,
-    _serve_status,
-    _spec,
+from node.cli.common import (
+    add_contract_flag,
+    add_flag,
+    add_node_flags,
+    add_rpc_flag,
+    add_run_flags,
+    add_run_name_flag,
+    build_chain,
+    build_mesh,
+    build_spec,
+    host_port,
+    load_identity,
+    quiet_libraries,
+    run_until_signal,
+    serve_status,
 )
 
 
 # --- relay -------------------------------------------------------------------------------
 def _run_relay(args: argparse.Namespace) -> int:
-    _quiet_libraries()
-    identity = _identity(args)
-    mesh = _mesh(args, identity, args.run, relay_service=True)
+    quiet_libraries()
+    identity = load_identity(args)
+    mesh = build_mesh(args, identity, args.run, relay_service=True)
 
     async def main(stop: asyncio.Event) -> int:
         from node.dashboard.server import stop_server
@@ -43,8 +46,8 @@ def _run_relay(args: argparse.Namespace) -> int:
                 tmp.replace(args.addr_file)  # readers never see half a file
             print(json.dumps({"peer_id": mesh.peer_id, "addrs": list(mesh.dial_addrs)}),
                   flush=True)
-            runner = await _serve_status(args.http, RelayProvider(mesh, args.run),
-                                         "gradmesh relay")
+            runner = await serve_status(args.http, RelayProvider(mesh, args.run),
+                                        "gradmesh relay")
             await stop.wait()
         finally:
             if runner is not None:
@@ -52,14 +55,14 @@ def _run_relay(args: argparse.Namespace) -> int:
             await mesh.stop()
         return 0
 
-    return _run_until_signal(main)
+    return run_until_signal(main)
 
 
 # --- dashboard ---------------------------------------------------------------------------
 def _run_dashboard(args: argparse.Namespace) -> int:
     from node.dashboard.remote import HttpSnapshotProvider
 
-    _quiet_libraries()
+    quiet_libraries()
     if not args.node:
         raise SystemExit("gradmesh dashboard: give at least one --node URL")
     reader = None
@@ -68,8 +71,8 @@ def _run_dashboard(args: argparse.Namespace) -> int:
         from node.runtime.keys import new_identity
 
         # a throwaway key: the dashboard only reads the chain, it never signs
-        chain = _chain(argparse.Namespace(rpc=args.rpc, contract=args.contract),
-                       new_identity())
+        chain = build_chain(argparse.Namespace(rpc=args.rpc, contract=args.contract),
+                            new_identity())
 
         async def reader() -> Any:
             return await read_chain_snapshot(chain)
@@ -88,23 +91,24 @@ def _run_dashboard(args: argparse.Namespace) -> int:
             await stop_server(runner)
         return 0
 
-    return _run_until_signal(main)
+    return run_until_signal(main)
 
 
 # --- devnet ------------------------------------------------------------------------------
 def _run_devnet(args: argparse.Namespace) -> int:
     import torch
 
+    from node.cli.report import console, progress_bar
     from node.sim.devnet import Devnet, DevnetConfig
     from node.sim.summary import devnet_tables, summarize
-    from node.cli.report import console, progress_bar
 
-    _quiet_libraries(args.verbose)
-    torch.set_num_threads(args.threads)
+    # validated (ConfigError) before anything process-wide changes
     cfg = DevnetConfig(miners=args.miners, windows=args.windows, chain=args.chain,
                        late_joiner_after=args.late_joiner_after, data_dir=args.data_dir,
-                       dashboard_port=args.dashboard_port, spec=_spec(args),
+                       dashboard_port=args.dashboard_port, spec=build_spec(args),
                        block_time=args.block_time, blocks_per_window=args.blocks_per_window)
+    quiet_libraries(args.verbose)
+    torch.set_num_threads(args.threads)
     devnet = Devnet(cfg)
 
     async def main(stop: asyncio.Event) -> int:
@@ -127,25 +131,25 @@ def _run_devnet(args: argparse.Namespace) -> int:
             print(json.dumps(summary))
         return 0
 
-    return _run_until_signal(main)
+    return run_until_signal(main)
 
 
-def add_extra_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`relay`, `dashboard` and `devnet` (main.py registers the other groups)."""
     p = sub.add_parser("relay", help="bootstrap node and circuit relay for the mesh")
-    _add_node_flags(p)
-    p.add_argument("--run", default=_env("RUN", "devnet"))
-    p.add_argument("--addr-file", type=Path, default=_env("ADDR_FILE"),
-                   help="write this node's multiaddrs here (for --bootstrap-file)")
+    add_node_flags(p)
+    add_run_name_flag(p)
+    add_flag(p, "--addr-file", env="ADDR_FILE", type=Path,
+             help="write this node's multiaddrs here (for --bootstrap-file)")
     p.set_defaults(func=_run_relay)
 
     p = sub.add_parser("dashboard", help="one page for several nodes' status")
-    p.add_argument("--node", action="append",
-                   default=[u for u in (_env("NODES") or "").split(",") if u],
-                   help="a node's status URL, e.g. http://127.0.0.1:9101 (repeatable)")
-    p.add_argument("--http", type=_host_port,
-                   default=_host_port(_env("HTTP", "127.0.0.1:8080") or "127.0.0.1:8080"))
-    p.add_argument("--rpc", default=_env("RPC"), help="chain JSON-RPC URL (balances, windows)")
-    p.add_argument("--contract", default=_env("CONTRACT"))
+    add_flag(p, "--node", env="NODES", action="append",
+             help="a node's status URL, e.g. http://127.0.0.1:9101 (repeatable)")
+    add_flag(p, "--http", env="HTTP", type=host_port, default=("127.0.0.1", 8080),
+             help="HOST:PORT to serve the dashboard on")
+    add_rpc_flag(p, required=False, help="chain JSON-RPC URL (balances, windows)")
+    add_contract_flag(p, required=False)
     p.set_defaults(func=_run_dashboard)
 
     p = sub.add_parser("devnet", help="a whole local network: chain, miners, validator, "
@@ -162,7 +166,7 @@ def add_extra_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.add_argument("--verbose", action="store_true", help="log every service's events")
-    _add_run_flags(p)
+    add_run_flags(p)
     p.set_defaults(func=_run_devnet)
 
 

@@ -6,8 +6,8 @@ per data point; `CHART_IDS` lists them all (the browser test counts points per i
 
 from __future__ import annotations
 
-from node.status import NodeSnapshot, WindowPoint
 from node.dashboard.svgplot import bar_chart, timeline_chart, xy_chart
+from node.status import NodeSnapshot, WindowPoint
 
 CHART_IDS = ("heldout-loss", "wire-bytes", "throughput", "peers", "timeline")
 MAX_WINDOWS = 300  # per node: bounded page size however long the run

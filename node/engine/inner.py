@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from node.errors import ConfigError, DataError
 from node.engine.model import Decoder
+from node.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from node.runtime.checkpoint import CheckpointError, CorruptCheckpointError, fp32_bytes
-from node.errors import ConfigError
+from node.errors import CheckpointError, ConfigError, CorruptCheckpointError
 from protocol import canonical
 from protocol.errors import ProtocolError
 
@@ -57,6 +56,13 @@ class LocalCheckpoint:
     extra: dict[str, torch.Tensor]
     meta: dict[str, MetaValue]
     path: Path
+
+
+def fp32_bytes(tensor: torch.Tensor) -> bytes:
+    """One tensor as contiguous fp32 little-endian bytes (moved to CPU first)."""
+    array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+    # astype is a no-op on little-endian hosts; on big-endian ones it fixes the byte order
+    return array.astype(_FP32, copy=False).tobytes()
 
 
 # --- header pieces -------------------------------------------------------------------

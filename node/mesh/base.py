@@ -14,7 +14,14 @@ Every implementation (in-memory, libp2p) honours the same contract, checked by
   runs past its timeout;
 * `put_record` / `get_record` store small values keyed by (run, window,
   address), signed by that address's key; a record whose signature does not
-  recover the key's address is refused on put and on receipt.
+  recover the key's address is refused on put and on receipt;
+* `dial_addrs` are the addresses other nodes pass to `connect(addr, timeout=...)`,
+  which dials one peer or raises a `MeshError` (`MeshTimeoutError` once the
+  timeout passes).
+
+A deadline that passes raises `MeshTimeoutError`, which is also the built-in
+`TimeoutError` (a fetch's is a `FetchTimeoutError`, also a `FetchError`), so callers
+catching either keep working; only `get_record` answers None instead (not found).
 """
 
 from __future__ import annotations
@@ -48,12 +55,20 @@ class MeshError(NodeError):
     """Root of every mesh error."""
 
 
+class MeshTimeoutError(MeshError, TimeoutError):
+    """A mesh operation ran past its deadline (also a built-in `TimeoutError`)."""
+
+
 class MeshStateError(MeshError):
     """The mesh is not started, or already stopped."""
 
 
 class AddressNotAllowedError(MeshError):
     """A multiaddr is outside the configured allowlist (nothing was dialled)."""
+
+
+class DialError(MeshError):
+    """A peer address could not be dialled (refused, unreachable, malformed, unknown)."""
 
 
 class BadAnnouncementError(MeshError):
@@ -76,7 +91,7 @@ class FetchError(MeshError):
         self.failures: dict[str, str] = dict(failures or {})
 
 
-class FetchTimeoutError(FetchError):
+class FetchTimeoutError(FetchError, MeshTimeoutError):
     """The fetch deadline passed before any source delivered the blob."""
 
 
@@ -315,6 +330,13 @@ class Mesh(Protocol):
     @property
     def listen_addrs(self) -> tuple[str, ...]: ...
 
+    @property
+    def dial_addrs(self) -> tuple[str, ...]:
+        """Addresses other peers should dial to reach this node, each ending in
+        `/p2p/<peer id>` (what head records carry and `connect` accepts); meaningful
+        once `start()` has returned."""
+        ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -333,9 +355,24 @@ class Mesh(Protocol):
 
     async def fetch(self, target: FetchTarget, *, timeout: float) -> bytes: ...
 
-    async def put_record(self, key: RecordKey, value: bytes) -> None: ...
+    async def put_record(self, key: RecordKey, value: bytes) -> None:
+        """Store `value` under `key`, signed by this node's key (`BadRecordError` for
+        another address's key); `MeshTimeoutError` if it is not stored in time."""
+        ...
 
-    async def get_record(self, key: RecordKey, *, timeout: float = 10.0) -> bytes | None: ...
+    async def get_record(self, key: RecordKey, *, timeout: float = 10.0) -> bytes | None:
+        """The highest-seq verified value under `key`; None when no peer produced one
+        within `timeout` (in a DHT, absent and unanswered look the same)."""
+        ...
+
+    async def connect(self, addr: str, *, timeout: float) -> None:
+        """Dial one peer address (another node's `dial_addrs` entry), returning once
+        connected. Raises a `MeshError` on failure: `AddressNotAllowedError` for an
+        address outside the allowlist (nothing is dialled), `DialError` for one that is
+        malformed, unknown, refused or unreachable, `MeshTimeoutError` (also a
+        `TimeoutError`) when `timeout` seconds pass first, `MeshStateError` when the
+        mesh is not running. Never takes much longer than `timeout`."""
+        ...
 
     def connected_peers(self) -> tuple[str, ...]: ...
 

@@ -3,11 +3,17 @@
 Honours the full `Mesh` contract (signed announcements, SHA-256 checks,
 retries across announcers, timeouts, signed records) without sockets. Tests
 can make a node misbehave with `MemoryNetwork.set_fault`.
+
+Every started node of a network is reachable from every other (the network is one
+full mesh); `connect` checks that an address names a started node of the *same*
+network (`/memory/<network>/p2p/<peer id>`, as in `dial_addrs`) and honours the
+target's faults: "stall" never answers (the dial times out), "refuse" refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import defaultdict
 from typing import Literal
 
@@ -17,12 +23,14 @@ from node.mesh.base import (
     BadAnnouncementError,
     BlobStore,
     BlobTooLargeError,
+    DialError,
     FetchError,
     FetchTarget,
     FetchTimeoutError,
     HashMismatchError,
     MeshStateError,
     MeshStats,
+    MeshTimeoutError,
     NoSourceError,
     RecordKey,
     Subscription,
@@ -36,6 +44,7 @@ from protocol.identity import Identity
 
 Fault = Literal["corrupt", "stall", "refuse"]
 _QUEUE_CAP = 4096
+_NETWORK_IDS = itertools.count(1)
 
 
 class MemoryNetwork:
@@ -46,6 +55,7 @@ class MemoryNetwork:
         self.nodes: dict[str, MemoryMesh] = {}
         self.records: dict[str, bytes] = {}
         self.faults: dict[str, Fault] = {}
+        self.name = f"net{next(_NETWORK_IDS)}"  # in every dial address of its nodes
 
     def set_fault(self, peer_id: str, fault: Fault | None) -> None:
         """Make `peer_id` serve wrong bytes, never answer, or refuse every fetch."""
@@ -85,6 +95,45 @@ class MemoryMesh:
     @property
     def listen_addrs(self) -> tuple[str, ...]:
         return (f"/memory/{self._peer_id}",)
+
+    @property
+    def dial_addrs(self) -> tuple[str, ...]:
+        return (f"/memory/{self._net.name}/p2p/{self._peer_id}",)
+
+    def _dial_target(self, addr: str) -> str:
+        """The peer id `addr` names on this network, or `DialError`."""
+        parts = addr.split("/")
+        if len(parts) == 5 and parts[:2] == ["", "memory"] and parts[3] == "p2p" and parts[4]:
+            if parts[2] != self._net.name:
+                raise DialError(f"{addr!r:.120} is not on in-memory network {self._net.name}")
+            peer = parts[4]
+        elif len(parts) == 3 and parts[:2] == ["", "memory"] and parts[2]:
+            peer = parts[2]  # a listen address
+        else:
+            raise DialError(f"not an in-memory address: {addr!r:.120}")
+        return peer
+
+    async def connect(self, addr: str, *, timeout: float = 10.0) -> None:
+        self._require_running()
+        peer = self._dial_target(addr)
+        if peer == self._peer_id:
+            return  # as libp2p: dialling oneself is a no-op
+        if peer not in self._net.nodes:
+            raise DialError(f"no started node at {addr!r:.120}")
+        try:
+            async with asyncio.timeout(timeout):
+                if self._net.latency:
+                    await asyncio.sleep(self._net.latency)
+                if self._net.faults.get(peer) == "stall":
+                    await asyncio.Event().wait()
+        except TimeoutError:
+            raise MeshTimeoutError(f"dial {addr!r:.120} did not complete within {timeout}s"
+                                   ) from None
+        if self._net.faults.get(peer) == "refuse":
+            raise DialError(f"peer {peer} refused the connection")
+        self._require_running()
+        if peer not in self._net.nodes:
+            raise DialError(f"peer {peer} went away while being dialled")
 
     async def start(self) -> None:
         if self._running:

@@ -38,9 +38,11 @@ from node.mesh.base import (
     BadAnnouncementError,
     BlobStore,
     BlobTooLargeError,
+    DialError,
     MeshError,
     MeshStateError,
     MeshStats,
+    MeshTimeoutError,
     RecordKey,
     Subscription,
     broadcast,
@@ -291,9 +293,22 @@ class P2PMesh(BlobTransfers):
             await self._dht.add_peer(info.peer_id)
 
     async def connect(self, addr: str, *, timeout: float = 10.0) -> None:
-        """Dial one more peer (a multiaddr with /p2p/); refused off the allowlist."""
+        """Dial one more peer (a multiaddr with /p2p/); refused off the allowlist
+        (`AddressNotAllowedError`, nothing dialled). Any other failure is a `DialError`,
+        the deadline passing a `MeshTimeoutError` (see `Mesh.connect`)."""
         self._cfg.policy.check(addr)
-        await self._call(self._connect, addr, timeout=timeout)
+        try:
+            await self._call(self._connect, addr, timeout=timeout)
+        except MeshTimeoutError as exc:
+            raise MeshTimeoutError(f"dial {addr!r:.120} did not complete within {timeout}s"
+                                   ) from exc
+        except MeshError:
+            raise
+        except TimeoutError as exc:  # a timeout inside libp2p, before ours
+            raise MeshTimeoutError(f"dial {addr!r:.120}: {exc}") from exc
+        except Exception as exc:  # OSError, libp2p's swarm/transport/multiaddr errors
+            raise DialError(f"dial {addr!r:.120} failed: {type(exc).__name__}: {exc}"
+                            ) from exc
 
     # ---- the asyncio <-> trio bridge -------------------------------------------
     async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any,
@@ -323,7 +338,8 @@ class P2PMesh(BlobTransfers):
                     return
                 loop.call_soon_threadsafe(settle, value, None)
                 return
-            loop.call_soon_threadsafe(settle, None, TimeoutError("trio deadline"))
+            loop.call_soon_threadsafe(settle, None, MeshTimeoutError(
+                f"{getattr(fn, '__name__', 'call')} did not finish within {timeout}s"))
 
         nursery = self._nursery
         try:
@@ -417,7 +433,15 @@ class P2PMesh(BlobTransfers):
         seq = record_seq(self._seqs.get(key))
         sealed = seal_record(self._identity, key, value, seq)
         self._seqs[key] = seq
-        await self._call(self._dht.put_value, key.path(), sealed, timeout=20.0)
+        try:
+            await self._call(self._dht.put_value, key.path(), sealed, timeout=20.0)
+        except MeshError:
+            raise  # MeshTimeoutError when the deadline passed
+        except TimeoutError as exc:
+            raise MeshTimeoutError(f"record {key.path()}: {exc}") from exc
+        except Exception as exc:  # OSError, libp2p's errors
+            raise MeshError(f"record {key.path()} not stored: {type(exc).__name__}: {exc}"
+                            ) from exc
 
     async def get_record(self, key: RecordKey, *, timeout: float = 10.0) -> bytes | None:
         if not self._running:
@@ -425,7 +449,12 @@ class P2PMesh(BlobTransfers):
         try:
             sealed = await self._call(self._dht.get_value, key.path(), timeout=timeout)
         except TimeoutError:
-            return None
+            return None  # nobody answered in time: not found (see `Mesh.get_record`)
+        except MeshError:
+            raise
+        except Exception as exc:  # OSError, libp2p's errors
+            raise MeshError(f"record {key.path()} lookup failed: {type(exc).__name__}: {exc}"
+                            ) from exc
         if sealed is None:
             return None
         return open_record(key, sealed)[1]

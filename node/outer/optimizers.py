@@ -10,15 +10,14 @@ miner of a run holds its own instance; the state that must agree across peers
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from node.outer.aggregate import AggregateStats, aggregate_mean, aggregate_sparse
 from node.errors import ConfigError
-from node.engine.inner import InnerTrainer
+from node.outer.aggregate import AggregateStats, aggregate_mean, aggregate_sparse
 from protocol.dense import decode_dense, encode_dense
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.sparse import compress, decode_payload, decompress, encode_payload
@@ -27,6 +26,7 @@ from protocol.spec import CodecSpec, IndexCoding, Manifest
 OptimizerName = Literal["sparseloco", "diloco", "ddp"]
 OPTIMIZERS: tuple[OptimizerName, ...] = ("sparseloco", "diloco", "ddp")
 Contribution = Any  # decoded payload: list[SparseTensor] or list[Tensor]
+InnerStep = Callable[[Sequence[torch.Tensor]], None]  # one inner step with given gradients
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,21 @@ class OuterOptimizer(ABC):
         self.codec = config.codec
         self.limits = limits
 
+    buffers: tuple[str, ...] = ()  # names of the per-tensor state lists kept across windows
+
+    def local_state(self) -> dict[str, torch.Tensor]:
+        """Copies of the state a restart must keep (`<buffer>.<tensor index>`)."""
+        return {f"{name}.{i}": t.clone() for name in self.buffers
+                for i, t in enumerate(getattr(self, name))}
+
+    def load_local_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Put back what `local_state` returned; absent or misshaped entries stay as they are."""
+        for name in self.buffers:
+            for i, buf in enumerate(getattr(self, name)):
+                saved = state.get(f"{name}.{i}")
+                if saved is not None and saved.shape == buf.shape:
+                    buf.copy_(saved)
+
     @abstractmethod
     def encode(self, local: Sequence[torch.Tensor]) -> bytes:
         """Turn this miner's local result into the payload it publishes."""
@@ -83,13 +98,17 @@ class OuterOptimizer(ABC):
         """Validate a peer's payload (raises `ProtocolError`)."""
 
     @abstractmethod
-    def apply(self, params: Sequence[torch.Tensor], trainer: InnerTrainer,
-              contributions: Sequence[tuple[bytes, Contribution]]) -> AggregateStats:
-        """Apply the aggregate of `contributions` (signer, decoded) to `params`."""
+    def apply(self, params: Sequence[torch.Tensor],
+              contributions: Sequence[tuple[bytes, Contribution]],
+              inner_step: InnerStep) -> AggregateStats:
+        """Apply the aggregate of `contributions` (signer, decoded) to `params`; a per-step
+        optimizer hands the averaged gradients to `inner_step` instead."""
 
 
 class SparseLoCo(OuterOptimizer):
     """Error feedback + chunked top-k + 2-bit values; clip-to-median mean; SGD outer."""
+
+    buffers = ("error",)
 
     def __init__(self, config: OuterConfig, manifest: Manifest,
                  limits: Limits = DEFAULT_LIMITS) -> None:
@@ -109,8 +128,9 @@ class SparseLoCo(OuterOptimizer):
     def decode(self, payload: bytes) -> Contribution:
         return decode_payload(payload, self.manifest, self.codec, self.limits)
 
-    def apply(self, params: Sequence[torch.Tensor], trainer: InnerTrainer,
-              contributions: Sequence[tuple[bytes, Contribution]]) -> AggregateStats:
+    def apply(self, params: Sequence[torch.Tensor],
+              contributions: Sequence[tuple[bytes, Contribution]],
+              inner_step: InnerStep) -> AggregateStats:
         device = params[0].device
         update, stats = aggregate_sparse(contributions, self.manifest, self.codec, device)
         with torch.no_grad():
@@ -121,6 +141,8 @@ class SparseLoCo(OuterOptimizer):
 
 class DiLoCo(OuterOptimizer):
     """Dense pseudo-gradients, plain mean, Nesterov-momentum SGD outer step."""
+
+    buffers = ("velocity",)
 
     def __init__(self, config: OuterConfig, manifest: Manifest,
                  limits: Limits = DEFAULT_LIMITS) -> None:
@@ -133,8 +155,9 @@ class DiLoCo(OuterOptimizer):
     def decode(self, payload: bytes) -> Contribution:
         return decode_dense(payload, self.manifest, self.limits)
 
-    def apply(self, params: Sequence[torch.Tensor], trainer: InnerTrainer,
-              contributions: Sequence[tuple[bytes, Contribution]]) -> AggregateStats:
+    def apply(self, params: Sequence[torch.Tensor],
+              contributions: Sequence[tuple[bytes, Contribution]],
+              inner_step: InnerStep) -> AggregateStats:
         mean = aggregate_mean(contributions)
         mu, lr = self.config.momentum, self.config.effective_lr
         with torch.no_grad():
@@ -155,9 +178,10 @@ class DDPBaseline(OuterOptimizer):
     def decode(self, payload: bytes) -> Contribution:
         return decode_dense(payload, self.manifest, self.limits)
 
-    def apply(self, params: Sequence[torch.Tensor], trainer: InnerTrainer,
-              contributions: Sequence[tuple[bytes, Contribution]]) -> AggregateStats:
-        trainer.apply_grads(aggregate_mean(contributions))
+    def apply(self, params: Sequence[torch.Tensor],
+              contributions: Sequence[tuple[bytes, Contribution]],
+              inner_step: InnerStep) -> AggregateStats:
+        inner_step(aggregate_mean(contributions))
         return AggregateStats(peers=len(contributions), clipped=0, skipped=0)
 
 

@@ -1,10 +1,11 @@
-"""The outer step every peer applies at the end of a window: pure and replayable.
+"""Which contributions count in a window, and the θ digest: pure and replayable.
 
 Inputs are the envelopes a node gathered for window w; the rule decides which
 count (signed for this run and window, by an allowed signer, decodable, finite;
-one per signer) and applies SparseLoCo's clip-to-median mean with the outer
-learning rate. Miners, validators and a catching-up node call the same
-function, so the same inputs give bit-identical θ everywhere.
+one per signer, in signer order). The engine then applies them with the run's
+outer optimizer (node/outer/optimizers.py). Miners, validators, a catching-up
+node and the simulator all go through `select` and the same optimizer, so the
+same inputs give bit-identical θ everywhere.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from node.outer.aggregate import AggregateStats, aggregate_sparse, sparse_norm
+from node.outer.aggregate import sparse_norm
+from protocol.dense import decode_dense
 from protocol.envelope import Expectation, open_envelope
 from protocol.errors import ProtocolError
 from protocol.limits import DEFAULT_LIMITS, Limits
@@ -29,7 +32,7 @@ from protocol.spec import CodecSpec, Manifest
 class Selected:
     signer: bytes
     sha256: bytes  # of the whole envelope: what peers fetch to replay the window
-    tensors: list[SparseTensor]
+    tensors: list[Any]  # list[SparseTensor] (sparseloco) or list[Tensor] (dense)
     base_digest: bytes = b""  # the θ digest the signer says it trained from
 
 
@@ -38,6 +41,25 @@ class Skipped:
     signer: bytes | None
     sha256: bytes
     reason: str
+
+
+def decode_contribution(payload: bytes, manifest: Manifest, codec: CodecSpec,
+                        limits: Limits = DEFAULT_LIMITS) -> list[Any]:
+    """A payload's tensors under the run's codec (raises `ProtocolError`)."""
+    if codec.name == "dense":
+        return decode_dense(payload, manifest, limits)
+    return decode_payload(payload, manifest, codec, limits)
+
+
+def all_finite(tensors: Sequence[Any]) -> bool:
+    """Every value finite: sparse norms from exact code counts, dense tensors directly."""
+    for t in tensors:
+        if isinstance(t, SparseTensor):
+            if not math.isfinite(sparse_norm(t)):
+                return False
+        elif not bool(torch.isfinite(t).all()):
+            return False
+    return True
 
 
 def select(envelopes: Iterable[bytes], expect: Expectation, allowed: set[bytes] | None,
@@ -53,14 +75,14 @@ def select(envelopes: Iterable[bytes], expect: Expectation, allowed: set[bytes] 
         digest = hashlib.sha256(data).digest()
         try:
             env = open_envelope(data, expect, limits)
-            tensors = decode_payload(env.payload, expect.manifest, expect.codec, limits)
+            tensors = decode_contribution(env.payload, expect.manifest, expect.codec, limits)
         except ProtocolError as exc:
             skipped.append(Skipped(None, digest, f"{type(exc).__name__}: {exc}"))
             continue
         if allowed is not None and env.signer not in allowed:
             skipped.append(Skipped(env.signer, digest, "signer not in the aggregation set"))
             continue
-        if not all(math.isfinite(sparse_norm(t)) for t in tensors):
+        if not all_finite(tensors):
             skipped.append(Skipped(env.signer, digest, "non-finite values"))
             continue
         seen = by_signer.setdefault(env.signer, [])
@@ -86,22 +108,8 @@ def diverged(own_digest: bytes, own_address: bytes, chosen: Sequence[Selected]) 
     return count if count >= 2 else 0
 
 
-def apply_selected(params: Sequence[torch.Tensor], chosen: Sequence[Selected],
-                   manifest: Manifest, codec: CodecSpec, lr: float) -> AggregateStats:
-    """θ ← θ − lr · clip-to-median mean of the chosen contributions (no-op if none)."""
-    if not chosen:
-        return AggregateStats(peers=0, clipped=0, skipped=0)
-    device = params[0].device
-    update, stats = aggregate_sparse([(c.signer, c.tensors) for c in chosen], manifest, codec,
-                                     device)
-    with torch.no_grad():
-        for p, u in zip(params, update, strict=True):
-            p.sub_(u.to(p.dtype), alpha=lr)
-    return stats
-
-
 def params_digest(params: Sequence[torch.Tensor]) -> bytes:
-    """SHA-256 over every parameter's fp32 bytes in order (same as simulate.param_digest)."""
+    """SHA-256 over every parameter's fp32 bytes in order: the θ digest everywhere."""
     digest = hashlib.sha256()
     for p in params:
         digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

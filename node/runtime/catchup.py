@@ -18,18 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from node.runtime.checkpoint import CheckpointError, CheckpointManifest, restore_params
-from node.errors import NodeError
-from node.mesh.base import FetchError, MeshError
+from node.engine.base import Engine
+from node.errors import CheckpointError, NodeError
+from node.mesh.base import FetchError, Mesh, MeshError
+from node.outer.step import select
+from node.runtime.checkpoint import CheckpointManifest, restore_params
 from node.runtime.records import BadRecordValueError, HeadRecord, WindowRecord, head_key, window_key
-from node.outer.step import apply_selected, params_digest, select
-
-if TYPE_CHECKING:
-    from node.runtime.core import NodeCore
+from protocol.envelope import Expectation
+from protocol.spec import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +39,49 @@ class CatchUpError(NodeError):
     """The node could not reach the network's θ (yet)."""
 
 
-async def _dial(core: NodeCore, head: HeadRecord) -> None:
-    connect = getattr(core.mesh, "connect", None)
+@dataclass(frozen=True)
+class CatchUpInputs:
+    """What catch-up reads: the run, this node's identity, the registered miners, the
+    mesh and the chain's clock; the engine is the one thing it changes."""
+
+    run: str
+    model: str
+    own_address: bytes
+    miners: tuple[bytes, ...]  # registered miners' addresses
+    mesh: Mesh
+    engine: Engine
+    window: Callable[[], Awaitable[int]]  # the chain's current window
+    expectation: Callable[[int, Manifest], Expectation]
+    manifest_digest: bytes
+    use_local: bool = True  # False after a divergence: our own checkpoints are suspect
+    fetch_timeout: float = 20.0
+    record_timeout: float = 5.0
+
+
+@dataclass
+class CatchUpResult:
+    text: str  # a one-line account of what was done
+    window: int  # θ is θ_global at the start of this window
+    applied: int  # the last window applied
+    fresh: bool  # started from θ_init
+    heads: dict[bytes, HeadRecord] = field(default_factory=dict)
+
+
+async def _dial(mesh: Mesh, head: HeadRecord) -> None:
     for addr in head.addrs:
-        if connect is None:
-            return
         try:
-            await connect(addr, timeout=5.0)
+            await mesh.connect(addr, timeout=5.0)
             return
         except (MeshError, TimeoutError, OSError) as exc:
             log.debug("dial %s: %s", addr, exc)
 
 
-async def read_heads(core: NodeCore) -> dict[bytes, HeadRecord]:
+async def read_heads(inp: CatchUpInputs) -> dict[bytes, HeadRecord]:
     heads: dict[bytes, HeadRecord] = {}
-    for address in core.miners:
-        if address == core.identity.address:
+    for address in inp.miners:
+        if address == inp.own_address:
             continue
-        raw = await core.mesh.get_record(head_key(core.spec.run, address),
-                                         timeout=core.cfg.record_timeout)
+        raw = await inp.mesh.get_record(head_key(inp.run, address), timeout=inp.record_timeout)
         if raw is None:
             continue
         try:
@@ -64,63 +89,64 @@ async def read_heads(core: NodeCore) -> dict[bytes, HeadRecord]:
         except BadRecordValueError as exc:
             log.warning("head of 0x%s: %s", address.hex(), exc)
     for head in heads.values():
-        await _dial(core, head)
+        await _dial(inp.mesh, head)
     return heads
 
 
-async def _fetch(core: NodeCore, sha: bytes, holders: list[str]) -> bytes:
+async def _fetch(inp: CatchUpInputs, sha: bytes, holders: list[str]) -> bytes:
     failures: list[str] = []
     for peer in holders:
         try:
-            return await core.mesh.fetch((peer, sha), timeout=core.cfg.fetch_timeout)
+            return await inp.mesh.fetch((peer, sha), timeout=inp.fetch_timeout)
         except FetchError as exc:
             failures.append(f"{peer[:12]}: {exc}")
     raise CatchUpError(f"no holder served {sha.hex()[:16]}: {'; '.join(failures)}")
 
 
-async def _remote_checkpoint(core: NodeCore, signer: bytes, head: HeadRecord
+async def _remote_checkpoint(inp: CatchUpInputs, signer: bytes, head: HeadRecord
                              ) -> list[torch.Tensor]:
-    raw = await _fetch(core, head.checkpoint_sha256, [head.peer_id])
+    raw = await _fetch(inp, head.checkpoint_sha256, [head.peer_id])
     try:
         manifest = CheckpointManifest.decode(raw)
-        manifest.expect(run=core.spec.run, model=core.spec.model,
-                        manifest_digest=core.assets.manifest_digest(core.manifest),
+        manifest.expect(run=inp.run, model=inp.model, manifest_digest=inp.manifest_digest,
                         signers={signer})
         if manifest.window != head.checkpoint_window:
             raise CatchUpError("checkpoint manifest window differs from its head record")
-        chunks = [await _fetch(core, h, [head.peer_id]) for h in manifest.chunk_hashes]
-        return await asyncio.to_thread(restore_params, manifest, chunks, core.manifest)
+        chunks = [await _fetch(inp, h, [head.peer_id]) for h in manifest.chunk_hashes]
+        return await asyncio.to_thread(restore_params, manifest, chunks, inp.engine.manifest)
     except CheckpointError as exc:
         raise CatchUpError(f"checkpoint from 0x{signer.hex()}: {exc}") from exc
 
 
-async def _start_point(core: NodeCore, heads: dict[bytes, HeadRecord]) -> str:
-    local = None if core.distrust_local else await asyncio.to_thread(core.store.latest)
+async def _start_point(inp: CatchUpInputs, heads: dict[bytes, HeadRecord]
+                       ) -> tuple[int, str, bool]:
+    """Load the starting θ into the engine: (its window, an account, from θ_init?)."""
+    engine = inp.engine
+    local = await asyncio.to_thread(engine.latest_local) if inp.use_local else None
     remote = [(h.checkpoint_window, a, h) for a, h in heads.items() if h.checkpoint_sha256]
     best = max(remote, key=lambda r: r[0], default=None)
     if best is not None and (local is None or best[0] > local.window):
-        params = await _remote_checkpoint(core, best[1], best[2])
-        core.load_params(params, best[0])
-        return f"checkpoint of window {best[0]} from 0x{best[1].hex()[:8]}"
+        params = await _remote_checkpoint(inp, best[1], best[2])
+        await asyncio.to_thread(engine.load_params, params)
+        return best[0], f"checkpoint of window {best[0]} from 0x{best[1].hex()[:8]}", False
     if local is not None:
-        core.load_params(local.params, local.window)
-        core.restore_extra(local.extra)
-        return f"local checkpoint of window {local.window}"
+        await asyncio.to_thread(engine.restore_local, local)
+        return local.window, f"local checkpoint of window {local.window}", False
     # a new network: nobody trains in the window already under way (nobody saw it begin),
     # so θ_init is θ at the start of the next one, for every node that starts now
-    window = await core.chain.window() + 1
-    core.load_params([p.detach().clone() for p in core.assets.new_model().parameters()], window)
-    return f"θ_init at window {window}"
+    window = await inp.window() + 1
+    await asyncio.to_thread(engine.reset)
+    return window, f"θ_init at window {window}", True
 
 
-async def _window_consensus(core: NodeCore, window: int, heads: dict[bytes, HeadRecord]
+async def _window_consensus(inp: CatchUpInputs, window: int, heads: dict[bytes, HeadRecord]
                             ) -> WindowRecord | None:
     found: list[WindowRecord] = []
     for address, head in heads.items():
         if head.applied_window < window:
             continue
-        raw = await core.mesh.get_record(window_key(core.spec.run, window, address),
-                                         timeout=core.cfg.record_timeout)
+        raw = await inp.mesh.get_record(window_key(inp.run, window, address),
+                                        timeout=inp.record_timeout)
         try:
             record = WindowRecord.decode(raw) if raw is not None else None
         except BadRecordValueError:
@@ -134,35 +160,33 @@ async def _window_consensus(core: NodeCore, window: int, heads: dict[bytes, Head
     return WindowRecord(window, digest, inputs)
 
 
-async def _replay(core: NodeCore, record: WindowRecord, holders: list[str]) -> None:
+async def _replay(inp: CatchUpInputs, record: WindowRecord, heads: dict[bytes, HeadRecord],
+                  holders: list[str]) -> None:
     envelopes = []
     for signer, sha in record.inputs:
-        signer_peer = [h.peer_id for a, h in core.heads.items() if a == signer]
-        envelopes.append(await _fetch(core, sha, signer_peer + holders))
-    expect = core.assets.expectation(record.window, core.manifest)
+        signer_peer = [h.peer_id for a, h in heads.items() if a == signer]
+        envelopes.append(await _fetch(inp, sha, signer_peer + holders))
+    expect = inp.expectation(record.window, inp.engine.manifest)
     chosen, skipped = select(envelopes, expect, {s for s, _ in record.inputs})
     if skipped:
         raise CatchUpError(f"window {record.window}: {len(skipped)} listed envelopes invalid")
-    await asyncio.to_thread(apply_selected, core.params, chosen, core.manifest, core.spec.codec,
-                            core.spec.outer_lr)
-    digest = await asyncio.to_thread(params_digest, core.params)
-    if digest != record.digest_after:
+    await asyncio.to_thread(inp.engine.apply, chosen)
+    if await asyncio.to_thread(inp.engine.digest) != record.digest_after:
         raise CatchUpError(f"window {record.window}: replayed θ differs from the record")
-    core.digest, core.applied, core.window = digest, record.window, record.window + 1
 
 
-async def catch_up(core: NodeCore) -> str:
-    """Sync `core` to the network; returns a one-line account of what was done."""
-    await core.refresh_miners()
-    heads = await read_heads(core)
-    core.heads = heads
-    start = await _start_point(core, heads)
+async def catch_up(inp: CatchUpInputs) -> CatchUpResult:
+    """Bring `inp.engine` to the network's θ; the result says where it now stands."""
+    heads = await read_heads(inp)
+    window, start, fresh = await _start_point(inp, heads)
     holders = [h.peer_id for h in heads.values()]
     replayed = 0
     while True:
-        record = await _window_consensus(core, core.window, heads)
+        record = await _window_consensus(inp, window, heads)
         if record is None:
             break
-        await _replay(core, record, holders)
+        await _replay(inp, record, heads, holders)
+        window += 1
         replayed += 1
-    return f"{start}, replayed {replayed} windows, now at window {core.window}"
+    return CatchUpResult(text=f"{start}, replayed {replayed} windows, now at window {window}",
+                         window=window, applied=window - 1, fresh=fresh, heads=heads)

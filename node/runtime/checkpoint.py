@@ -1,12 +1,13 @@
 """Model checkpoints a late-joining miner can fetch from untrusted peers.
 
 θ is serialised as fp32 little-endian bytes, parameter after parameter, so its
-SHA-256 equals `node.sim.simulate.param_digest` of the same model. The bytes are
+SHA-256 equals the θ digest (`node.outer.step.params_digest`) of the same model. The bytes are
 cut into fixed-size chunks; a signed `CheckpointManifest` names every chunk's
 SHA-256, so a fetcher can verify (and blame) each chunk as it arrives instead
 of trusting a multi-gigabyte blob only once it is complete.
 
-The local on-disk store lives in `node.engine.store`.
+The local on-disk store lives in `node.engine.store`; both share the checkpoint
+errors of `node.errors` and `fp32_bytes`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from node.errors import NodeError
+from node.engine.store import fp32_bytes
+from node.errors import CheckpointError
 from protocol import canonical
 from protocol.errors import ProtocolError
 from protocol.identity import ADDRESS_LEN, SIGNATURE_LEN, Identity, keccak256, recover_signer
@@ -37,10 +39,6 @@ _DOMAIN = "gradmesh/checkpoint/1"
 _HASH_WIRE_LEN = 34  # a 32-byte bin8 in msgpack: 2 tag bytes + payload
 _U63 = 2**63 - 1
 _FP32 = np.dtype("<f4")
-
-
-class CheckpointError(NodeError):
-    """Root of every checkpoint error."""
 
 
 class BadManifestError(CheckpointError):
@@ -63,18 +61,7 @@ class ShapeMismatchError(CheckpointError):
     """Parameter bytes or tensors do not fit the expected shapes."""
 
 
-class CorruptCheckpointError(CheckpointError):
-    """A local checkpoint file is truncated, malformed or fails its content hash."""
-
-
 # --- parameters <-> bytes -------------------------------------------------------------
-
-
-def fp32_bytes(tensor: torch.Tensor) -> bytes:
-    """One tensor as contiguous fp32 little-endian bytes (moved to CPU first)."""
-    array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
-    # astype is a no-op on little-endian hosts; on big-endian ones it fixes the byte order
-    return array.astype(_FP32, copy=False).tobytes()
 
 
 def serialize_params(params: Sequence[torch.Tensor]) -> bytes:

@@ -1,10 +1,11 @@
 """What miners and validators share: θ_global, the window's outer step, records,
 checkpoints and the status the dashboard shows.
 
-A node holds θ at the start of `self.window`. `finish_window(w)` gathers the
-window's envelopes, applies the outer step (node/outer/step.py), leaves a
-signed window record and, every few windows, a checkpoint others can start
-from; catching up (node/runtime/catchup.py) replays the same steps from records.
+A node holds θ (in its engine, node/engine) at the start of `self.window`.
+`finish_window(w)` gathers the window's envelopes, chooses which count
+(node/outer/step.py), has the engine apply them, leaves a signed window record
+and, every few windows, a checkpoint others can start from; catching up
+(node/runtime/catchup.py) replays the same steps from records.
 """
 
 from __future__ import annotations
@@ -18,22 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from chain.client import Role
 from chain.errors import ChainError, ChainUnavailableError
+from node.engine.base import Engine
+from node.errors import ConfigError, NodeError
+from node.mesh.base import Mesh, MeshError, sha256
+from node.outer.step import diverged, select
 from node.runtime.aio import pause
+from node.runtime.catchup import CatchUpError, CatchUpInputs, catch_up
 from node.runtime.chainview import AsyncChain
 from node.runtime.checkpoint import make_checkpoint
-from node.engine.store import CheckpointStore
-from node.errors import NodeError
 from node.runtime.gather import Gatherer
-from node.engine.inner import evaluate
-from node.mesh.base import Mesh, MeshError, sha256
 from node.runtime.records import HeadRecord, WindowRecord, head_key, window_key
 from node.runtime.runspec import RunAssets, RunSpec
 from node.status import NodeRole, NodeSnapshot, TimelineEvent, WindowPoint
-from node.outer.step import apply_selected, diverged, params_digest, select
 from protocol.identity import Identity
 from protocol.limits import DEFAULT_LIMITS
 
@@ -61,7 +60,11 @@ class NodeCore:
     chain_role: Role = Role.MINER
 
     def __init__(self, config: NodeConfig, spec: RunSpec, assets: RunAssets, identity: Identity,
-                 mesh: Mesh, chain: AsyncChain, *, stake: int) -> None:
+                 mesh: Mesh, chain: AsyncChain, *, stake: int, engine: Engine | None = None
+                 ) -> None:
+        if spec.optimizer != "sparseloco":
+            raise ConfigError(f"the daemons run SparseLoCo, not {spec.optimizer!r} "
+                              "(DiLoCo and DDP are baselines for `gradmesh simulate`)")
         self.cfg = config
         self.stake = stake
         self.uid = -1
@@ -70,16 +73,15 @@ class NodeCore:
         self.identity = identity
         self.mesh = mesh
         self.chain = chain
-        self.model = assets.new_model()
-        self.params = list(self.model.parameters())
-        self.manifest = assets.manifest(self.model)
+        self.engine = engine if engine is not None else assets.engine(
+            config.data_dir / "checkpoints")
+        self.manifest = self.engine.manifest
         self.window = -1  # θ is θ_global at the start of this window (-1: not synced yet)
         self.applied = -1  # last window whose outer step was applied here
-        self.digest = params_digest(self.params)
+        self.digest = self.engine.digest()
         self.state = "starting"
         self.history: list[WindowPoint] = []
         self.timeline: deque[TimelineEvent] = deque(maxlen=200)
-        self.store = CheckpointStore(config.data_dir / "checkpoints")
         self.checkpoint: tuple[int, bytes] | None = None  # (window, manifest sha) published
         self.miners: dict[bytes, Any] = {}  # address -> MinerSlot, from the chain
         self.heads: dict[bytes, HeadRecord] = {}  # other miners' head records (catch-up)
@@ -213,9 +215,8 @@ class NodeCore:
             self.event(window, f"diverged from {others} peers' θ: resyncing")
             self.window, self.distrust_local = -1, True
             return
-        stats = await asyncio.to_thread(apply_selected, self.params, chosen, self.manifest,
-                                        self.spec.codec, self.spec.outer_lr)
-        self.digest = await asyncio.to_thread(params_digest, self.params)
+        stats = await asyncio.to_thread(self.engine.apply, chosen)
+        self.digest = await asyncio.to_thread(self.engine.digest)
         self.applied, self.window = window, window + 1
         self.event(window, f"applied {stats.peers} contributions")
         by_sha = {sha256(e): e for e in envelopes}
@@ -227,7 +228,7 @@ class NodeCore:
         await self._put_head()
         self.mesh.forget(self.window - self.cfg.keep_windows)
         self.gatherer.forget(self.window - 2)
-        loss = await asyncio.to_thread(evaluate, self.model, self.assets.eval_batches)
+        loss = await asyncio.to_thread(self.engine.evaluate, self.assets.eval_batches)
         self._record_point(window, loss, train_loss, len(chosen), ratio, started)
 
     def _record_point(self, window: int, loss: float, train_loss: float | None, inputs: int,
@@ -252,18 +253,13 @@ class NodeCore:
 
     async def _put_head(self) -> None:
         ckpt_window, ckpt_sha = self.checkpoint or (-1, b"")
-        addrs = getattr(self.mesh, "dial_addrs", self.mesh.listen_addrs)  # with /p2p/<id>
         head = HeadRecord(self.applied, self.digest, ckpt_window, ckpt_sha, self.mesh.peer_id,
-                          tuple(addrs))
+                          tuple(self.mesh.dial_addrs))
         try:
             await self.mesh.put_record(head_key(self.spec.run, self.identity.address),
                                        head.encode())
         except (MeshError, TimeoutError) as exc:
             log.warning("head record not stored: %s", exc)
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        """Node-local state saved with local checkpoints (a miner's error feedback)."""
-        return {}
 
     async def drive(self, stop: asyncio.Event,
                     work: Callable[[int, bool], Awaitable[Any]],
@@ -297,23 +293,21 @@ class NodeCore:
             if self.window != w + 1:
                 await self.sync(stop)
 
-    def restore_extra(self, extra: dict[str, torch.Tensor]) -> None:
-        """Put back what `extra_state` saved (called when resuming a local checkpoint)."""
-
     async def sync(self, stop: asyncio.Event) -> None:
         """Catch up until θ is θ_global at the start of the chain's current window."""
-        from node.runtime.catchup import CatchUpError, catch_up
-
         self.state = "catching-up"
         while not stop.is_set():
             try:
-                text = await catch_up(self)
+                await self.refresh_miners()
+                result = await catch_up(self.catch_up_inputs())
                 now = await self.chain.window()
             except (CatchUpError, MeshError, ChainError) as exc:
                 self.event(self.window, f"catch-up failed: {exc}")
+                self.window = -1  # the engine may hold a half-replayed θ: not a window's start
                 await pause(stop, 2.0)
                 continue
-            fresh = text.startswith("θ_init")
+            self.heads, self.window, self.applied = result.heads, result.window, result.applied
+            self.digest = self.engine.digest()
             nobody = all(h.applied_window < self.window for h in self.heads.values())
             if self.window < now - 1 and nobody:
                 # nobody applied these windows: they are empty for everyone. (One window
@@ -322,20 +316,34 @@ class NodeCore:
                 self.window, self.applied = now, now - 1
             if self.window >= now:
                 self.distrust_local = False
-                self.event(self.window, f"synced: {text}")
-                if fresh or self.checkpoint is None:
+                self.event(self.window, f"synced: {result.text}")
+                if result.fresh or self.checkpoint is None:
                     await self.save_checkpoint()  # so a later joiner finds a start point
                 await self._put_head()
                 return
             await pause(stop, self.cfg.poll * 4)  # peers are still finishing a window
 
+    def catch_up_inputs(self) -> CatchUpInputs:
+        """What catch-up needs of this node, and nothing more."""
+        return CatchUpInputs(
+            run=self.spec.run, model=self.spec.model, own_address=self.identity.address,
+            miners=tuple(self.miners), mesh=self.mesh, engine=self.engine,
+            window=self.chain.window, expectation=self.assets.expectation,
+            manifest_digest=self.assets.manifest_digest(self.manifest),
+            use_local=not self.distrust_local, fetch_timeout=self.cfg.fetch_timeout,
+            record_timeout=self.cfg.record_timeout,
+        )  # fmt: skip
+
+    async def save_local(self) -> None:
+        """θ at the start of `self.window` and the engine's local state, to this node's disk."""
+        await asyncio.to_thread(self.engine.save_local, self.window,
+                                {"digest": self.digest.hex(), "run": self.spec.run})
+
     async def save_checkpoint(self) -> None:
         """Checkpoint θ at the start of `self.window`: locally, and served to peers."""
         window = self.window
-        params = [p.detach().clone() for p in self.params]
-        extra = self.extra_state()
-        await asyncio.to_thread(self.store.save, window, params, extra,
-                                {"digest": self.digest.hex(), "run": self.spec.run})
+        await self.save_local()
+        params = await asyncio.to_thread(self.engine.full_params)
         manifest, chunks = await asyncio.to_thread(
             make_checkpoint, self.identity, run=self.spec.run, window=window,
             model=self.spec.model, manifest=self.manifest, params=params)
@@ -344,11 +352,3 @@ class NodeCore:
         encoded = manifest.encode()
         self.checkpoint = (window, await self.mesh.hold(window, encoded))
         self.event(window, "checkpoint")
-
-    def load_params(self, params: list[torch.Tensor], window: int) -> None:
-        with torch.no_grad():
-            for p, q in zip(self.params, params, strict=True):
-                p.copy_(q)
-        self.window = window
-        self.applied = window - 1
-        self.digest = params_digest(self.params)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from node.mesh.base import Announcement, FetchError, Mesh
+from node.mesh.base import Announcement, Mesh, MeshError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Gatherer:
         try:
             async with self._slots:
                 w.data[ann.sha256] = await self.mesh.fetch(ann, timeout=self.fetch_timeout)
-        except FetchError as exc:
+        except MeshError as exc:  # any refusal of the mesh: this envelope only, never the loop
             w.failed[ann.sha256] = f"{type(exc).__name__}: {exc}"
             log.info("window %d: fetch from 0x%s failed: %s", ann.window, ann.announcer.hex(),
                      exc)

@@ -15,12 +15,15 @@ import numpy as np
 import torch
 
 from node.engine.data import Corpus, heldout_batches, stdlib_corpus, window_batch
-from node.errors import ConfigError
 from node.engine.inner import InnerConfig
-from node.engine.model import Decoder, build_model, get_config, model_manifest
+from node.engine.local import EngineSpec, LocalEngine
+from node.engine.model import get_config
 from node.engine.shards import load_shards
+from node.engine.store import CheckpointStore
+from node.errors import ConfigError
+from node.outer.optimizers import OptimizerName, OuterConfig
 from protocol.envelope import Expectation
-from protocol.spec import CodecSpec, Manifest, manifest_digest
+from protocol.spec import INDEX_CODINGS, CodecSpec, Manifest, manifest_digest
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,10 @@ class RunSpec:
     total_steps: int = 10_000  # inner cosine schedule length (global steps)
     k: int = 64
     index_coding: str = "fixed12"
-    outer_lr: float = 1.0
+    optimizer: OptimizerName = "sparseloco"  # the daemons run SparseLoCo; the simulator all
+    outer_lr: float | None = None  # None: the optimizer's default (SparseLoCo 1.0, DiLoCo 0.7)
     eval_batches: int = 4
-    corpus_bytes: int = 4 * 2**20  # of the standard-library corpus when no shards are given
+    corpus_bytes: int | None = 4 * 2**20  # of the stdlib corpus without shards (None: all)
     data: Path | None = None  # prepared shards (gradmesh data prepare)
 
     def __post_init__(self) -> None:
@@ -47,18 +51,34 @@ class RunSpec:
             raise ConfigError("run id: 1-64 characters, no '/'")
         if self.inner_steps < 1 or self.batch_size < 1 or self.seq_len < 2:
             raise ConfigError("inner_steps >= 1, batch_size >= 1, seq_len >= 2")
-        if self.index_coding not in ("fixed12", "gap"):
-            raise ConfigError("index coding: fixed12 or gap")
-        if not self.outer_lr > 0 or not self.inner_lr > 0:
+        if self.index_coding not in INDEX_CODINGS:
+            raise ConfigError(f"index coding {self.index_coding!r} not in {INDEX_CODINGS}")
+        if self.eval_batches < 1:
+            raise ConfigError("eval_batches >= 1")
+        if not self.inner_lr > 0:
             raise ConfigError("learning rates must be positive")
+        self.outer_config()  # optimizer name, outer lr
+
+    def outer_config(self) -> OuterConfig:
+        return OuterConfig(optimizer=self.optimizer, lr=self.outer_lr, k=self.k,
+                           index_coding=self.index_coding)  # type: ignore[arg-type]
 
     @property
     def codec(self) -> CodecSpec:
-        return CodecSpec("sparseloco", 64, self.k, 2, self.index_coding)  # type: ignore[arg-type]
+        return self.outer_config().codec
+
+    @property
+    def effective_outer_lr(self) -> float:
+        return self.outer_config().effective_lr
 
     def inner_config(self) -> InnerConfig:
         return InnerConfig(lr=self.inner_lr, warmup_steps=self.warmup_steps,
                            total_steps=max(self.total_steps, self.warmup_steps))
+
+    def engine_spec(self) -> EngineSpec:
+        """The engine's share of the run: model, seed, inner and outer optimizer."""
+        return EngineSpec(model=self.model, seed=self.seed, inner=self.inner_config(),
+                          outer=self.outer_config())
 
 
 class RunAssets:
@@ -75,12 +95,11 @@ class RunAssets:
                                             batch_size=spec.batch_size, seq_len=self.seq_len,
                                             seed=spec.seed)
 
-    def new_model(self) -> Decoder:
-        """θ_init: identical on every node (seeded)."""
-        return build_model(self.model_config, seed=self.spec.seed)
-
-    def manifest(self, model: Decoder) -> Manifest:
-        return model_manifest(model)
+    def engine(self, checkpoints: Path | None = None) -> LocalEngine:
+        """A fresh engine at θ_init (identical on every node), keeping local checkpoints
+        in `checkpoints` when given."""
+        store = CheckpointStore(checkpoints) if checkpoints is not None else None
+        return LocalEngine(self.spec.engine_spec(), store)
 
     def manifest_digest(self, manifest: Manifest) -> bytes:
         return manifest_digest(manifest)

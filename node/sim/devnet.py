@@ -24,11 +24,10 @@ from chain.deploy import deploy_network
 from chain.errors import ChainError
 from chain.launch import AnvilChain, EmbeddedChain
 from chain.web3client import Web3ChainClient
-from node.runtime.chainview import AsyncChain, add_validator_balances, read_chain_snapshot
-from node.engine.inner import evaluate
 from node.mesh.p2p import P2PConfig, P2PMesh
-from node.runtime.miner import MinerService
+from node.runtime.chainview import AsyncChain, add_validator_balances, read_chain_snapshot
 from node.runtime.core import NodeConfig, NodeCore
+from node.runtime.miner import MinerService
 from node.runtime.runspec import RunAssets, RunSpec
 from node.status import SCHEMA, ChainSnapshot, Snapshot
 from protocol.identity import Identity
@@ -49,6 +48,14 @@ class DevnetConfig:
     data_dir: Path = Path("devnet-data")
     spec: RunSpec = field(default_factory=RunSpec)
     torch_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        from node.errors import ConfigError
+
+        if self.miners < 1:
+            raise ConfigError(f"devnet miners must be at least 1, got {self.miners}")
+        if self.windows < 1:
+            raise ConfigError(f"devnet windows must be at least 1, got {self.windows}")
 
 
 class DevnetProvider:
@@ -176,7 +183,7 @@ class Devnet:
             runner, self.dashboard_url = await start_server(
                 make_app(provider, title="gradmesh devnet"), "127.0.0.1", self.cfg.dashboard_port)
         self.provider = provider
-        self.initial_loss = evaluate(self.assets.new_model(), self.assets.eval_batches)
+        self.initial_loss = self.assets.engine().evaluate(self.assets.eval_batches)
         services_stop = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as tg:

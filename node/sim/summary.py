@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
-from node.sim.devnet import Devnet
 from node.cli.report import human_bytes
+from node.sim.devnet import Devnet
 
 
 def _common_digest(devnet: Devnet) -> tuple[int | None, bool]:

@@ -47,7 +47,7 @@ def test_data_prepare_then_simulate_on_the_shards(tmp_path: Path) -> None:
     assert (out / "manifest.json").exists()
     result = gradmesh("simulate", *FAST, "--data", str(out), "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["config"]["data_dir"] == str(out)
+    assert json.loads(result.stdout)["config"]["data"] == str(out)
 
 
 def test_keygen_writes_an_owner_only_key(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from chain.client import Role
 from chain.errors import ChainUnavailableError
@@ -70,8 +69,9 @@ async def test_network_trains_identically_and_a_late_joiner_and_a_restart_catch_
             if any(e["event"].startswith("diverged") for e in miners[2].timeline):
                 return True
             if miners[2].state == "waiting":  # (training restores θ at its end)
-                with torch.no_grad():
-                    miners[2].params[0].add_(1e-3)
+                theta = miners[2].engine.full_params()
+                theta[0].add_(1e-3)
+                miners[2].engine.load_params(theta)
             return False
 
         await net.until(drift_until_noticed, 60, "m2 to notice its divergence")

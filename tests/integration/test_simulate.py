@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from node.sim.simulate import SimConfig, Swarm, param_digest, run_simulation
+from node.sim.simulate import SimConfig, Swarm, run_simulation
 from protocol.envelope import Expectation, open_envelope
 from protocol.errors import ProtocolError, WrongWindowError
 
-FAST = SimConfig(miners=3, rounds=3, inner_steps=4, batch_size=4, seq_len=64, eval_batches=2,
+FAST = SimConfig.build(miners=3, rounds=3, inner_steps=4, batch_size=4, seq_len=64, eval_batches=2,
                  corpus_bytes=1 << 20, warmup_steps=2, inner_lr=3e-3)
 
 
@@ -20,7 +20,8 @@ FAST = SimConfig(miners=3, rounds=3, inner_steps=4, batch_size=4, seq_len=64, ev
     [("sparseloco", "fixed12"), ("sparseloco", "gap"), ("diloco", "fixed12"), ("ddp", "fixed12")],
 )
 def test_swarm_trains_and_every_miner_holds_identical_params(optimizer: str, coding: str) -> None:
-    cfg = dataclasses.replace(FAST, optimizer=optimizer, index_coding=coding)  # type: ignore[arg-type]
+    cfg = dataclasses.replace(FAST, spec=dataclasses.replace(FAST.spec, optimizer=optimizer,
+                                                          index_coding=coding))
     result = run_simulation(cfg).to_json()
     losses = result["heldout_loss"]
     assert len(losses) == cfg.rounds + 1
@@ -47,7 +48,7 @@ def test_miners_see_different_arrival_orders_yet_agree() -> None:
     swarm.run_round(0)
     assert len(seen) == 4
     assert len(set(seen)) > 1  # the miners really received different orders
-    assert len({param_digest(m.model) for m in swarm.miners}) == 1
+    assert len({m.engine.digest() for m in swarm.miners}) == 1
 
 
 def test_published_envelopes_are_bound_to_their_window() -> None:
@@ -62,7 +63,7 @@ def test_published_envelopes_are_bound_to_their_window() -> None:
 
     swarm.board.publish = spy  # type: ignore[method-assign]
     swarm.run_round(0)
-    expect = Expectation(swarm.cfg.run_id, 0, swarm.codec, swarm.manifest)
+    expect = Expectation(swarm.spec.run, 0, swarm.codec, swarm.manifest)
     assert open_envelope(posted[0], expect).signer == swarm.miners[0].identity.address
     with pytest.raises(WrongWindowError):
         open_envelope(posted[0], dataclasses.replace(expect, window=1))

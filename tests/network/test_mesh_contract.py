@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -12,12 +14,13 @@ from node.mesh import (
     BadRecordError,
     BlobTooLargeError,
     FetchError,
+    MemoryNetwork,
     Mesh,
     MeshError,
     MeshStateError,
     RecordKey,
 )
-from node.mesh.base import sha256
+from node.mesh.base import DialError, FetchTimeoutError, MeshTimeoutError, sha256
 from tests.support.keys import identity
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
@@ -33,12 +36,135 @@ async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
         await c.close()
 
 
+async def lone_node(cluster: Cluster) -> Any:
+    """A started node that dialled nobody (a p2p one has no bootstrap)."""
+    ident = identity(cluster._next_key)
+    cluster._next_key += 1
+    if cluster.kind == "memory":
+        mesh: Any = cluster.network.node(ident, cluster.run)
+    else:
+        from node.mesh.p2p import P2PConfig, P2PMesh
+
+        mesh = P2PMesh(ident, P2PConfig(run=cluster.run))
+    await mesh.start()
+    cluster.nodes.append(mesh)
+    return mesh
+
+
+def ghost_peer_id(cluster: Cluster, n: int) -> str:
+    """The peer id of a node that exists nowhere on the network (never started)."""
+    if cluster.kind == "memory":
+        return str(cluster.network.node(identity(n), cluster.run).peer_id)
+    from node.mesh.p2p import P2PConfig, P2PMesh
+
+    return P2PMesh(identity(n), P2PConfig(run=cluster.run)).peer_id
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A 127.0.0.1 TCP port that is bound but not listening: a dial there is refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A 127.0.0.1 TCP port whose kernel completes the handshake and nobody ever answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
 async def test_implements_protocol(cluster: Cluster) -> None:
     (node,) = await cluster.add(1)
     assert isinstance(node, Mesh)
     assert node.address == identity(100).address
     assert node.peer_id
     assert node.listen_addrs
+    assert node.dial_addrs
+    for addr in node.dial_addrs:
+        assert addr.endswith(f"/p2p/{node.peer_id}"), addr
+        if cluster.kind == "p2p":
+            assert addr.startswith("/ip4/127.0.0.1/tcp/"), addr  # loopback only
+
+
+def test_timeout_errors_are_builtin_timeouts() -> None:
+    assert issubclass(MeshTimeoutError, MeshError)
+    assert issubclass(MeshTimeoutError, TimeoutError)
+    assert issubclass(FetchTimeoutError, FetchError)
+    assert issubclass(FetchTimeoutError, MeshTimeoutError)
+    err = FetchTimeoutError("no source in time", {"peer": "stalled"})
+    assert str(err) == "no source in time"
+    assert err.failures == {"peer": "stalled"}
+    assert err.errno is None  # OSError's two-argument form must not kick in
+
+
+async def test_connect_to_a_dial_address_connects(cluster: Cluster) -> None:
+    (a,) = await cluster.add(1)
+    b = await lone_node(cluster)
+    if cluster.kind == "p2p":
+        assert b.peer_id not in a.connected_peers()
+    started = time.monotonic()
+    await a.connect(b.dial_addrs[0], timeout=10)
+    assert time.monotonic() - started < 10.5
+    assert b.peer_id in a.connected_peers()
+    await wait_until(lambda: a.peer_id in b.connected_peers(), timeout=10, what="both ends")
+    await a.connect(b.dial_addrs[0], timeout=10)  # dialling a connected peer again is fine
+    assert b.peer_id in a.connected_peers()
+
+
+async def test_connect_to_an_unknown_address_is_a_mesh_error(cluster: Cluster,
+                                                             closed_port: int) -> None:
+    (a,) = await cluster.add(1)
+    ghost = ghost_peer_id(cluster, 990)
+    if cluster.kind == "memory":
+        unknown = cluster.network.node(identity(990), cluster.run).dial_addrs[0]
+        malformed = "/memory/nothing-here/p2p"
+        elsewhere = MemoryNetwork().node(identity(991), cluster.run)  # up, on another network
+        await elsewhere.start()
+        cluster.nodes.append(elsewhere)
+        extra = [elsewhere.dial_addrs[0]]
+    else:
+        unknown = f"/ip4/127.0.0.1/tcp/{closed_port}/p2p/{ghost}"
+        malformed = f"/ip4/127.0.0.1/tcp/{closed_port}"  # no /p2p/<peer id>
+        extra = []
+    for addr in (unknown, malformed, "not an address", *extra):
+        started = time.monotonic()
+        with pytest.raises(MeshError) as info:
+            await a.connect(addr, timeout=5)
+        assert time.monotonic() - started < 5.5, addr
+        assert not isinstance(info.value, TimeoutError), f"{addr}: refused, not timed out"
+    with pytest.raises(DialError):
+        await a.connect(unknown, timeout=5)
+    assert ghost not in a.connected_peers()
+    await a.stop()
+    with pytest.raises(MeshStateError):
+        await a.connect(unknown, timeout=5)
+
+
+async def test_a_dial_that_never_completes_is_a_mesh_timeout(cluster: Cluster,
+                                                            silent_port: int) -> None:
+    (a,) = await cluster.add(1)
+    if cluster.kind == "memory":
+        b = await lone_node(cluster)
+        cluster.network.set_fault(b.peer_id, "stall")
+        addr = b.dial_addrs[0]
+    else:
+        addr = f"/ip4/127.0.0.1/tcp/{silent_port}/p2p/{ghost_peer_id(cluster, 991)}"
+    started = time.monotonic()
+    with pytest.raises(MeshTimeoutError) as info:
+        await a.connect(addr, timeout=1.0)
+    assert time.monotonic() - started < 2.5
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, MeshError)
 
 
 async def test_announcement_reaches_others_signed_not_self(cluster: Cluster) -> None:
@@ -146,9 +272,13 @@ async def test_timeout_bounds_a_fetch_from_a_silent_peer(cluster: Cluster) -> No
         seen.cancel()
         assert isinstance(evil, EvilMesh)
     started = time.monotonic()
-    with pytest.raises(FetchError):
+    with pytest.raises(FetchError) as info:
         await b.fetch(ann, timeout=1.5)
     assert time.monotonic() - started < 3.0
+    # a fetch timeout is also the built-in TimeoutError, for callers that catch that
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, MeshTimeoutError)
+    assert isinstance(info.value, FetchTimeoutError)
 
 
 async def test_held_blob_is_served_unannounced_and_forgotten_by_window(cluster: Cluster) -> None:

@@ -21,18 +21,19 @@ import torch
 
 from chain.client import ChainParams, Role
 from chain.memory import MemoryChain
-from node.outer.aggregate import aggregate_sparse
-from node.mesh.board import MemoryBoard
 from node.engine.data import heldout_batches, stdlib_corpus, window_batch
+from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerConfig, InnerTrainer, evaluate
 from node.engine.model import Decoder, build_model, get_config, model_manifest
+from node.mesh.board import MemoryBoard
+from node.outer.aggregate import aggregate_sparse
 from node.outer.optimizers import OuterConfig, SparseLoCo
-from node.sim.simulate import param_digest
 from protocol.envelope import BaseModel, read_unverified, seal
 from protocol.identity import Identity, checksum_address
 from protocol.sparse import compress, decode_payload, decompress, encode_payload
-from validator.scoring import ScoringConfig
+from tests.support.models import model_digest
 from validator.scorer import GlobalView, Validator, ValidatorConfig, WindowReport
+from validator.scoring import ScoringConfig
 from validator.source import BoardSource
 from validator.state import ValidatorState
 
@@ -131,12 +132,12 @@ class Harness:
                                scoring=self.scoring_config(), codec=self.codec)
         model = build_model(get_config(self.cfg.model), seed=self.cfg.seed)
         return Validator(vcfg, chain_client or self.vclient,  # type: ignore[arg-type]
-                         self.source, ValidatorState(self.db, RUN), self.tokens, model,
-                         self.manifest)
+                         self.source, ValidatorState(self.db, RUN), self.tokens,
+                         Evaluator(model, self.manifest, self.codec))
 
     # --- miners ----------------------------------------------------------------------------
     def base(self) -> BaseModel:
-        return BaseModel(step=self.step, digest=param_digest(self.theta))
+        return BaseModel(step=self.step, digest=model_digest(self.theta))
 
     def _train(self, m: Miner, window: int, data_uid: int) -> list[torch.Tensor]:
         assert m.model is not None

@@ -15,11 +15,11 @@ from typing import Any
 
 from chain.client import ChainParams
 from chain.memory import MemoryChain
+from node.mesh import MemoryNetwork
 from node.runtime.aio import pause
 from node.runtime.chainview import AsyncChain
-from node.mesh import MemoryNetwork
-from node.runtime.miner import MinerService
 from node.runtime.core import NodeConfig, NodeCore
+from node.runtime.miner import MinerService
 from node.runtime.runspec import RunAssets, RunSpec
 from protocol.identity import Identity
 from tests.support.keys import identity

@@ -13,6 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.engine.model import Decoder, build_model, get_config, model_manifest
+from node.engine.store import CheckpointStore
+from node.errors import ConfigError, CorruptCheckpointError
 from node.runtime.checkpoint import (
     MAX_TOTAL_BYTES,
     MIN_CHUNK_SIZE,
@@ -20,7 +23,6 @@ from node.runtime.checkpoint import (
     CheckpointError,
     CheckpointManifest,
     ChunkMismatchError,
-    CorruptCheckpointError,
     DigestMismatchError,
     ShapeMismatchError,
     assemble,
@@ -31,12 +33,9 @@ from node.runtime.checkpoint import (
     sha256,
     verify_chunk,
 )
-from node.engine.store import CheckpointStore
-from node.errors import ConfigError
-from node.engine.model import Decoder, build_model, get_config, model_manifest
-from node.sim.simulate import param_digest
 from protocol import canonical
 from tests.support.keys import identity
+from tests.support.models import model_digest
 
 KIB = 1024
 
@@ -73,9 +72,9 @@ VALID_WIRE = _small_manifest().encode()
 # --- parameter bytes ---------------------------------------------------------------
 
 
-def test_serialized_bytes_hash_to_the_simulators_param_digest(model: Decoder) -> None:
+def test_serialized_bytes_hash_to_the_theta_digest(model: Decoder) -> None:
     data = serialize_params(_params(model))
-    assert hashlib.sha256(data).digest() == param_digest(model)
+    assert hashlib.sha256(data).digest() == model_digest(model)
     assert len(data) == 4 * sum(p.numel() for p in model.parameters())
 
 
@@ -126,7 +125,7 @@ def test_checkpoint_round_trip_restores_the_exact_model(model: Decoder) -> None:
     with torch.no_grad():
         for target, value in zip(fresh.parameters(), params, strict=True):
             target.copy_(value)
-    assert param_digest(fresh) == param_digest(model) == decoded.param_digest
+    assert model_digest(fresh) == model_digest(model) == decoded.param_digest
 
 
 def test_default_chunk_size_fits_the_default_manifest_cap(model: Decoder) -> None:
@@ -310,7 +309,7 @@ def test_store_round_trips_model_extra_tensors_and_meta(tmp_path: Path, model: D
     assert {k: v for k, v in loaded.meta.items() if k != "nan"} == {
         k: v for k, v in meta.items() if k != "nan"}
     assert loaded.meta["nan"] != loaded.meta["nan"]  # NaN survives bit-exactly
-    assert hashlib.sha256(serialize_params(loaded.params)).digest() == param_digest(model)
+    assert hashlib.sha256(serialize_params(loaded.params)).digest() == model_digest(model)
     assert set(loaded.extra) == set(error_feedback)
     for name, tensor in error_feedback.items():
         assert loaded.extra[name].dtype == torch.float32  # stored as fp32

@@ -1,4 +1,4 @@
-"""node.dashboard.svgplot: the dashboard's charts mark and escape their points; line_chart is as before."""
+"""node.dashboard.svgplot: the charts mark and escape their points; line_chart is as before."""
 
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from node.errors import ConfigError, DataError
 from node.engine.inner import InnerConfig, InnerTrainer, evaluate, lr_at
 from node.engine.model import Decoder, ModelConfig, build_model
+from node.errors import ConfigError, DataError
 
 CFG = ModelConfig("unit", vocab_size=256, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
                   ffn_dim=128, max_seq_len=32)

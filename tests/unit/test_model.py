@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from node.errors import ConfigError
 from node.engine.model import (
     MODEL_CONFIGS,
     Decoder,
@@ -17,6 +16,7 @@ from node.engine.model import (
     model_manifest,
     param_count,
 )
+from node.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

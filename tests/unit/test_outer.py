@@ -52,7 +52,7 @@ def test_diloco_outer_step_is_nesterov() -> None:
     deltas = [random_tensors(i) for i in range(3)]
     contributions = [(bytes([i]) * 20, outer.decode(outer.encode(d)))
                      for i, d in enumerate(deltas)]
-    outer.apply(params, None, contributions)  # type: ignore[arg-type]
+    outer.apply(params, contributions, inner_step=lambda grads: None)
     mean = [sum(d[t] for d in deltas) / 3 for t in range(len(MANIFEST))]
     for p, g in zip(params, mean, strict=True):
         # first step: v = g, update = g + 0.9 g

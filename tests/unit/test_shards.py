@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from node.engine.data import DOC_SEPARATOR, path_in_heldout
-from node.errors import DataError
 from node.engine.shards import MANIFEST_NAME, ShardManifest, load_shards, prepare_shards
+from node.errors import DataError
 
 
 def make_inputs(root: Path, n: int = 40) -> dict[str, bytes]:

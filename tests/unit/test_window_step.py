@@ -6,9 +6,10 @@ import os
 
 import torch
 
+from node.engine.local import EngineSpec, LocalEngine
 from node.engine.model import build_model, get_config, model_manifest
 from node.outer.optimizers import OuterConfig, SparseLoCo
-from node.outer.step import apply_selected, params_digest, select
+from node.outer.step import select
 from protocol.envelope import BaseModel, Expectation, seal
 from tests.support.keys import identity
 
@@ -53,23 +54,23 @@ def test_an_equivocating_signer_counts_for_nobody() -> None:
 
 
 def test_apply_is_bit_identical_whatever_the_arrival_order() -> None:
-    params_a, expect, outer = _setup()
-    params_b = [p.detach().clone() for p in params_a]
+    _, expect, outer = _setup()
+    a, b = LocalEngine(EngineSpec()), LocalEngine(EngineSpec())
     envs = [_envelope(n, outer, expect) for n in range(4)]
     chosen_a, _ = select(envs, expect, None)
     chosen_b, _ = select(list(reversed(envs)), expect, None)
-    before = params_digest(params_a)
-    apply_selected(params_a, chosen_a, expect.manifest, CODEC, 1.0)
-    apply_selected(params_b, chosen_b, expect.manifest, CODEC, 1.0)
-    assert params_digest(params_a) == params_digest(params_b) != before
+    before = a.digest()
+    a.apply(chosen_a)
+    b.apply(chosen_b)
+    assert a.digest() == b.digest() != before
 
 
 def test_nothing_chosen_leaves_theta_alone() -> None:
-    params, expect, _ = _setup()
-    before = params_digest(params)
-    stats = apply_selected(params, [], expect.manifest, CODEC, 1.0)
+    engine = LocalEngine(EngineSpec())
+    before = engine.digest()
+    stats = engine.apply([])
     assert stats.peers == 0
-    assert params_digest(params) == before
+    assert engine.digest() == before
 
 
 def test_divergence_needs_two_peers_agreeing_on_another_theta() -> None:

@@ -1,0 +1,94 @@
+"""The Engine seam: the one object per process that owns θ.
+
+Everything that reads or writes model parameters goes through an `Engine`: the
+runtime's window loop, catch-up, the validator service and the simulator. A GPU,
+a dtype or FSDP sharding enters here and nowhere else. `LocalEngine`
+(node/engine/local.py) is the single-process implementation; every
+implementation passes the one contract suite in tests/unit/test_engine_contract.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from torch import Tensor
+
+from node.engine.evaluator import Evaluator
+from node.engine.store import LocalCheckpoint, MetaValue
+from node.outer.aggregate import AggregateStats
+from node.outer.step import Selected
+from protocol.spec import CodecSpec, Manifest
+
+
+class Engine(Protocol):
+    """θ, the inner optimizer and the outer optimizer's local state of one node.
+
+    The contract, for every implementation:
+
+    * `manifest` names the parameters in wire order; `codec` is how this engine's
+      contributions are encoded; `per_step` is True when contributions are one
+      inner step's gradients (the DDP baseline), False for a window's Δ.
+    * `train(batches)` runs the inner steps and returns their losses; θ is left
+      exactly as it was (bit for bit), the result is kept for `encode`.
+      `gradient(batch)` does the same for one batch's gradient (per-step engines).
+    * `encode()` turns the pending result into payload bytes, updating the error
+      feedback; it raises `EngineStateError` when nothing is pending.
+    * `apply(chosen)` is the one canonical outer step: the contributions that
+      `node.outer.step.select` chose, in its order. Two engines with the same θ
+      and outer state given the same `chosen` end with the same `digest()`.
+      An empty `chosen` changes nothing.
+    * `digest()` is SHA-256 over θ's fp32 bytes in manifest order, computed the
+      same way on every device and layout.
+    * `evaluate(batches)` is the mean loss without gradients; θ is unchanged.
+    * `full_params()` hands out fp32 CPU copies of θ (never views); `load_params`
+      takes such a list (shapes checked, `EngineStateError` otherwise); `reset()`
+      loads θ_init, identical on every node of the run.
+    * `local_state()` / `load_local_state()` are what only this node has (the
+      error feedback): fp32 CPU copies, keyed by name; unknown or misshaped
+      entries are ignored on load.
+    * `save_local(window, meta)` writes θ and the local state to this node's
+      checkpoint store; `latest_local()` returns the newest checkpoint there that
+      verifies (None without a store or a checkpoint) and `restore_local(c)`
+      loads θ and local state from it.
+    * `evaluator()` is a scratch model for scoring updates without touching θ.
+    """
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    @property
+    def codec(self) -> CodecSpec: ...
+
+    @property
+    def per_step(self) -> bool: ...
+
+    def train(self, batches: Sequence[Tensor]) -> list[float]: ...
+
+    def gradient(self, batch: Tensor) -> float: ...
+
+    def encode(self) -> bytes: ...
+
+    def apply(self, chosen: Sequence[Selected]) -> AggregateStats: ...
+
+    def digest(self) -> bytes: ...
+
+    def evaluate(self, batches: Sequence[Tensor]) -> float: ...
+
+    def full_params(self) -> list[Tensor]: ...
+
+    def load_params(self, params: Sequence[Tensor]) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def local_state(self) -> dict[str, Tensor]: ...
+
+    def load_local_state(self, state: Mapping[str, Tensor]) -> None: ...
+
+    def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None: ...
+
+    def latest_local(self) -> LocalCheckpoint | None: ...
+
+    def restore_local(self, checkpoint: LocalCheckpoint) -> None: ...
+
+    def evaluator(self) -> Evaluator: ...

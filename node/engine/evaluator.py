@@ -1,0 +1,53 @@
+"""A scratch model for scoring updates: θ_global minus one update, evaluated.
+
+Validators apply each miner's update alone to a copy of θ_global and measure the
+loss; this is the only place that writes such a copy. It never touches the
+engine's own θ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from node.engine.model import Decoder
+from protocol.sparse import SparseTensor, decompress
+from protocol.spec import CodecSpec, Manifest
+
+
+def mean_loss(model: Decoder, batches: Sequence[torch.Tensor]) -> float:
+    """Mean of the batches' losses, summed exactly (math.fsum) in batch order."""
+    with torch.no_grad():
+        return math.fsum(float(model.loss(b)) for b in batches) / len(batches)
+
+
+class Evaluator:
+    """Holds one scratch model; `load` puts θ − scale·update into it."""
+
+    def __init__(self, model: Decoder, manifest: Manifest, spec: CodecSpec) -> None:
+        self.model = model.eval()
+        self.params = list(model.parameters())
+        self.manifest = manifest
+        self.spec = spec
+
+    def load(self, theta: Sequence[torch.Tensor], update: Sequence[SparseTensor] | None,
+             scale: float) -> None:
+        """θ, minus `scale` × the decompressed sparse `update` when one is given."""
+        with torch.no_grad():
+            for i, (p, t) in enumerate(zip(self.params, theta, strict=True)):
+                p.copy_(t)
+                if update is not None:
+                    dense = decompress(update[i], tuple(self.manifest[i].shape), self.spec)
+                    p.sub_(dense.to(p.dtype), alpha=scale)
+
+    def load_dense(self, theta: Sequence[torch.Tensor], update: Sequence[torch.Tensor],
+                   scale: float) -> None:
+        """θ − scale × a dense update (the validator's reference aggregate)."""
+        with torch.no_grad():
+            for p, t, u in zip(self.params, theta, update, strict=True):
+                p.copy_(t).sub_(u.to(p.dtype), alpha=scale)
+
+    def loss(self, batches: Sequence[torch.Tensor]) -> float:
+        return mean_loss(self.model, batches)

@@ -1,0 +1,135 @@
+"""`LocalEngine`: θ in this process, on one device, fp32 — the reference engine.
+
+It holds the model, the inner AdamW trainer and the run's outer optimizer
+(SparseLoCo, DiLoCo or the DDP baseline) and implements the `Engine` contract
+(node/engine/base.py). Later engines (device placement, FSDP sharding) keep the
+same contract and pass the same suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from node.engine.evaluator import Evaluator
+from node.engine.inner import InnerConfig, InnerTrainer, evaluate
+from node.engine.model import build_model, get_config, model_manifest
+from node.engine.store import CheckpointStore, LocalCheckpoint, MetaValue
+from node.errors import EngineError
+from node.outer.aggregate import AggregateStats
+from node.outer.optimizers import OuterConfig, make_outer
+from node.outer.step import Selected, params_digest
+from protocol.spec import CodecSpec, Manifest
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine needs of the run (consensus): model, θ_init seed, both optimizers."""
+
+    model: str = "tiny"
+    seed: int = 0
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+
+
+class LocalEngine:
+    """The single-process `Engine`."""
+
+    def __init__(self, spec: EngineSpec, store: CheckpointStore | None = None) -> None:
+        self.spec = spec
+        self.model_config = get_config(spec.model)
+        self._model = build_model(self.model_config, seed=spec.seed)
+        self._params = list(self._model.parameters())
+        self._manifest = model_manifest(self._model)
+        self._trainer = InnerTrainer(self._model, spec.inner)
+        self._outer = make_outer(spec.outer, self._manifest)
+        self._store = store
+        self._pending: list[Tensor] | None = None
+        self._digest: bytes | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def codec(self) -> CodecSpec:
+        return self._outer.codec
+
+    @property
+    def per_step(self) -> bool:
+        return self._outer.per_step
+
+    # --- training and the outer step ----------------------------------------------------
+    def train(self, batches: Sequence[Tensor]) -> list[float]:
+        result = self._trainer.run(batches)
+        self._pending = result.delta
+        return result.losses
+
+    def gradient(self, batch: Tensor) -> float:
+        loss, grads = self._trainer.compute_grads(batch)
+        self._pending = grads
+        return loss
+
+    def encode(self) -> bytes:
+        if self._pending is None:
+            raise EngineError("nothing trained since the last encode")
+        local, self._pending = self._pending, None
+        return self._outer.encode(local)
+
+    def apply(self, chosen: Sequence[Selected]) -> AggregateStats:
+        if not chosen:
+            return AggregateStats(peers=0, clipped=0, skipped=0)
+        contributions = [(c.signer, c.tensors) for c in chosen]
+        stats = self._outer.apply(self._params, contributions, self._trainer.apply_grads)
+        self._digest = None
+        return stats
+
+    def digest(self) -> bytes:
+        if self._digest is None:
+            self._digest = params_digest(self._params)
+        return self._digest
+
+    def evaluate(self, batches: Sequence[Tensor]) -> float:
+        return evaluate(self._model, batches)
+
+    # --- θ in and out -------------------------------------------------------------------
+    def full_params(self) -> list[Tensor]:
+        return [p.detach().to("cpu", torch.float32).clone() for p in self._params]
+
+    def load_params(self, params: Sequence[Tensor]) -> None:
+        shapes = [tuple(t.shape) for t in params]
+        if shapes != [tuple(s.shape) for s in self._manifest]:
+            raise EngineError(f"{len(shapes)} tensors do not fit the model's manifest")
+        with torch.no_grad():
+            for p, q in zip(self._params, params, strict=True):
+                p.copy_(q)
+        self._digest = None
+
+    def reset(self) -> None:
+        self.load_params(list(build_model(self.model_config, seed=self.spec.seed).parameters()))
+
+    # --- what only this node has ---------------------------------------------------------
+    def local_state(self) -> dict[str, Tensor]:
+        return self._outer.local_state()
+
+    def load_local_state(self, state: Mapping[str, Tensor]) -> None:
+        self._outer.load_local_state(state)
+
+    def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
+        if self._store is None:
+            raise EngineError("this engine has no checkpoint store")
+        self._store.save(window, self.full_params(), self.local_state(), meta)
+
+    def latest_local(self) -> LocalCheckpoint | None:
+        return self._store.latest() if self._store is not None else None
+
+    def restore_local(self, checkpoint: LocalCheckpoint) -> None:
+        self.load_params(checkpoint.params)
+        self.load_local_state(checkpoint.extra)
+
+    def evaluator(self) -> Evaluator:
+        scratch = build_model(self.model_config, seed=self.spec.seed)
+        return Evaluator(scratch, self._manifest, self.codec)

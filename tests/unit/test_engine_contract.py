@@ -1,0 +1,230 @@
+"""The `Engine` contract (node/engine/base.py), run against every implementation.
+
+A new engine (device placement, FSDP sharding) joins by adding a factory to
+`ENGINES`; it must pass every test here unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from node.engine.base import Engine
+from node.engine.data import window_batch
+from node.engine.inner import InnerConfig
+from node.engine.local import EngineSpec, LocalEngine
+from node.engine.store import CheckpointStore
+from node.errors import EngineError
+from node.outer.optimizers import OuterConfig
+from node.outer.step import params_digest, select
+from protocol.envelope import BaseModel, Expectation, seal
+from protocol.identity import Identity
+from tests.support.keys import identity
+
+INNER = InnerConfig(lr=3e-3, warmup_steps=1, total_steps=100)
+TOKENS = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint16)
+Factory = Callable[[EngineSpec, Path | None], Engine]
+
+
+def _local(spec: EngineSpec, store: Path | None) -> Engine:
+    return LocalEngine(spec, CheckpointStore(store) if store is not None else None)
+
+
+ENGINES: dict[str, Factory] = {"local": _local}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def make(request: pytest.FixtureRequest) -> Callable[..., Engine]:
+    factory = ENGINES[request.param]
+
+    def build(optimizer: str = "sparseloco", store: Path | None = None) -> Engine:
+        outer = OuterConfig(optimizer=optimizer)  # type: ignore[arg-type]
+        return factory(EngineSpec(model="tiny", seed=0, inner=INNER, outer=outer), store)
+
+    return build
+
+
+def _batches(uid: int, n: int = 2) -> list[torch.Tensor]:
+    return [window_batch(TOKENS, seed=0, window=0, uid=uid, step=s, batch_size=2, seq_len=32)
+            for s in range(n)]
+
+
+def _envelope(engine: Engine, who: Identity, window: int = 0) -> bytes:
+    return seal(who, run_id="contract", window=window, base=BaseModel(window, engine.digest()),
+                codec=engine.codec, manifest=engine.manifest, payload=engine.encode())
+
+
+def _contributions(make: Callable[..., Engine], n: int = 3, optimizer: str = "sparseloco"
+                   ) -> list[bytes]:
+    out = []
+    for uid in range(n):
+        peer = make(optimizer)
+        if peer.per_step:
+            peer.gradient(_batches(uid, 1)[0])
+        else:
+            peer.train(_batches(uid))
+        out.append(_envelope(peer, identity(uid)))
+    return out
+
+
+def _expect(engine: Engine) -> Expectation:
+    return Expectation("contract", 0, engine.codec, engine.manifest)
+
+
+def test_digest_is_sha256_of_fp32_params_in_manifest_order(make: Callable[..., Engine]) -> None:
+    engine = make()
+    params = engine.full_params()
+    assert [tuple(p.shape) for p in params] == [tuple(t.shape) for t in engine.manifest]
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params)
+    raw = b"".join(p.contiguous().numpy().tobytes() for p in params)
+    assert engine.digest() == hashlib.sha256(raw).digest() == params_digest(params)
+
+
+def test_training_leaves_theta_bit_identical_and_encode_consumes_the_result(
+        make: Callable[..., Engine]) -> None:
+    engine = make()
+    before = engine.digest()
+    losses = engine.train(_batches(0, 3))
+    assert len(losses) == 3
+    assert all(np.isfinite(losses))
+    assert engine.digest() == before
+    assert params_digest(engine.full_params()) == before
+    payload = engine.encode()
+    assert isinstance(payload, bytes)
+    assert len(payload) > 0
+    with pytest.raises(EngineError):
+        engine.encode()
+
+
+def test_the_same_chosen_set_gives_the_same_theta_on_two_engines(
+        make: Callable[..., Engine]) -> None:
+    a, b = make(), make()
+    envelopes = _contributions(make)
+    chosen_a, skipped = select(envelopes, _expect(a), None)
+    chosen_b, _ = select(list(reversed(envelopes)), _expect(b), None)
+    assert skipped == []
+    assert len(chosen_a) == 3
+    before = a.digest()
+    stats = a.apply(chosen_a)
+    b.apply(chosen_b)
+    assert stats.peers == 3
+    assert a.digest() == b.digest() != before
+    assert params_digest(a.full_params()) == a.digest()
+
+
+def test_an_empty_step_changes_nothing(make: Callable[..., Engine]) -> None:
+    engine = make()
+    before = engine.digest()
+    assert engine.apply([]).peers == 0
+    assert engine.digest() == before
+
+
+@pytest.mark.parametrize("optimizer", ["diloco", "ddp"])
+def test_dense_optimizers_step_identically_too(make: Callable[..., Engine], optimizer: str
+                                              ) -> None:
+    a, b = make(optimizer), make(optimizer)
+    envelopes = _contributions(make, 2, optimizer)
+    chosen, _ = select(envelopes, _expect(a), None)
+    before = a.digest()
+    a.apply(chosen)
+    b.apply(chosen)
+    assert a.digest() == b.digest() != before
+
+
+def test_full_params_are_copies_and_load_params_round_trips(make: Callable[..., Engine]) -> None:
+    engine = make()
+    before = engine.digest()
+    params = engine.full_params()
+    params[0].add_(1.0)
+    assert engine.digest() == before  # not a view
+    engine.load_params(params)
+    assert engine.digest() == params_digest(params) != before
+    engine.reset()
+    assert engine.digest() == before == make().digest()  # θ_init is the same everywhere
+
+
+def test_load_params_refuses_the_wrong_shapes(make: Callable[..., Engine]) -> None:
+    engine = make()
+    params = engine.full_params()
+    with pytest.raises(EngineError):
+        engine.load_params(params[:-1])
+    with pytest.raises(EngineError):
+        engine.load_params([*params[:-1], torch.zeros(3)])
+
+
+def test_evaluate_is_deterministic_and_leaves_theta(make: Callable[..., Engine]) -> None:
+    engine = make()
+    before = engine.digest()
+    first = engine.evaluate(_batches(7))
+    assert first == engine.evaluate(_batches(7))
+    assert np.isfinite(first)
+    assert engine.digest() == before
+
+
+def test_local_state_is_the_error_feedback_and_moves_between_engines(
+        make: Callable[..., Engine]) -> None:
+    a = make()
+    assert all(float(t.abs().sum()) == 0.0 for t in a.local_state().values())
+    a.train(_batches(0))
+    a.encode()
+    state = a.local_state()
+    assert state
+    assert any(float(t.abs().sum()) > 0.0 for t in state.values())
+    b = make()
+    b.load_local_state({**state, "unknown": torch.ones(2), next(iter(state)): torch.ones(2)})
+    got = b.local_state()
+    first = next(iter(state))
+    assert float(got[first].abs().sum()) == 0.0  # the misshaped entry was ignored
+    assert all(torch.equal(got[k], v) for k, v in state.items() if k != first)
+    # the same Δ through the same error feedback gives the same bytes; without it, others
+    b.load_local_state(state)
+    c, d = make(), make()
+    c.load_local_state(state)
+    for e in (b, c, d):
+        e.train(_batches(1))
+    assert b.encode() == c.encode() != d.encode()
+
+
+def test_local_checkpoints_round_trip(make: Callable[..., Engine], tmp_path: Path) -> None:
+    engine = make(store=tmp_path)
+    assert engine.latest_local() is None
+    engine.train(_batches(0))
+    engine.encode()
+    envelopes = _contributions(make, 2)
+    engine.apply(select(envelopes, _expect(engine), None)[0])
+    engine.save_local(5, {"run": "contract"})
+    digest, state = engine.digest(), engine.local_state()
+
+    fresh = make(store=tmp_path)
+    checkpoint = fresh.latest_local()
+    assert checkpoint is not None
+    assert checkpoint.window == 5
+    assert checkpoint.meta["run"] == "contract"
+    fresh.restore_local(checkpoint)
+    assert fresh.digest() == digest
+    assert all(torch.equal(fresh.local_state()[k], v) for k, v in state.items())
+
+
+def test_without_a_store_there_is_nothing_to_save_or_restore(make: Callable[..., Engine]) -> None:
+    engine = make()
+    assert engine.latest_local() is None
+    with pytest.raises(EngineError):
+        engine.save_local(1, {})
+
+
+def test_the_evaluator_is_scratch_space(make: Callable[..., Engine]) -> None:
+    engine = make()
+    before = engine.digest()
+    evaluator = engine.evaluator()
+    theta = engine.full_params()
+    evaluator.load(theta, None, 0.0)
+    base = evaluator.loss(_batches(3))
+    assert base == pytest.approx(engine.evaluate(_batches(3)), rel=1e-6)
+    evaluator.load_dense(theta, [torch.ones_like(t) for t in theta], 0.5)
+    assert evaluator.loss(_batches(3)) != base
+    assert engine.digest() == before
