@@ -1,24 +1,31 @@
 """gradmesh validator: cheap checks, seeded LossScore, OpenSkill rating, commit-reveal.
 
-Public entry points: `Validator` (service.py), `ValidatorConfig`, `GlobalView`,
-`ValidatorState` (state.py), `ContributionSource`/`BoardSource`/`Arrival`
-(source.py) and the pure scoring functions in `validator.scoring`.
+The per-window scorer is `validator.scorer.Validator` (with `ValidatorConfig`,
+`GlobalView`, `WindowReport`); the async service that follows θ_global like a
+miner and posts weights is `validator.service.ValidatorService`; state in
+`validator.state`, the pure scoring functions in `validator.scoring`. It may
+import the runtime, engine, outer, mesh, chain and protocol, never sim or cli,
+and scores through the engine's evaluator: it never touches θ itself.
+
+Names are loaded on first use, so `import validator.errors` stays light.
 """
 
-from validator.errors import Rejection, ValidatorError
-from validator.scorer import GlobalView, Validator, ValidatorConfig, WindowReport
-from validator.source import Arrival, BoardSource, ContributionSource
-from validator.state import ValidatorState
+from __future__ import annotations
 
-__all__ = [
-    "Arrival",
-    "BoardSource",
-    "ContributionSource",
-    "GlobalView",
-    "Rejection",
-    "Validator",
-    "ValidatorConfig",
-    "ValidatorError",
-    "ValidatorState",
-    "WindowReport",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Rejection": "validator.errors", "ValidatorError": "validator.errors",
+    "GlobalView": "validator.scorer", "Validator": "validator.scorer",
+    "ValidatorConfig": "validator.scorer", "WindowReport": "validator.scorer",
+    "Arrival": "validator.source", "BoardSource": "validator.source",
+    "ContributionSource": "validator.source", "ValidatorState": "validator.state",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'validator' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from node.engine.base import Engine
-from node.errors import CheckpointError, NodeError
+from node.errors import CheckpointError, EngineError, NodeError
 from node.mesh.base import FetchError, Mesh, MeshError
 from node.outer.step import select
 from node.runtime.checkpoint import CheckpointManifest, restore_params
@@ -127,7 +127,10 @@ async def _start_point(inp: CatchUpInputs, heads: dict[bytes, HeadRecord]
     best = max(remote, key=lambda r: r[0], default=None)
     if best is not None and (local is None or best[0] > local.window):
         params = await _remote_checkpoint(inp, best[1], best[2])
-        await asyncio.to_thread(engine.load_params, params)
+        try:
+            await asyncio.to_thread(engine.load_params, params)
+        except EngineError as exc:
+            raise CatchUpError(f"checkpoint from 0x{best[1].hex()}: {exc}") from exc
         return best[0], f"checkpoint of window {best[0]} from 0x{best[1].hex()[:8]}", False
     if local is not None:
         await asyncio.to_thread(engine.restore_local, local)

@@ -1,0 +1,6 @@
+"""Whole networks in one process: `simulate` (the optimizer alone, over an
+in-memory board) and `devnet` (real services on 127.0.0.1) with its summary.
+
+May import anything; nothing else imports it. It must never listen on or dial
+a non-loopback address.
+"""
