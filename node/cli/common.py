@@ -122,6 +122,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-len", type=int, default=128)
     add_flag(g, "--data", env="DATA", type=Path,
              help="prepared shards (default: the embedded standard-library corpus)")
+    add_flag(g, "--vocab-size", env="VOCAB_SIZE", type=int,
+             help="the model's vocabulary (default: the model config's; a BPE run sets it)")
+    add_flag(g, "--tokenizer-sha256", env="TOKENIZER_SHA256",
+             help="refuse data tokenized by any other tokenizer")
+    add_flag(g, "--data-sha256", env="DATA_SHA256",
+             help="refuse shards whose manifest hash differs")
 
 
 def build_spec(args: argparse.Namespace) -> Any:
@@ -129,7 +135,9 @@ def build_spec(args: argparse.Namespace) -> Any:
     from node.runtime.runspec import RunSpec
 
     return RunSpec(run=args.run, model=args.model, seed=args.seed, inner_steps=args.inner_steps,
-                   batch_size=args.batch_size, seq_len=args.seq_len, data=args.data)
+                   batch_size=args.batch_size, seq_len=args.seq_len, data=args.data,
+                   vocab_size=args.vocab_size, tokenizer_sha256=args.tokenizer_sha256,
+                   data_sha256=args.data_sha256)
 
 
 def add_node_flags(p: argparse.ArgumentParser) -> None:

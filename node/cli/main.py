@@ -13,6 +13,8 @@ from chain.errors import ChainError
 from node.cli.chain import add_chain_commands
 from node.cli.common import add_flag, add_key_flag
 from node.cli.daemons import add_service_commands
+from node.cli.data import add_data_commands
+from node.cli.export import add_export_commands
 from node.cli.network import add_network_commands
 from node.dashboard.errors import DashboardError
 from node.errors import NodeError
@@ -29,6 +31,7 @@ ROOT_ERRORS: tuple[type[Exception], ...] = (
 def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from node.engine.model import MODEL_CONFIGS
     from node.outer.optimizers import OPTIMIZERS
+    from node.sim.simulate import SIM_SPEC as D  # the run-spec defaults, declared once there
     from protocol.spec import INDEX_CODINGS
 
     p = sub.add_parser("simulate", help="run an in-process swarm of miners",
@@ -36,20 +39,22 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                                    "envelopes through an in-memory mesh.")
     p.add_argument("--miners", type=int, default=4)
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--model", choices=sorted(MODEL_CONFIGS), default="tiny")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sparseloco")
-    p.add_argument("--index-coding", choices=INDEX_CODINGS, default="fixed12")
-    p.add_argument("--k", type=int, default=64, help="entries kept per 64x64 chunk")
-    p.add_argument("--inner-steps", type=int, default=30, help="H: inner steps per window")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--inner-lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=20, help="inner lr warmup (capped at run)")
-    p.add_argument("--outer-lr", type=float, default=None,
+    p.add_argument("--model", choices=sorted(MODEL_CONFIGS), default=D.model)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=D.optimizer)
+    p.add_argument("--index-coding", choices=INDEX_CODINGS, default=D.index_coding)
+    p.add_argument("--k", type=int, default=D.k, help="entries kept per 64x64 chunk")
+    p.add_argument("--inner-steps", type=int, default=D.inner_steps,
+                   help="H: inner steps per window")
+    p.add_argument("--batch-size", type=int, default=D.batch_size)
+    p.add_argument("--seq-len", type=int, default=D.seq_len)
+    p.add_argument("--inner-lr", type=float, default=D.inner_lr)
+    p.add_argument("--warmup-steps", type=int, default=D.warmup_steps,
+                   help="inner lr warmup (capped at run)")
+    p.add_argument("--outer-lr", type=float, default=D.outer_lr,
                    help="default: 1.0 SparseLoCo, 0.7 DiLoCo")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-batches", type=int, default=8)
-    p.add_argument("--corpus-mib", type=float, default=16.0,
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--eval-batches", type=int, default=D.eval_batches)
+    p.add_argument("--corpus-mib", type=float, default=(D.corpus_bytes or 0) / 2**20,
                    help="MiB of the standard-library corpus to read (0: all)")
     add_flag(p, "--data", env="DATA", type=Path,
              help="prepared shards folder (from `gradmesh data prepare`)")
@@ -82,32 +87,6 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_data(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("data", help="training data tools")
-    data_sub = p.add_subparsers(dest="data_command", required=True)
-    prep = data_sub.add_parser("prepare", help="turn text files into token shards")
-    prep.add_argument("inputs", nargs="+", type=Path, help="text files or folders")
-    prep.add_argument("--out", type=Path, required=True, help="output folder")
-    prep.add_argument("--shard-mib", type=float, default=64.0, help="tokens per shard, in Mi")
-    prep.add_argument("--heldout-fraction", type=float, default=0.05)
-    prep.add_argument("--suffix", action="append", default=None,
-                      help="file suffixes to read from folders (repeatable)")
-    prep.set_defaults(func=_run_data_prepare)
-
-
-def _run_data_prepare(args: argparse.Namespace) -> int:
-    from node.cli.report import console
-    from node.engine.shards import DEFAULT_SUFFIXES, prepare_shards
-
-    manifest = prepare_shards(args.inputs, args.out, shard_tokens=int(args.shard_mib * 2**20),
-                              heldout_fraction=args.heldout_fraction,
-                              suffixes=args.suffix or DEFAULT_SUFFIXES)
-    for shard in manifest.shards:
-        console.print(f"{shard.split:8} {shard.file:24} {shard.tokens:>12,} tokens")
-    console.print(f"wrote {args.out / 'manifest.json'}")
-    return 0
-
-
 def _add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("keygen", help="create a secp256k1 key file (mode 0600)")
     add_key_flag(p, required=True, help="key file to create")
@@ -128,11 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradmesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
-    _add_data(sub)
+    add_data_commands(sub)
     _add_keygen(sub)
     add_chain_commands(sub)
     add_service_commands(sub)
     add_network_commands(sub)
+    add_export_commands(sub)
     return parser
 
 

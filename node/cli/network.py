@@ -24,6 +24,7 @@ from node.cli.common import (
     run_until_signal,
     serve_status,
 )
+from node.errors import ConfigError
 
 
 # --- relay -------------------------------------------------------------------------------
@@ -95,6 +96,48 @@ def _run_dashboard(args: argparse.Namespace) -> int:
 
 
 # --- devnet ------------------------------------------------------------------------------
+def devnet_spec(args: argparse.Namespace) -> Any:
+    """The run spec from the flags; with --data the devnet pins the spec to those shards
+    (vocabulary, tokenizer and manifest hashes), and --tokenizer must be theirs."""
+    import dataclasses
+    import hashlib
+
+    from node.engine.shards import read_manifest
+
+    spec = build_spec(args)
+    if args.data is None:
+        if args.tokenizer is not None:
+            raise ConfigError("--tokenizer names the tokenizer of --data shards: give --data")
+        return spec
+    manifest = read_manifest(args.data)
+    if args.tokenizer is not None:
+        found = hashlib.sha256(args.tokenizer.read_bytes()).hexdigest()
+        if found != manifest.tokenizer.sha256:
+            raise ConfigError(f"{args.tokenizer} (sha256 {found}) is not the tokenizer "
+                              f"{args.data} was prepared with ({manifest.tokenizer.sha256})")
+    return dataclasses.replace(
+        spec, vocab_size=spec.vocab_size or manifest.tokenizer.vocab_size,
+        tokenizer_sha256=spec.tokenizer_sha256 or manifest.tokenizer.sha256,
+        data_sha256=spec.data_sha256 or manifest.manifest_sha256)
+
+
+def export_devnet(devnet: Any, summary: dict[str, Any], args: argparse.Namespace) -> Path:
+    """θ_global of the first miner (every node holds the same) as a Hugging Face folder."""
+    from node.engine.hf import export_model
+    from node.engine.model import get_config
+
+    spec = devnet.cfg.spec
+    miner = devnet.miners[0]
+    windows = len(summary["windows"])
+    tokens = windows * devnet.cfg.miners * spec.inner_steps * spec.batch_size * spec.seq_len
+    card = {"run": spec.run, "windows": windows, "training tokens (upper bound)": tokens,
+            "held-out loss": summary["heldout_loss"][-1] if summary["heldout_loss"] else None,
+            "contract": summary["contract"], "chain": summary["chain"],
+            "θ digest": miner.digest.hex()}
+    return export_model(miner.engine.full_params(), get_config(spec.model, spec.vocab_size),
+                        args.export, tokenizer_file=args.tokenizer, card=card)
+
+
 def _run_devnet(args: argparse.Namespace) -> int:
     import torch
 
@@ -105,7 +148,7 @@ def _run_devnet(args: argparse.Namespace) -> int:
     # validated (ConfigError) before anything process-wide changes
     cfg = DevnetConfig(miners=args.miners, windows=args.windows, chain=args.chain,
                        late_joiner_after=args.late_joiner_after, data_dir=args.data_dir,
-                       dashboard_port=args.dashboard_port, spec=build_spec(args),
+                       dashboard_port=args.dashboard_port, spec=devnet_spec(args),
                        block_time=args.block_time, blocks_per_window=args.blocks_per_window)
     quiet_libraries(args.verbose)
     torch.set_num_threads(args.threads)
@@ -127,6 +170,8 @@ def _run_devnet(args: argparse.Namespace) -> int:
         summary = summarize(devnet)
         for table in devnet_tables(summary):
             console.print(table)
+        if args.export is not None:
+            console.print(f"exported θ_global to {export_devnet(devnet, summary, args)}")
         if args.json:
             print(json.dumps(summary))
         return 0
@@ -166,6 +211,10 @@ def add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.add_argument("--verbose", action="store_true", help="log every service's events")
+    add_flag(p, "--tokenizer", env="TOKENIZER", type=Path,
+             help="the tokenizer.json the --data shards were prepared with (checked, exported)")
+    p.add_argument("--export", type=Path, default=None,
+                   help="write θ_global at the end as a Hugging Face model folder")
     add_run_flags(p)
     p.set_defaults(func=_run_devnet)
 

@@ -1,7 +1,13 @@
-"""Tokenizer, the default stdlib corpus, and deterministic batch sampling.
+"""The default stdlib corpus, the Corpus type and deterministic batch sampling.
+
+`ByteTokenizer` now lives in node/engine/tokenizer.py (with the BPE tokenizer)
+and is re-exported here.
 
 `window_batch` is a pure function of its arguments: a validator recomputes the
 exact batches a miner was assigned from (seed, window, uid, step) alone.
+
+torch is imported only when a batch is built, so data preparation (and its
+spawned tokenizer workers) starts without it.
 """
 
 from __future__ import annotations
@@ -11,33 +17,23 @@ import hashlib
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from node.engine.tokenizer import BYTE_DOCUMENT_END, BYTE_TOKENIZER_SHA256, ByteTokenizer
 from node.errors import ConfigError, DataError
 
-DOC_SEPARATOR = b"\n\n"  # appended after every document
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DOC_SEPARATOR", "TOKEN_DTYPES", "ByteTokenizer", "Corpus", "check_fraction",
+           "derive_seed", "heldout_batches", "path_in_heldout", "sample_offsets",
+           "stdlib_corpus", "stdlib_files", "window_batch"]
+
+DOC_SEPARATOR = BYTE_DOCUMENT_END  # the byte tokenizer's document end: b"\n\n"
 TOKEN_DTYPES = (np.uint8, np.uint16, np.uint32)
 _EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as tokens: no vocabulary file, nothing to download."""
-
-    vocab_size = 256
-
-    def encode(self, text: str | bytes) -> np.ndarray:
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        return np.frombuffer(data, dtype=np.uint8).copy()
-
-    def decode(self, tokens: np.ndarray | torch.Tensor | list[int]) -> str:
-        if isinstance(tokens, torch.Tensor):
-            tokens = tokens.detach().cpu().numpy()
-        arr = np.asarray(tokens)
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise DataError("byte tokens must lie in [0, 255]")
-        return arr.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -46,6 +42,8 @@ class Corpus:
     heldout: np.ndarray
     source: str
     vocab_size: int = 256
+    tokenizer_sha256: str | None = None  # the tokenizer's identity (None: unknown)
+    manifest_sha256: str | None = None  # the shard manifest's hash (None: not from shards)
 
     def __post_init__(self) -> None:
         for split in ("train", "heldout"):
@@ -119,7 +117,8 @@ def stdlib_corpus(max_bytes: int | None = None, heldout_fraction: float = 0.05) 
         raise DataError(f"stdlib corpus at {sysconfig.get_paths()['stdlib']} yielded "
                         f"{train.size} train / {heldout.size} held-out bytes")
     source = f"python stdlib .py files ({n_files} files, {sysconfig.get_paths()['stdlib']})"
-    return Corpus(train=train, heldout=heldout, source=source, vocab_size=256)
+    return Corpus(train=train, heldout=heldout, source=source, vocab_size=256,
+                  tokenizer_sha256=BYTE_TOKENIZER_SHA256)
 
 
 def _join(parts: list[bytes], budget: float) -> np.ndarray:
@@ -161,6 +160,8 @@ def sample_offsets(seed: int, count: int, span: int) -> np.ndarray:
 
 
 def _sample(tokens: np.ndarray, seed: int, batch_size: int, seq_len: int) -> torch.Tensor:
+    import torch
+
     starts = sample_offsets(seed, batch_size, len(tokens) - seq_len)
     index = starts[:, None] + np.arange(seq_len + 1)[None, :]
     return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))

@@ -31,6 +31,7 @@ class EngineSpec:
 
     model: str = "tiny"
     seed: int = 0
+    vocab_size: int | None = None  # None: the model config's own
     inner: InnerConfig = field(default_factory=InnerConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
 
@@ -40,7 +41,7 @@ class LocalEngine:
 
     def __init__(self, spec: EngineSpec, store: CheckpointStore | None = None) -> None:
         self.spec = spec
-        self.model_config = get_config(spec.model)
+        self.model_config = get_config(spec.model, spec.vocab_size)
         self._model = build_model(self.model_config, seed=spec.seed)
         self._params = list(self._model.parameters())
         self._manifest = model_manifest(self._model)

@@ -9,7 +9,7 @@ overhead on the wire.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -71,12 +71,14 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
 }
 
 
-def get_config(name: str) -> ModelConfig:
+def get_config(name: str, vocab_size: int | None = None) -> ModelConfig:
+    """A named shape; `vocab_size` replaces its vocabulary (a run's tokenizer decides it)."""
     try:
-        return MODEL_CONFIGS[name]
+        cfg = MODEL_CONFIGS[name]
     except KeyError:
         known = ", ".join(sorted(MODEL_CONFIGS))
         raise ConfigError(f"unknown model config {name!r} (known: {known})") from None
+    return cfg if vocab_size is None else replace(cfg, vocab_size=vocab_size)
 
 
 def parameter_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:

@@ -39,7 +39,7 @@ class OuterConfig:
     momentum: float = 0.9  # DiLoCo Nesterov momentum
     k: int = 64
     chunk: int = 64
-    index_coding: IndexCoding = "fixed12"
+    index_coding: IndexCoding = "gap"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -38,12 +38,15 @@ class RunSpec:
     warmup_steps: int = 24
     total_steps: int = 10_000  # inner cosine schedule length (global steps)
     k: int = 64
-    index_coding: str = "fixed12"
+    index_coding: str = "gap"  # gap-coded positions: ~210× on the wire vs ~146× fixed12
     optimizer: OptimizerName = "sparseloco"  # the daemons run SparseLoCo; the simulator all
     outer_lr: float | None = None  # None: the optimizer's default (SparseLoCo 1.0, DiLoCo 0.7)
     eval_batches: int = 4
     corpus_bytes: int | None = 4 * 2**20  # of the stdlib corpus without shards (None: all)
     data: Path | None = None  # prepared shards (gradmesh data prepare)
+    vocab_size: int | None = None  # the model's vocabulary (None: the model config's)
+    tokenizer_sha256: str | None = None  # when set, the data must be tokenized by exactly this
+    data_sha256: str | None = None  # when set, the shard manifest must hash to exactly this
 
     def __post_init__(self) -> None:
         get_config(self.model)
@@ -77,8 +80,29 @@ class RunSpec:
 
     def engine_spec(self) -> EngineSpec:
         """The engine's share of the run: model, seed, inner and outer optimizer."""
-        return EngineSpec(model=self.model, seed=self.seed, inner=self.inner_config(),
-                          outer=self.outer_config())
+        return EngineSpec(model=self.model, seed=self.seed, vocab_size=self.vocab_size,
+                          inner=self.inner_config(), outer=self.outer_config())
+
+
+class RunMismatchError(ConfigError):
+    """This node's tokenizer, data or model does not match the run spec; the message
+    names what differs."""
+
+
+def check_corpus(spec: RunSpec, corpus: Corpus, vocab_size: int) -> None:
+    """Refuse data the run does not train on: another tokenizer, other shards, or token
+    ids the model's vocabulary cannot hold."""
+    if spec.tokenizer_sha256 and corpus.tokenizer_sha256 != spec.tokenizer_sha256:
+        raise RunMismatchError(f"tokenizer differs from the run spec: data {corpus.source} "
+                               f"has {corpus.tokenizer_sha256}, run {spec.run!r} expects "
+                               f"{spec.tokenizer_sha256}")
+    if spec.data_sha256 and corpus.manifest_sha256 != spec.data_sha256:
+        raise RunMismatchError(f"data differs from the run spec: {corpus.source} has manifest "
+                               f"{corpus.manifest_sha256}, run {spec.run!r} expects "
+                               f"{spec.data_sha256}")
+    if corpus.vocab_size > vocab_size:
+        raise RunMismatchError(f"the tokenizer of {corpus.source} has {corpus.vocab_size} ids "
+                               f"but model {spec.model!r} only {vocab_size} (set vocab_size)")
 
 
 class RunAssets:
@@ -86,8 +110,9 @@ class RunAssets:
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
-        self.model_config = get_config(spec.model)
+        self.model_config = get_config(spec.model, spec.vocab_size)
         corpus: Corpus = load_shards(spec.data) if spec.data else stdlib_corpus(spec.corpus_bytes)
+        check_corpus(spec, corpus, self.model_config.vocab_size)
         self.train_tokens: np.ndarray = corpus.train
         self.heldout_tokens: np.ndarray = corpus.heldout
         self.seq_len = min(spec.seq_len, self.model_config.max_seq_len)

@@ -39,6 +39,15 @@ def test_tokenizer_round_trip() -> None:
     assert tok.decode(np.array([0xFF])) == "\ufffd"
 
 
+def test_byte_tokenizer_moved_but_importable_and_corpus_names_it() -> None:
+    from node.engine import tokenizer
+
+    assert ByteTokenizer is tokenizer.ByteTokenizer
+    corpus = stdlib_corpus(200_000)
+    assert corpus.tokenizer_sha256 == tokenizer.BYTE_TOKENIZER_SHA256
+    assert corpus.manifest_sha256 is None  # not prepared shards
+
+
 def test_split_rule_is_deterministic_hash() -> None:
     assert path_in_heldout("a/b.py", 0.5) == path_in_heldout("a/b.py", 0.5)
     paths = [f"pkg/mod{i}.py" for i in range(2000)]
