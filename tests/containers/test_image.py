@@ -40,8 +40,12 @@ pytestmark = [
 ]
 
 RPC = "http://127.0.0.1:8545"
+# 12 s windows and H = 4: two miners and a validator share the 2 cores of the machines
+# here, and a miner that overruns its window publishes nothing (H = 12 took 10-17 s
+# per window in the pod, so 5 s windows left the validator nothing to pay for)
 CHAIN_UP = ["chain", "up", "--port", "8545", "--block-time", "1",
-            "--blocks-per-window", "5", "--windows-per-epoch", "2", "--json"]
+            "--blocks-per-window", "12", "--windows-per-epoch", "2", "--json"]
+INNER_STEPS = "4"
 CHAIN_HEALTH = ["python3", "/usr/local/bin/gradmesh-healthcheck", "--rpc", RPC]
 NETWORK_COMMANDS = {"relay", "miner", "validator"}
 REWARD_DEADLINE_S = 420.0
@@ -135,7 +139,7 @@ def test_chain_in_pod_and_status_from_another_container(loopback_pod: Pod) -> No
                                    info["contract"], "--json")
     assert status.returncode == 0, status.stderr
     state = json_line(status.stdout)
-    assert state["params"]["blocks_per_window"] == 5
+    assert state["params"]["blocks_per_window"] == 12
     assert state["params"]["windows_per_epoch"] == 2
     assert state["miners"] == []
     # blocks come on a clock (--block-time 1) without any transaction
@@ -170,7 +174,8 @@ def test_network_posts_rewards(engine: Engine, image: BuiltImage, loopback_pod: 
     chain, info = start_chain(p)
     contract = info["contract"]
     shared = p.volume("shared")
-    common = {"GRADMESH_RPC": RPC, "GRADMESH_CONTRACT": contract, "GRADMESH_RUN": "ctest"}
+    common = {"GRADMESH_RPC": RPC, "GRADMESH_CONTRACT": contract, "GRADMESH_RUN": "ctest",
+              "GRADMESH_INNER_STEPS": INNER_STEPS}
     nodes = [
         p.start("relay", ["relay", "--dev-account", "9", "--listen-host", "127.0.0.1",
                           "--port", "4001", "--http", "127.0.0.1:9109",
