@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from node.runtime.runspec import RunSpec
 from node.sim.devnet import Devnet, DevnetConfig
 from node.sim.summary import summarize
 from tests.support.browser import count_points, dump_dom, find_chromium, screenshot
@@ -53,8 +54,10 @@ async def _check_dashboard(url: str) -> None:
 async def test_devnet_trains_pays_and_catches_up_a_late_joiner(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    # H = 6: four miners and a validator share the 2 cores of CI with 20 s windows; at the
+    # quick start's H = 12 a slow machine left the late joiner overrunning every window
     devnet = Devnet(DevnetConfig(miners=3, windows=6, late_joiner_after=2,
-                                 data_dir=tmp_path / "devnet"))
+                                 data_dir=tmp_path / "devnet", spec=RunSpec(inner_steps=6)))
     stop = asyncio.Event()
     task = asyncio.create_task(devnet.run(stop))
     try:
