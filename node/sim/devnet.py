@@ -222,4 +222,15 @@ class Devnet:
             for _ in range(self.cfg.windows - reported):
                 on_window(reported)
                 reported += 1
+        await self._settle(stop)
         services_stop.set()
+
+    async def _settle(self, stop: asyncio.Event) -> None:
+        """Before stopping, let every node apply the last window the first miners applied
+        (bounded by two windows), so all of them end on the same θ."""
+        target = max(m.applied for m in self.miners[: self.cfg.miners])
+        deadline = time.monotonic() + 2 * self.cfg.blocks_per_window * self.cfg.block_time
+        while (not stop.is_set() and time.monotonic() < deadline
+               and any(n.applied < target for n in self.nodes())):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.25)
