@@ -230,7 +230,8 @@ class Devnet:
         (bounded by two windows), so all of them end on the same θ."""
         target = max(m.applied for m in self.miners[: self.cfg.miners])
         deadline = time.monotonic() + 2 * self.cfg.blocks_per_window * self.cfg.block_time
-        while (not stop.is_set() and time.monotonic() < deadline
-               and any(n.applied < target for n in self.nodes())):
+        while not stop.is_set() and time.monotonic() < deadline and not (
+                min(n.applied for n in self.nodes()) >= target
+                and len({n.applied for n in self.nodes()}) == 1):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.25)
