@@ -19,8 +19,6 @@ and the new one written last, so a half-written folder never verifies.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,7 @@ from node.engine.manifest import (
     shard_file,
     token_dtype,
 )
-from node.engine.tokenizer import ByteTokenizer, Tokenizer, encode_batches
+from node.engine.tokenizer import ByteTokenizer, Tokenizer, atomic_write, encode_batches
 from node.errors import ConfigError, DataError
 
 DEFAULT_SHARD_TOKENS = 64 * 2**20
@@ -105,20 +103,6 @@ class _ShardWriter:
         atomic_write(self.out_dir / name, raw)
         info = ShardInfo(name, self.split, len(chunk), hashlib.sha256(raw).hexdigest())
         self.written.append(info)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `path` through a synced temporary file beside it, so it is never half there."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- preparing ------------------------------------------------------------------------------------

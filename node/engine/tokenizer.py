@@ -307,11 +307,11 @@ def train_bpe(files: Iterable[Path | str], vocab_size: int, out: Path | str, *,
         raise DataError(f"tokenizer training inputs hold no text ({len(paths)} files)")
     raw = hf.to_str(pretty=False).encode("utf-8")
     out = Path(out)
-    _atomic_write(out, raw)
+    atomic_write(out, raw)
     return BPETokenizer(raw, source=str(out), eot_token=eot_token)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
