@@ -3,8 +3,10 @@
 One evaluation = what `Validator._evaluate` spends per miner: the own batches'
 loss before, the update applied alone (own + random batches after), and the
 leave-one-out reference update (aggregate of the other helpful miners, applied
-and evaluated on own + random). Random compressed updates stand in for miners'
-(the cost does not depend on the values). Prints JSON.
+and evaluated on own + random). Measured twice in the same run: "plain" (the
+update as sent) and "median_norm" (rescaled to the window's median norms first,
+what the validator does now); `cost_vs_plain` is their ratio. Random compressed
+updates stand in for miners' (the cost does not depend on the values). Prints JSON.
 
     .venv/bin/python benchmarks/validator_bench.py --models tiny small --window-s 60 300
 """
@@ -19,7 +21,7 @@ import torch
 
 from node.engine.data import stdlib_corpus
 from node.engine.model import build_model, get_config, model_manifest
-from node.outer.aggregate import aggregate_sparse
+from node.outer.aggregate import aggregate_sparse, median_norms
 from protocol.sparse import compress
 from protocol.spec import CodecSpec
 from validator import scoring
@@ -43,19 +45,25 @@ def bench(model_name: str, miners: int, batch_size: int, seq_len: int,
     rand = scoring.random_batches(tokens, scfg, 1, 0)
     ev.load(theta, None, 0.0)
     rand_before = ev.loss(rand)
-    start = time.perf_counter()
-    for uid, upd in enumerate(updates):
-        own = scoring.own_batches(tokens, scfg, 1, 0, uid)
-        ev.load(theta, None, 0.0)
-        before = ev.loss(own)
-        scoring.loss_score(ev, theta, upd, own, before, rand, rand_before, scfg)
-        others = [(bytes([i]), u) for i, u in enumerate(updates) if i != uid]
-        ref, _ = aggregate_sparse(others, manifest, spec)
-        scoring.reference_score(ev, theta, ref, own, before, rand, rand_before, scfg)
-    per_eval = (time.perf_counter() - start) / miners
+    timing = {}
+    for mode in ("plain", "median_norm"):  # before / after scoring at the median norms
+        start = time.perf_counter()
+        norms = median_norms(updates) if mode == "median_norm" else None
+        for uid, upd in enumerate(updates):
+            own = scoring.own_batches(tokens, scfg, 1, 0, uid)
+            ev.load(theta, None, 0.0)
+            before = ev.loss(own)
+            scoring.loss_score(ev, theta, upd, own, before, rand, rand_before, scfg, norms)
+            others = [(bytes([i]), u) for i, u in enumerate(updates) if i != uid]
+            ref, _ = aggregate_sparse(others, manifest, spec)
+            scoring.reference_score(ev, theta, ref, own, before, rand, rand_before, scfg)
+        timing[mode] = (time.perf_counter() - start) / miners
+    per_eval = timing["median_norm"]
     return {"model": model_name, "threads": torch.get_num_threads(), "batch_size": batch_size,
             "seq_len": seq_len, "own_batches": steps, "rand_batches": steps,
-            "seconds_per_eval": round(per_eval, 4), "evals_per_minute": round(60 / per_eval, 1)}
+            "seconds_per_eval_plain": round(timing["plain"], 4),
+            "seconds_per_eval": round(per_eval, 4), "evals_per_minute": round(60 / per_eval, 1),
+            "cost_vs_plain": round(per_eval / timing["plain"], 3)}
 
 
 def main() -> None:

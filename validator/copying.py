@@ -4,6 +4,10 @@ Two honest miners train on different data from the same θ, so their chosen
 positions overlap far less than a copy's (measured on `tiny`: see
 tests/unit/test_validator_copying.py and the report). The later announcer
 (arrival order on this validator) of a flagged pair is the copier.
+
+Copies also cross windows: a re-signed copy of another miner's contribution
+from an earlier window overlaps nothing current, so each window is also
+compared with the fingerprints of the last few windows (`detect_stale_copies`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ class CopyFlag:
     original: int
     overlap: float
     identical: bool
+    stale: bool = False  # the original is from an earlier window
+
+
+def flag_when(flag: CopyFlag) -> str:
+    return " in an earlier window" if flag.stale else ""
 
 
 def fingerprint(uid: int, order: int, payload_hash: bytes, tensors: Sequence[SparseTensor],
@@ -74,6 +83,26 @@ def detect_copies(prints: Sequence[Fingerprint], threshold: float = 0.4) -> dict
             ov = overlap(later.positions, earlier.positions)
             if ov >= threshold:
                 flags[later.uid] = CopyFlag(later.uid, earlier.uid, ov, False)
+                break
+    return flags
+
+
+def detect_stale_copies(prints: Sequence[Fingerprint], earlier: Sequence[Fingerprint],
+                        threshold: float = 0.4) -> dict[int, CopyFlag]:
+    """Flag every current print that repeats another miner's print from an earlier
+    window (identical payload, or position overlap >= threshold). A miner's own earlier
+    windows never count against it."""
+    flags: dict[int, CopyFlag] = {}
+    for now in sorted(prints, key=lambda p: p.uid):
+        for old in earlier:
+            if old.uid == now.uid:
+                continue
+            if old.payload_hash == now.payload_hash:
+                flags[now.uid] = CopyFlag(now.uid, old.uid, 1.0, True)
+                break
+            ov = overlap(now.positions, old.positions)
+            if ov >= threshold:
+                flags[now.uid] = CopyFlag(now.uid, old.uid, ov, False)
                 break
     return flags
 

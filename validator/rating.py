@@ -1,12 +1,14 @@
 """OpenSkill Plackett-Luce rating, the final score and the weight vector.
 
 * each window, the evaluated miners are ranked by LossScore (mean of the own and
-  random relative gains) and rated with `openskill.models.PlackettLuce`;
+  random relative gains) and rated with `openskill.models.PlackettLuce`; scores
+  within a tolerance of their tier's best tie (`tiers`), so equally good updates
+  do not drift apart on measurement noise;
 * positive score = T·softplus(ordinal / T) (T = 4): monotone in the ordinal
   (μ − 3σ) and > 0 even for fresh ratings, so the data and sync factors decide
   whether a miner earns at all;
-* final = positive × data_factor(BMA) × sync; a miss (missing, late, invalid,
-  copy) multiplies the running score by 0.75 instead;
+* final = positive × data_factor(BMA, age) × sync (0 during the warm-up); a miss
+  (missing, late, invalid, copy) multiplies the running score by 0.75 instead;
 * weights: the top `top_n` positive scorers share `1 − reserve_share` in proportion
   to score × a linear ramp (1.0 at rank 0 down to 0.5 at rank top_n−1), the next
   `reserve_m` share `reserve_share` in proportion to score; an empty reserve
@@ -38,18 +40,37 @@ class WeightPolicy:
     min_score: float = 1e-9
 
 
-def rate_window(ratings: Mapping[int, tuple[float, float]], scores: Mapping[int, float]
-                ) -> dict[int, tuple[float, float]]:
-    """New (μ, σ) of every uid in `scores`, ranked by score (higher is better; ties share
-    a rank). Uids absent from `ratings` start at (25, 25/3)."""
+def tiers(scores: Mapping[int, float], tolerance: float) -> dict[int, int]:
+    """Rank (1 = best) per uid, where scores closer than `tolerance` × the median
+    positive score to the best of their tier share it: equal work measured with noise
+    ties instead of ranking by the noise. Pure: sorted by (−score, uid), one pass."""
+    positive = sorted(v for v in scores.values() if v > 0.0 and math.isfinite(v))
+    width = tolerance * positive[len(positive) // 2] if positive else 0.0
+    out: dict[int, int] = {}
+    top: float | None = None
+    rank = 0
+    worst_last = {u: -v if math.isfinite(v) else math.inf for u, v in scores.items()}
+    for uid in sorted(scores, key=lambda u: (worst_last[u], u)):
+        value = scores[uid]
+        if top is None or not value >= top - width or not math.isfinite(value):
+            rank, top = rank + 1, value
+        out[uid] = rank
+    return out
+
+
+def rate_window(ratings: Mapping[int, tuple[float, float]], scores: Mapping[int, float],
+                tolerance: float = 0.0) -> dict[int, tuple[float, float]]:
+    """New (μ, σ) of every uid in `scores`, ranked by score (higher is better; scores
+    within `tolerance` of their tier's best share its rank, see `tiers`). Uids absent
+    from `ratings` start at (25, 25/3)."""
     if len(scores) < 2:
         return {uid: ratings.get(uid, (MU0, SIGMA0)) for uid in scores}
     model = PlackettLuce()
-    uids = sorted(scores, key=lambda u: (-scores[u], u))
+    rank_of = tiers(scores, tolerance)
+    uids = sorted(scores, key=lambda u: (rank_of[u], u))
     teams = [[model.rating(mu=ratings.get(u, (MU0, SIGMA0))[0],
                            sigma=ratings.get(u, (MU0, SIGMA0))[1])] for u in uids]
-    distinct = sorted(set(scores.values()), reverse=True)
-    ranks = [float(distinct.index(scores[u]) + 1) for u in uids]
+    ranks = [float(rank_of[u]) for u in uids]
     rated = model.rate(teams, ranks=ranks)
     return {u: (float(team[0].mu), float(team[0].sigma)) for u, team in zip(uids, rated,
                                                                            strict=True)}

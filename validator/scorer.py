@@ -9,31 +9,37 @@ never sends a second, different vote for an epoch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from eth_utils import to_canonical_address
 
 from chain.client import ChainClient
-from chain.commitment import weights_commitment
-from chain.errors import AlreadyRevealed, ChainError, ChainUnavailableError, WrongPhase
+from chain.errors import ChainError, ChainUnavailableError
 from node.engine.data import derive_seed
 from node.engine.evaluator import Evaluator
-from node.outer.aggregate import aggregate_sparse
+from node.outer.aggregate import aggregate_sparse, median_norms
 from protocol.envelope import BaseModel, Expectation
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.sparse import SparseTensor
 from protocol.spec import CodecSpec
 from validator import rating, scoring
 from validator.checks import Accepted, CheckContext, check_window, scale_check
-from validator.copying import detect_copies, fingerprint
+from validator.copying import (
+    CopyFlag,
+    Fingerprint,
+    detect_copies,
+    detect_stale_copies,
+    fingerprint,
+    flag_when,
+)
 from validator.errors import ConfigError, CopyRejected, Rejection
+from validator.posting import post_plans
 from validator.source import ContributionSource
 from validator.state import MinerState, Plan, ResultRow, ValidatorState
 
@@ -48,6 +54,7 @@ class ValidatorConfig:
     codec: CodecSpec
     copy_threshold: float = 0.4
     copy_sample_mod: int = 1
+    copy_windows: int = 4  # earlier windows a contribution is also compared with
     scale_factor: float = 5.0
     slash_factor: float = 0.75
     max_evals: int | None = None  # time budget in evaluations per window
@@ -130,6 +137,7 @@ class Validator:
         self.salt_source = salt_source
         self._miners: dict[bytes, int] = {}
         self._wpe: int | None = None
+        self._recent: dict[int, list[Fingerprint]] = {}  # window -> fingerprints (copies)
 
     # --- registration -----------------------------------------------------------------
     def registered(self) -> dict[bytes, int]:
@@ -158,9 +166,9 @@ class Validator:
         failures.update(scale_fail)
         prints = [fingerprint(a.uid, a.arrival.order, a.payload_hash, a.tensors, self.manifest,
                               self.cfg.codec, self.cfg.copy_sample_mod) for a in accepted.values()]
-        for uid, flag in detect_copies(prints, self.cfg.copy_threshold).items():
+        for uid, flag in self._copies(window, prints).items():
             kind = "identical payload" if flag.identical else f"overlap {flag.overlap:.2f}"
-            failures[uid] = CopyRejected(f"{kind} with uid {flag.original}")
+            failures[uid] = CopyRejected(f"{kind} with uid {flag.original}{flag_when(flag)}")
             del accepted[uid]
 
         states = self.state.miners()
@@ -169,15 +177,18 @@ class Validator:
         chosen = self._budget(accepted, states, window)
         rows, scores = self._evaluate(window, view, accepted, chosen, states)
         new_ratings = rating.rate_window({u: (states[u].mu, states[u].sigma) for u in scores},
-                                         {u: e.score.combined for u, e in scores.items()})
+                                         {u: e.score.combined for u, e in scores.items()},
+                                         self.cfg.scoring.rank_tolerance)
+        helpful = set(helpful_uids({u: e.score.rand for u, e in scores.items()}))
         for uid, e in sorted(scores.items()):
             st = states[uid]
             st.mu, st.sigma = new_ratings[uid]
             st.bma = scoring.proof_step(st.bma, e.bit, self.cfg.scoring.bma_decay)
             st.windows_seen += 1
             data = scoring.data_factor(st.bma, st.windows_seen, self.cfg.scoring)
-            # an update that did not lower the random-batch loss earns nothing this window
-            helped = 1.0 if e.score.rand > 0.0 else 0.0
+            # an update that did not clearly lower the random-batch loss (positive and at
+            # least HELPFUL_FRACTION of the median gain) earns nothing this window
+            helped = 1.0 if uid in helpful else 0.0
             st.score = rating.final_score(st.mu, st.sigma, data, e.sync) * helped
             rows.append(ResultRow(window, uid, "scored", f"b={e.bit:+.0f}", e.score.own,
                                   e.score.rand, e.sync, st.score))
@@ -191,6 +202,18 @@ class Validator:
         self.state.save_window(window, states.values(), rows, len(arrivals), len(scores), plan)
         return WindowReport(window, len(arrivals), len(scores), sorted(rows, key=lambda r: r.uid),
                             accepted={u: accepted[u] for u in chosen})
+
+    def _copies(self, window: int, prints: list[Fingerprint]) -> dict[int, CopyFlag]:
+        """This window's copies: of each other, then of another miner's contribution in
+        one of the last `copy_windows` windows seen by this process."""
+        flags = detect_copies(prints, self.cfg.copy_threshold)
+        earlier = [p for w in sorted(self._recent) if w < window for p in self._recent[w]]
+        for uid, flag in detect_stale_copies(prints, earlier, self.cfg.copy_threshold).items():
+            flags.setdefault(uid, replace(flag, stale=True))
+        self._recent[window] = prints
+        for w in [w for w in self._recent if w <= window - self.cfg.copy_windows]:
+            del self._recent[w]
+        return flags
 
     def _budget(self, accepted: dict[int, Accepted], states: dict[int, MinerState],
                 window: int) -> list[int]:
@@ -213,6 +236,7 @@ class Validator:
         ev = self.evaluator
         ev.load(view.params, None, 0.0)
         rand_before = ev.loss(rand)
+        norms = median_norms([accepted[u].tensors for u in sorted(accepted)])
         owns = {u: scoring.own_batches(self.tokens, cfg, seed, window, u) for u in chosen}
         own_before = {u: ev.loss(owns[u]) for u in chosen}
         for uid in sorted(accepted):
@@ -222,7 +246,7 @@ class Validator:
                 continue
             item = accepted[uid]
             ls = scoring.loss_score(ev, view.params, item.tensors, owns[uid], own_before[uid],
-                                    rand, rand_before, cfg)
+                                    rand, rand_before, cfg, norms)
             if not (math.isfinite(ls.own) and math.isfinite(ls.rand)):
                 ls = scoring.LossScore(-1.0, -1.0)
             sync = scoring.sync_score(item.header.base, view.base.step, view.base.digest,
@@ -268,61 +292,10 @@ class Validator:
         return self._make_plan(epoch, states)
 
     def post(self) -> list[tuple[int, str]]:
-        """Advance every unfinished plan as far as the chain allows; returns (epoch, action)."""
-        done: list[tuple[int, str]] = []
+        """Advance every unfinished plan as far as the chain allows; returns (epoch, action)
+        (validator/posting.py)."""
         try:
-            window = self.chain.current_window()
             wpe = self._windows_per_epoch()
-            reveal_windows = int(self.chain.params().reveal_windows)
         except ChainUnavailableError:
-            return done
-        epoch_now = window // wpe
-        for plan in self.state.plans(("planned", "committed")):
-            try:
-                action = self._advance(plan, window, epoch_now, wpe, reveal_windows)
-            except ChainUnavailableError:
-                break  # try again on the next call; nothing recorded, nothing lost
-            except ChainError as exc:
-                log.warning("epoch %d: %s", plan.epoch, exc)
-                action = f"error:{type(exc).__name__}"
-            if action:
-                done.append((plan.epoch, action))
-        return done
-
-    def _advance(self, plan: Plan, window: int, epoch_now: int, wpe: int,
-                 reveal_windows: int) -> str:
-        if plan.status == "planned":
-            if epoch_now < plan.epoch:
-                return ""
-            if epoch_now > plan.epoch:
-                self._carry_over(plan, epoch_now)
-                return "missed"
-            commitment = weights_commitment(self.chain.address, plan.epoch, plan.uids,
-                                            plan.weights, plan.salt)
-            try:
-                # a crash right after committing: the chain already holds this vote
-                if self.chain.commitment_of(plan.epoch, self.chain.address) != commitment:
-                    self.chain.commit_weights(plan.epoch, commitment)
-            except WrongPhase:
-                self._carry_over(plan, epoch_now)
-                return "missed"
-            self.state.set_status(plan.epoch, "committed")
-            return "committed"
-        start = (plan.epoch + 1) * wpe
-        if window < start:
-            return ""
-        if window >= start + reveal_windows:
-            self.state.set_status(plan.epoch, "missed")
-            return "missed"
-        # AlreadyRevealed: sent before a crash, the chain already holds exactly this vote
-        with contextlib.suppress(AlreadyRevealed):
-            self.chain.reveal_weights(plan.epoch, plan.uids, plan.weights, plan.salt)
-        self.state.set_status(plan.epoch, "revealed")
-        return "revealed"
-
-    def _carry_over(self, plan: Plan, epoch_now: int) -> None:
-        """A plan whose commit phase passed (e.g. chain outage): mark it missed and post
-        the same weights for the current epoch instead, unless one is planned already."""
-        self.state.set_status(plan.epoch, "missed")
-        if self.state.plan(epoch_now) is None:
-            self.state.add_plan(Plan(epoch_now, plan.uids, plan.weights, self.salt_source(32)))
+            return []
+        return post_plans(self.chain, self.state, wpe, self.salt_source)

@@ -5,7 +5,10 @@ Two validators with the same θ_global, payloads, corpus and validator seed
 compute bit-identical scores on the same hardware/thread count.
 
 Reference values (Covenant-72B's Gauntlet) and what we use on `tiny`:
-* the update is applied alone, scaled by outer_lr × lr_factor (reference 0.2);
+* the update is applied alone, scaled by outer_lr × lr_factor (reference 0.2),
+  after rescaling each tensor to the window's median norm (the norm the
+  aggregate clips to): a score then measures the update's direction, and a
+  miner gains nothing by multiplying its update (issue: scaling stole weights);
 * s = (L_before − L_after) / L_before on `own_steps` sampled steps of the
   miner's own assignment and on `rand_batches` batches nobody was assigned;
 * proof of assigned data, adapted: on `tiny` early in training an update
@@ -16,8 +19,9 @@ Reference values (Covenant-72B's Gauntlet) and what we use on `tiny`:
   mean of this window's positively scoring updates) on the same two batches:
   b = +1 iff s_own > 0, s_rand > 0 and s_own/s_rand > r_own/r_rand. Batch
   difficulty cancels out; what is left is "helped its own data more than a
-  generic update does". BMA ← 0.95·BMA + 0.05·b; after `warmup_windows`,
-  BMA < 0.1 zeroes the score.
+  generic update does". BMA ← 0.95·BMA + 0.05·b. A miner earns nothing in its
+  first `warmup_windows` scored windows; after that BMA < 0.1 zeroes the score
+  and a higher BMA scales it (`data_factor`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 
 from node.engine.data import derive_seed, sample_offsets, window_batch
 from node.engine.evaluator import Evaluator
+from node.outer.aggregate import scale_values, sparse_norm
 from protocol.envelope import BaseModel
 from protocol.sparse import SparseTensor
 
@@ -49,6 +54,8 @@ class ScoringConfig:
     lr_factor: float = 0.2
     bma_decay: float = 0.95
     bma_threshold: float = 0.1
+    proof_of_data: bool = True  # whether the BMA scales (and gates) the score
+    rank_tolerance: float = 0.25  # scores this close (× the median) share a rank
     warmup_windows: int = 3
     sync_max_lag: int = 2
 
@@ -88,10 +95,26 @@ def relative_gain(before: float, after: float) -> float:
     return (before - after) / before
 
 
+def at_norms(update: Sequence[SparseTensor], norms: Sequence[float]) -> list[SparseTensor]:
+    """`update` rescaled tensor by tensor to `norms` (a zero or non-finite tensor is left
+    as it is). Scored this way, LossScore judges an update's direction only: multiplying
+    an update by any factor leaves its score unchanged, so scaling earns nothing."""
+    out = []
+    for st, target in zip(update, norms, strict=True):
+        norm = sparse_norm(st)
+        ok = math.isfinite(norm) and norm > 0.0 and math.isfinite(target)
+        out.append(scale_values(st, target / norm) if ok else st)
+    return out
+
+
 def loss_score(ev: Evaluator, theta: Sequence[torch.Tensor], update: Sequence[SparseTensor],
                own: Sequence[torch.Tensor], own_before: float, rand: Sequence[torch.Tensor],
-               rand_before: float, cfg: ScoringConfig) -> LossScore:
-    """LossScore of one update applied alone to θ_global."""
+               rand_before: float, cfg: ScoringConfig,
+               norms: Sequence[float] | None = None) -> LossScore:
+    """LossScore of one update applied alone to θ_global; with `norms` (the window's
+    median norm per tensor) the update is first rescaled to them (`at_norms`)."""
+    if norms is not None:
+        update = at_norms(update, norms)
     ev.load(theta, update, cfg.outer_lr * cfg.lr_factor)
     return LossScore(own=relative_gain(own_before, ev.loss(own)),
                      rand=relative_gain(rand_before, ev.loss(rand)))
@@ -122,10 +145,15 @@ def reference_score(ev: Evaluator, theta: Sequence[torch.Tensor],
 
 
 def data_factor(bma: float, windows_seen: int, cfg: ScoringConfig) -> float:
-    """max(0, BMA), zeroed after warm-up when BMA < threshold."""
-    if windows_seen >= cfg.warmup_windows and bma < cfg.bma_threshold:
+    """0 until the miner has been scored in `warmup_windows` windows (a new key earns
+    nothing while its rating and BMA are unproven); then max(0, BMA), and 0 when the BMA
+    is below `bma_threshold`. With `proof_of_data` off (models too small for the proof
+    to carry a signal, see docs/validator.md) it is 1 after the warm-up."""
+    if windows_seen < cfg.warmup_windows:
         return 0.0
-    return max(0.0, bma)
+    if not cfg.proof_of_data:
+        return 1.0
+    return 0.0 if bma < cfg.bma_threshold else max(0.0, bma)
 
 
 def sync_score(base: BaseModel, global_step: int, global_digest: bytes, max_lag: int = 2) -> float:

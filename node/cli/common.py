@@ -120,6 +120,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     add_flag(g, "--inner-steps", env="INNER_STEPS", type=int, default=12)
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seq-len", type=int, default=128)
+    add_flag(g, "--score-warmup", env="SCORE_WARMUP", type=int,
+             help="windows a miner is scored before it earns (default 3; devnet 1)")
     add_flag(g, "--data", env="DATA", type=Path,
              help="prepared shards (default: the embedded standard-library corpus)")
     add_flag(g, "--vocab-size", env="VOCAB_SIZE", type=int,
@@ -137,7 +139,8 @@ def build_spec(args: argparse.Namespace) -> Any:
     return RunSpec(run=args.run, model=args.model, seed=args.seed, inner_steps=args.inner_steps,
                    batch_size=args.batch_size, seq_len=args.seq_len, data=args.data,
                    vocab_size=args.vocab_size, tokenizer_sha256=args.tokenizer_sha256,
-                   data_sha256=args.data_sha256)
+                   data_sha256=args.data_sha256,
+                   **({} if args.score_warmup is None else {"score_warmup": args.score_warmup}))
 
 
 def add_node_flags(p: argparse.ArgumentParser) -> None:

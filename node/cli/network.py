@@ -105,6 +105,8 @@ def devnet_spec(args: argparse.Namespace) -> Any:
     from node.engine.shards import read_manifest
 
     spec = build_spec(args)
+    if args.score_warmup is None:  # a devnet runs a few windows: pay from the second one
+        spec = dataclasses.replace(spec, score_warmup=1)
     if args.data is None:
         if args.tokenizer is not None:
             raise ConfigError("--tokenizer names the tokenizer of --data shards: give --data")

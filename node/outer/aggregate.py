@@ -33,6 +33,22 @@ def sparse_norm(st: SparseTensor) -> float:
     return math.sqrt(math.fsum(c * v * v for c, v in zip(counts, table, strict=True)))
 
 
+def scale_values(st: SparseTensor, scale: float) -> SparseTensor:
+    """`st` with every value times `scale`: the 4-entry table is scaled in float64 and
+    rounded to float32 once, so every value scales exactly alike on any hardware."""
+    table = (st.table.to(torch.float64) * scale).to(torch.float32)
+    return SparseTensor(indices=st.indices, codes=st.codes, table=table)
+
+
+def median_norms(updates: Sequence[Sequence[SparseTensor]]) -> list[float]:
+    """Per tensor, the median of the finite norms over `updates` (0.0 when none is)."""
+    out = []
+    for t in range(len(updates[0]) if updates else 0):
+        finite = [n for n in (sparse_norm(u[t]) for u in updates) if math.isfinite(n)]
+        out.append(median(finite) if finite else 0.0)
+    return out
+
+
 def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -72,12 +88,7 @@ def aggregate_sparse(
                 skipped += 1
                 continue
             clipped += scale < 1.0
-            # scaling the 4-entry table (float64 -> float32) scales every value exactly alike
-            scaled = SparseTensor(
-                indices=st.indices, codes=st.codes,
-                table=(st.table.to(torch.float64) * scale).to(torch.float32),
-            )  # fmt: skip
-            acc.add_(decompress(scaled, tensor_spec.shape, spec).to(device))
+            acc.add_(decompress(scale_values(st, scale), tensor_spec.shape, spec).to(device))
             used += 1
         out.append(acc.div_(used) if used else acc)
     return out, AggregateStats(peers=len(ordered), clipped=clipped, skipped=skipped)

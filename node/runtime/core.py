@@ -86,6 +86,7 @@ class NodeCore:
         self.miners: dict[bytes, Any] = {}  # address -> MinerSlot, from the chain
         self.heads: dict[bytes, HeadRecord] = {}  # other miners' head records (catch-up)
         self.distrust_local = False  # after a divergence our own checkpoints are suspect
+        self.halt_at: int | None = None  # apply no window after this one (see `halt_after`)
         self.gatherer = Gatherer(mesh, spec.run, allowed=lambda a: a in self.miners,
                                  current_window=lambda: chain.last_window,
                                  max_bytes=DEFAULT_LIMITS.max_envelope_bytes,
@@ -261,6 +262,15 @@ class NodeCore:
         except (MeshError, TimeoutError) as exc:
             log.warning("head record not stored: %s", exc)
 
+    def halt_after(self, window: int) -> None:
+        """Apply no window after `window`, then idle until stopped, still serving the mesh
+        (so peers behind can catch up from us). Raising it again resumes the node."""
+        self.halt_at = window if self.halt_at is None else max(self.halt_at, window)
+
+    def halted(self, window: int) -> bool:
+        """Whether window `window` lies past the halt (it must not be applied)."""
+        return self.halt_at is not None and window > self.halt_at
+
     async def drive(self, stop: asyncio.Event,
                     work: Callable[[int, bool], Awaitable[Any]],
                     finish: Callable[[int, float, float, Any], Awaitable[None]]) -> None:
@@ -272,6 +282,10 @@ class NodeCore:
         await self.sync(stop)
         while not stop.is_set():
             w = self.window
+            if self.halted(w):
+                self.state = "halted"
+                await pause(stop, self.cfg.poll)
+                continue
             whole = w > listening_since
             if self.chain.last_window < w:
                 await self.chain.wait_window(w, self.cfg.poll, stop)
@@ -288,6 +302,8 @@ class NodeCore:
                 break  # abandon w: θ is still θ at its start
             ended = time.time()
             await self.refresh_miners()
+            if self.halted(w):
+                continue  # halted while w ran: θ stays at w's start
             if whole:
                 await finish(w, started, ended, result)
             if self.window != w + 1:

@@ -42,6 +42,7 @@ class RunSpec:
     optimizer: OptimizerName = "sparseloco"  # the daemons run SparseLoCo; the simulator all
     outer_lr: float | None = None  # None: the optimizer's default (SparseLoCo 1.0, DiLoCo 0.7)
     eval_batches: int = 4
+    score_warmup: int = 3  # windows a miner is scored before its score earns anything
     corpus_bytes: int | None = 4 * 2**20  # of the stdlib corpus without shards (None: all)
     data: Path | None = None  # prepared shards (gradmesh data prepare)
     vocab_size: int | None = None  # the model's vocabulary (None: the model config's)
@@ -58,6 +59,8 @@ class RunSpec:
             raise ConfigError(f"index coding {self.index_coding!r} not in {INDEX_CODINGS}")
         if self.eval_batches < 1:
             raise ConfigError("eval_batches >= 1")
+        if self.score_warmup < 0:
+            raise ConfigError("score_warmup >= 0")
         if not self.inner_lr > 0:
             raise ConfigError("learning rates must be positive")
         self.outer_config()  # optimizer name, outer lr

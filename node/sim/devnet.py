@@ -226,12 +226,18 @@ class Devnet:
         services_stop.set()
 
     async def _settle(self, stop: asyncio.Event) -> None:
-        """Before stopping, let every node apply the last window the first miners applied
-        (bounded by two windows), so all of them end on the same θ."""
-        target = max(m.applied for m in self.miners[: self.cfg.miners])
-        deadline = time.monotonic() + 2 * self.cfg.blocks_per_window * self.cfg.block_time
-        while not stop.is_set() and time.monotonic() < deadline and not (
-                min(n.applied for n in self.nodes()) >= target
-                and len({n.applied for n in self.nodes()}) == 1):
+        """Before stopping, bring every node to the same θ: halt each one after the newest
+        window any node has applied (they keep serving the mesh), and wait, bounded by
+        three windows, until the laggards have applied it too and all digests agree."""
+        deadline = time.monotonic() + 3 * self.cfg.blocks_per_window * self.cfg.block_time
+        while not stop.is_set() and time.monotonic() < deadline:
+            target = max(n.applied for n in self.nodes())
+            for node in self.nodes():
+                node.halt_after(target)
+            if (all(n.applied >= target for n in self.nodes())
+                    and len({n.digest for n in self.nodes()}) == 1):
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.25)
+        log.warning("devnet: nodes still on different windows at the end: %s",
+                    {n.cfg.name: n.applied for n in self.nodes()})

@@ -175,7 +175,7 @@ def test_network_posts_rewards(engine: Engine, image: BuiltImage, loopback_pod: 
     contract = info["contract"]
     shared = p.volume("shared")
     common = {"GRADMESH_RPC": RPC, "GRADMESH_CONTRACT": contract, "GRADMESH_RUN": "ctest",
-              "GRADMESH_INNER_STEPS": INNER_STEPS}
+              "GRADMESH_INNER_STEPS": INNER_STEPS, "GRADMESH_SCORE_WARMUP": "1"}
     nodes = [
         p.start("relay", ["relay", "--dev-account", "9", "--listen-host", "127.0.0.1",
                           "--port", "4001", "--http", "127.0.0.1:9109",

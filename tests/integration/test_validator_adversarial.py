@@ -1,9 +1,9 @@
-"""Honest SparseLoCo miners against ten attacker behaviours, scored by one validator.
+"""Honest SparseLoCo miners against eleven attacker behaviours, scored by one validator.
 
-The global model aggregates, each window, only the contributions that passed
-every check and whose LossScore on the random batch is positive (see
-tests/support/attackers.py). Weights are the validator's latest planned
-(committed) vote; earlier epochs' votes are revealed on the MemoryChain.
+The global model takes the daemons' outer step each window: the envelopes of the
+contract's aggregation set (see tests/support/attackers.py); the validator's
+votes are committed, revealed and settled on the MemoryChain as they fall due,
+so payouts and aggregation sets are the network's own.
 """
 
 from __future__ import annotations
@@ -28,57 +28,74 @@ def _run(tmp_path: Path, windows: int) -> tuple[Harness, Harness]:
     return attacked, honest
 
 
-def _check(attacked: Harness, honest: Harness, all_honest: bool) -> dict[str, float]:
-    weights = attacked.latest_plan_weights()
-    honest_w = [w for n, w in weights.items() if n.startswith(HONEST)]
-    attack_w = [w for n, w in weights.items() if not n.startswith(HONEST)]
-    if all_honest:
-        assert min(honest_w) > max(attack_w), weights
-    else:  # short run: a miner's proof-of-data BMA may still be <= 0 (documented)
-        earning = [w for w in honest_w if w > 0]
-        assert len(earning) >= 3, weights
-        assert min(earning) > max(attack_w), weights
-    assert sum(attack_w) < 0.05, weights
+# trains honestly on unassigned data: on `tiny` the proof of assigned data carries no
+# signal (docs/validator.md), so this kind earns like an honest miner and is reported only
+UNDETECTABLE_ON_TINY = "wrongdata"
+
+
+def _table(attacked: Harness) -> dict[str, dict[str, float]]:
+    """Per miner: share of the latest vote, of all payouts so far, windows aggregated."""
+    vote = attacked.latest_plan_weights()
+    paid = {m.name: attacked.vclient.balance_of(checksum_address(m.identity.address))
+            for m in attacked.miners}
+    total = sum(paid.values()) or 1
+    in_set = attacked.windows_in_set()
+    rows = {m.name: {"vote": vote[m.name], "paid": paid[m.name] / total,
+                     "in_set": float(in_set[m.name])} for m in attacked.miners}
+    print("\nminer          vote   paid   windows aggregated")
+    for name, r in rows.items():
+        print(f"{name:13s} {r['vote']:6.3f} {r['paid']:6.3f} {r['in_set']:3.0f}")
+    return rows
+
+
+def _check(attacked: Harness, honest: Harness, windows: int) -> None:
+    attacked.settle_revealed()
+    rows = _table(attacked)
+    honest_rows = {n: r for n, r in rows.items() if n.startswith(HONEST)}
+    attackers = {n: r for n, r in rows.items()
+                 if not n.startswith(HONEST) and not n.startswith(UNDETECTABLE_ON_TINY)}
+    assert min(r["vote"] for r in honest_rows.values()) > max(
+        r["vote"] for r in attackers.values()), rows
+    # each attack kind: no share of the cumulative payouts, never aggregated
+    assert all(r["paid"] < 0.01 and r["in_set"] == 0 for r in attackers.values()), rows
+    assert all(r["in_set"] == windows for r in honest_rows.values()), rows
+    paid = [r["paid"] for r in honest_rows.values()]
+    assert min(paid) > 0, rows
+    assert max(paid) / min(paid) <= 1.5, rows  # equal work, fair pay
     with_attackers, honest_only = attacked.heldout(), honest.heldout()
     assert abs(with_attackers - honest_only) / honest_only < 0.01, (with_attackers, honest_only)
     # every rejection kind is typed, and the easy ones are caught by the cheap checks
     reasons = {r.reason for w in range(2, 4) for r in attacked.validator.state.results(w)}
     assert {"scale", "copy", "malformed", "replay", "missing"} <= reasons
-    revealed = attacked.validator.state.plans(("revealed",))
-    assert revealed, "no epoch vote was revealed"
-    # the contract turns the revealed votes into the next window's aggregation set
+    stale = next(m.uid for m in attacked.miners if m.kind == "stalecopy")
+    stale_rows = [r for w in range(1, 4) for r in attacked.validator.state.results(w)
+                  if r.uid == stale]
+    assert stale_rows
+    assert all(r.reason == "copy" for r in stale_rows), stale_rows
+    # no honest miner is ever rejected (as a copier or otherwise) or slashed
+    honest_uids = {m.uid for m in attacked.miners if m.kind == HONEST}
+    bad = [r for w in range(windows) for r in attacked.validator.state.results(w)
+           if r.uid in honest_uids and r.status != "scored"]
+    assert not bad, bad
+    # the contract's aggregation set is the top-K of the vote that became consensus
     settled_epoch, members = attacked.settle_revealed()
-    aggregation_set = set(members)
-    revealed_share = attacked.plan_shares(settled_epoch)  # the vote that became consensus
-    by_uid = {m.uid: (m, revealed_share[m.name]) for m in attacked.miners}
-    top = sorted(by_uid, key=lambda u: (-by_uid[u][1], u))[:len(aggregation_set)]
-    assert aggregation_set == set(top)  # the contract's top-K of the validator's vote
-    assert {m.uid for m in attacked.miners if m.kind == HONEST and revealed_share[m.name] > 0}
-    paid = {m.name: attacked.vclient.balance_of(checksum_address(m.identity.address))
-            for m in attacked.miners}
-    assert sum(paid.values()) > 0, "settlement paid nobody"
-    attackers_paid = sum(v for n, v in paid.items() if not n.startswith(HONEST))
-    # reported, not asserted: early epochs (proof-of-data warm-up) still pay some
-    # attackers; see docs/validator.md
-    print(f"settled epoch {settled_epoch}: attackers' share of that vote "
-          f"{sum(v for n, v in revealed_share.items() if not n.startswith(HONEST)):.3f}; "
-          f"of all miner payouts so far {attackers_paid / sum(paid.values()):.3f}")
-    if all_honest:  # by the end, the settled vote and its aggregation set are honest
-        assert all(by_uid[u][0].kind == HONEST for u in aggregation_set if by_uid[u][1] > 0.01)
-        assert sum(v for n, v in revealed_share.items() if not n.startswith(HONEST)) < 0.05
-    return weights
+    share = attacked.plan_shares(settled_epoch)
+    by_uid = {m.uid: share[m.name] for m in attacked.miners}
+    top = sorted(by_uid, key=lambda u: (-by_uid[u], u))[:len(members)]
+    assert set(members) == set(top)
 
 
 def test_honest_miners_outscore_attackers(tmp_path: Path) -> None:
     attacked, honest = _run(tmp_path, WINDOWS_FAST)
-    _check(attacked, honest, all_honest=False)
+    _check(attacked, honest, WINDOWS_FAST)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 100 s on an idle 2-core machine
 def test_honest_miners_outscore_attackers_ten_windows(tmp_path: Path) -> None:
     attacked, honest = _run(tmp_path, WINDOWS_FULL)
-    _check(attacked, honest, all_honest=True)
+    _check(attacked, honest, WINDOWS_FULL)
 
 
 def test_attack_catalogue_is_complete() -> None:
-    assert len(ATTACKS) == 10
+    assert len(ATTACKS) == 11

@@ -5,9 +5,11 @@ validator's `BoardSource`) and one `Validator`. Each window: every miner builds
 its wire bytes from θ_global (honest: H real AdamW steps on its assignment, then
 SparseLoCo error feedback + top-k + 2-bit), they are published in a fixed
 order (honest first, so copiers are the later announcers), the chain moves to
-the next window, the validator scores, persists and posts, and θ_global takes
-the outer step with the aggregate of the *accepted, positively scored*
-contributions (LossScore on the random batch > 0) — clip to median, mean, lr 1.0.
+the next window, the validator scores, persists, posts and settles due epochs,
+and θ_global takes the daemons' outer step: the envelopes signed by the
+contract's aggregation set (`select`), clipped to the median, mean, lr 1.0.
+Before the first settled epoch the contract's set is its lowest uids, which
+here are the honest miners (they register first).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from node.engine.model import Decoder, build_model, get_config, model_manifest
 from node.mesh.board import MemoryBoard
 from node.outer.aggregate import aggregate_sparse
 from node.outer.optimizers import OuterConfig, SparseLoCo
-from protocol.envelope import BaseModel, read_unverified, seal
+from node.outer.step import select
+from protocol.envelope import BaseModel, Expectation, read_unverified, seal
 from protocol.identity import Identity, checksum_address
 from protocol.sparse import compress, decode_payload, decompress, encode_payload
 from tests.support.models import model_digest
@@ -40,7 +43,7 @@ from validator.state import ValidatorState
 RUN = "advtest"
 HONEST = "honest"
 ATTACKS = ("zero", "noise", "x10", "signflip", "resign", "copynoise", "replay", "wrongdata",
-           "malformed", "absent")
+           "malformed", "absent", "stalecopy")
 
 
 def key(name: str) -> Identity:
@@ -59,6 +62,7 @@ class HarnessConfig:
     corpus_bytes: int = 4 * 2**20
     windows_per_epoch: int = 2
     aggregation_size: int = 4  # the contract's top-K set that miners aggregate
+    proof_of_data: bool = False
 
 
 @dataclass
@@ -118,14 +122,16 @@ class Harness:
         self.vseed = cfg.validator_seed if validator_seed is None else validator_seed
         self.validator = self.make_validator()
         self.honest_payloads: list[bytes] = []
+        self.previous_honest: list[bytes] = []
+        self.in_set: dict[bytes, int] = {}  # signer -> windows aggregated
 
     # --- validator -------------------------------------------------------------------------
     def scoring_config(self) -> ScoringConfig:
-        # bma_threshold 0 on `tiny`: see validator/scoring.py (the 0.1 reference needs a
-        # stronger own-data signal than 6 inner steps of a 0.8M model give)
+        # no proof-of-data factor on `tiny`: its bit is close to a coin flip there (see
+        # docs/validator.md), so it would set honest pay by noise; the BMA is still kept
         return ScoringConfig(data_seed=self.cfg.seed, inner_steps=self.cfg.inner_steps,
                              batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
-                             bma_threshold=0.0)
+                             bma_threshold=0.0, proof_of_data=self.cfg.proof_of_data)
 
     def make_validator(self, chain_client: object | None = None) -> Validator:
         vcfg = ValidatorConfig(run_id=RUN, validator_seed=self.vseed,
@@ -191,6 +197,11 @@ class Harness:
                 scaled = st.table * (norm / max(float(dense.norm()), 1e-12))
                 sts.append(type(st)(st.indices, st.codes, scaled.to(torch.float32)))
             return self._seal(m, window, encode_payload(sts, self.manifest, self.codec))
+        if kind == "stalecopy":  # another miner's previous-window payload, re-signed
+            if not self.previous_honest:
+                return None
+            _, _, payload = read_unverified(self.previous_honest[0])
+            return self._seal(m, window, payload)
         if kind == "resign":
             _, _, payload = read_unverified(self.honest_payloads[0])
             return self._seal(m, window, payload)
@@ -211,37 +222,48 @@ class Harness:
         target = self.chain.genesis + window * self.chain.p.blocks_per_window
         if self.chain.block < target:
             self.chain.mine(target - self.chain.block)
-        self.honest_payloads = []
+        self.previous_honest, self.honest_payloads = self.honest_payloads, []
         gen = torch.Generator().manual_seed(window * 7919 + 1)
         order = sorted(self.miners, key=lambda m: (m.kind != HONEST, m.uid))
         self.clock_now = float(window)
+        published = []
         for m in order:
             wire = self.wire(m, window, gen)
             if wire is not None:
                 self.source.publish(window, m.identity.address, wire)
+                published.append(wire)
         self.chain.mine(self.chain.p.blocks_per_window)  # the window closes
         if before_score:
             before_score()
         view = GlobalView([p.detach().clone() for p in self.theta.parameters()], self.base())
         report = self.validator.process_window(window, view, deadline=window + 0.5)
-        if not report.replayed:
-            self.outer_step(report)
         if post:
             self.validator.post()
+            self.settle_revealed()
+        if not report.replayed:
+            self.outer_step(window, published)
         return report
 
-    def outer_step(self, report: WindowReport) -> None:
-        contributions = report.aggregation_inputs()
-        if contributions:
-            update, _ = aggregate_sparse(contributions, self.manifest, self.codec)
+    def outer_step(self, window: int, published: list[bytes]) -> None:
+        """What every daemon does (node/runtime/core.py): `select` the envelopes signed
+        by the contract's aggregation set, then clip to median, mean, SGD."""
+        members = {bytes.fromhex(a[2:]) for _, a in self.vclient.aggregation_set()}
+        expect = Expectation(RUN, window, self.codec, self.manifest)
+        chosen, _ = select(published, expect, members)
+        for c in chosen:
+            self.in_set[c.signer] = self.in_set.get(c.signer, 0) + 1
+        if chosen:
+            update, _ = aggregate_sparse([(c.signer, c.tensors) for c in chosen],
+                                         self.manifest, self.codec)
             with torch.no_grad():
                 for p, u in zip(self.theta.parameters(), update, strict=True):
                     p.sub_(u, alpha=self.outer_cfg.effective_lr)
         self.step += 1
 
     def settle_revealed(self) -> tuple[int, list[int]]:
-        """Settle every revealed epoch whose reveal phase is over; return the newest
-        settled epoch and the contract's aggregation set (uids) the miners use next."""
+        """Settle every revealed epoch whose reveal phase is over (as the validator
+        service does); return the newest settled epoch and the contract's aggregation
+        set (uids) the miners use next."""
         p = self.chain.p
         for plan in self.validator.state.plans(("revealed",)):
             done = self.vclient.current_window() >= (plan.epoch + 1) * p.windows_per_epoch + 1
@@ -249,6 +271,10 @@ class Harness:
                 self.vclient.settle(plan.epoch)
         epoch, _ = self.vclient.last_consensus()
         return epoch, [uid for uid, _ in self.vclient.aggregation_set()]
+
+    def windows_in_set(self) -> dict[str, int]:
+        """Per miner, the windows whose outer step included its contribution."""
+        return {m.name: self.in_set.get(m.identity.address, 0) for m in self.miners}
 
     def plan_shares(self, epoch: int) -> dict[str, float]:
         """Each miner's share of the validator's vote for `epoch`."""

@@ -15,6 +15,16 @@ def test_rate_window_orders_by_score() -> None:
     assert abs(tied[1][0] - tied[2][0]) < 1e-9
 
 
+def test_scores_within_the_tolerance_share_a_rank() -> None:
+    scores = {1: 0.0100, 2: 0.0090, 3: 0.0070, 4: 0.0040, 5: -0.01, 6: float("nan")}
+    assert rating.tiers(scores, 0.0) == {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6}
+    # the median positive score is 0.009 (width 0.00225): 1 and 2 tie, 3 starts a tier
+    assert rating.tiers(scores, 0.25) == {1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5}
+    fair = rating.rate_window({}, {1: 0.0100, 2: 0.0092, 3: -0.01}, tolerance=0.25)
+    assert fair[1] == fair[2]
+    assert fair[2][0] > fair[3][0]
+
+
 def test_final_score_and_slash() -> None:
     assert rating.final_score(30, 2, 0.0, 1.0) == 0.0
     assert rating.final_score(30, 2, 0.5, 1.0) > rating.final_score(20, 2, 0.5, 1.0) > 0

@@ -6,8 +6,9 @@ import torch
 
 from node.engine.data import stdlib_corpus
 from node.engine.model import build_model, get_config, model_manifest
+from node.outer.aggregate import median_norms, sparse_norm
 from protocol.envelope import BaseModel
-from protocol.sparse import compress
+from protocol.sparse import SparseTensor, compress
 from protocol.spec import CodecSpec
 from validator import scoring
 from validator.scoring import LossScore, ScoringConfig
@@ -59,8 +60,16 @@ def test_proof_bits_and_bma() -> None:
     assert abs(bma - (1 - 0.95**3)) < 1e-12
     ref = ScoringConfig(data_seed=0, inner_steps=1, batch_size=1, seq_len=2)
     assert scoring.data_factor(0.05, 5, ref) == 0.0  # after warm-up, below 0.1
-    assert scoring.data_factor(0.05, 1, ref) == 0.05
-    assert scoring.data_factor(-0.3, 1, ref) == 0.0
+    assert scoring.data_factor(0.5, 2, ref) == 0.0  # in the warm-up a new key earns nothing
+    assert scoring.data_factor(0.5, 3, ref) == 0.5
+    lenient = ScoringConfig(data_seed=0, inner_steps=1, batch_size=1, seq_len=2,
+                            bma_threshold=0.0)
+    assert scoring.data_factor(0.05, 5, lenient) == 0.05
+    assert scoring.data_factor(-0.3, 5, lenient) == 0.0
+    off = ScoringConfig(data_seed=0, inner_steps=1, batch_size=1, seq_len=2,
+                        proof_of_data=False)
+    assert scoring.data_factor(-0.3, 5, off) == 1.0
+    assert scoring.data_factor(0.9, 2, off) == 0.0  # the warm-up still holds
 
 
 def test_sync_score() -> None:
@@ -71,3 +80,41 @@ def test_sync_score() -> None:
     assert scoring.sync_score(BaseModel(1, bytes(32)), 5, d) == 0.0
     assert scoring.sync_score(BaseModel(6, d), 5, d) == 0.0
     assert scoring.relative_gain(float("nan"), 1.0) == -1.0
+
+
+def test_scaling_an_update_earns_nothing() -> None:
+    """Scored at the window's median norms, an update and any multiple of it score the
+    same; without the rescaling a larger multiple scores higher (the attack it stops)."""
+    tokens = stdlib_corpus(2**20).train
+    model = build_model(get_config("tiny"), seed=0)
+    manifest = model_manifest(model)
+    theta = [p.detach().clone() for p in model.parameters()]
+    own = scoring.own_batches(tokens, CFG, 1, 0, 0)
+    rand = scoring.random_batches(tokens, CFG, 1, 0)
+    torch.autograd.backward(model.loss(rand[0]))
+    grads = [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
+    update = [compress(g, SPEC) for g in grads]
+    tripled = [compress(3.0 * g, SPEC) for g in grads]
+    ev = scoring.Evaluator(build_model(get_config("tiny"), seed=1), manifest, SPEC)
+    ev.load(theta, None, 0.0)
+    before = (ev.loss(own), ev.loss(rand))
+    cfg = ScoringConfig(**{**CFG.__dict__, "lr_factor": 0.005})
+    norms = median_norms([update, tripled])
+
+    def score(u: list[SparseTensor], n: list[float] | None) -> LossScore:
+        return scoring.loss_score(ev, theta, u, own, before[0], rand, before[1], cfg, n)
+
+    raw, raw3 = score(update, None), score(tripled, None)
+    assert raw3.rand > raw.rand > 0  # unnormalised, the bigger step "helps" more
+    fair, fair3 = score(update, norms), score(tripled, norms)
+    assert abs(fair3.rand - fair.rand) < 1e-6
+    assert abs(fair3.own - fair.own) < 1e-6
+    assert fair.rand > 0
+
+
+def test_at_norms_leaves_zero_and_hits_the_target() -> None:
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(3))
+    st, zero = compress(x, SPEC), compress(torch.zeros(64, 64), SPEC)
+    out = scoring.at_norms([st, zero], [2.5, 7.0])
+    assert abs(sparse_norm(out[0]) - 2.5) < 1e-5
+    assert sparse_norm(out[1]) == 0.0
