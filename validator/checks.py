@@ -26,6 +26,7 @@ from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.sparse import SparseTensor, decode_payload
 from validator.errors import (
     EnvelopeRejected,
+    Equivocation,
     LateArrival,
     MalformedPayload,
     NonFiniteUpdate,
@@ -106,18 +107,25 @@ def check_contribution(arrival: Arrival, ctx: CheckContext) -> Accepted:
 
 def check_window(arrivals: Sequence[Arrival], ctx: CheckContext
                  ) -> tuple[dict[int, Accepted], list[Refused]]:
-    """Check every arrival; the first accepted envelope per miner wins, later ones are
-    ignored (a re-broadcast of someone else's valid envelope must not hurt its signer)."""
+    """Check every arrival; one envelope per miner counts. A re-broadcast of the same
+    envelope is ignored (it must not hurt its signer); two different valid envelopes
+    signed by one miner are an `Equivocation`, and neither counts."""
     accepted: dict[int, Accepted] = {}
     refused: list[Refused] = []
+    equivocated: set[int] = set()
     for arrival in sorted(arrivals, key=lambda a: a.order):
         try:
             item = check_contribution(arrival, ctx)
         except Rejection as exc:
             refused.append(Refused(_claimed_signer(arrival.data, ctx.limits), exc, arrival))
             continue
-        if item.uid not in accepted:
-            accepted[item.uid] = item
+        first = accepted.setdefault(item.uid, item)
+        if first.payload_hash != item.payload_hash and item.uid not in equivocated:
+            equivocated.add(item.uid)
+            refused.append(Refused(item.signer, Equivocation(
+                "two different envelopes signed for this window"), arrival))
+    for uid in equivocated:
+        del accepted[uid]
     return accepted, refused
 
 

@@ -66,6 +66,14 @@ class DuplicateSubmission(Rejection):
     reason = "duplicate"
 
 
+class Equivocation(Rejection):
+    """Two different valid envelopes signed by the same miner for one window: peers
+    may have seen either, so neither counts (as in `select`). Only the key's holder
+    can sign both, so rejecting it never punishes anyone else."""
+
+    reason = "equivocation"
+
+
 class MalformedPayload(Rejection):
     """The payload does not decode for the run's codec and manifest."""
 

@@ -26,7 +26,7 @@ from node.engine.evaluator import Evaluator
 from node.outer.aggregate import aggregate_sparse, median_norms
 from protocol.envelope import BaseModel, Expectation
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.sparse import SparseTensor
+from protocol.sparse import SparseTensor, compress
 from protocol.spec import CodecSpec
 from validator import rating, scoring
 from validator.checks import Accepted, CheckContext, check_window, scale_check
@@ -40,7 +40,7 @@ from validator.copying import (
 )
 from validator.errors import ConfigError, CopyRejected, Rejection
 from validator.posting import post_plans
-from validator.source import ContributionSource
+from validator.source import Arrival, ContributionSource
 from validator.state import MinerState, Plan, ResultRow, ValidatorState
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class GlobalView:
 
 
 HELPFUL_FRACTION = 0.1
+GLOBAL_STEP = -1  # the uid that copy flags name when an update echoes the last outer step
 
 
 def helpful_uids(gains: dict[int, float]) -> list[int]:
@@ -138,6 +139,7 @@ class Validator:
         self._miners: dict[bytes, int] = {}
         self._wpe: int | None = None
         self._recent: dict[int, list[Fingerprint]] = {}  # window -> fingerprints (copies)
+        self._last_view: tuple[int, list[torch.Tensor]] | None = None  # (window, θ)
 
     # --- registration -----------------------------------------------------------------
     def registered(self) -> dict[bytes, int]:
@@ -154,6 +156,30 @@ class Validator:
             return WindowReport(window, 0, 0, self.state.results(window), replayed=True)
         miners = self.registered()
         arrivals = self.source.contributions(window)
+        accepted, failures = self._screen(window, view, miners, arrivals, deadline)
+        states = self.state.miners()
+        for uid in miners.values():
+            states.setdefault(uid, MinerState(uid))
+        chosen = self._budget(accepted, states, window)
+        rows, scores = self._evaluate(window, view, accepted, chosen, states)
+        rows += self._rate(window, scores, states)
+        for uid in sorted(set(miners.values()) - set(accepted)):
+            st = states[uid]
+            st.score = rating.slash(st.score, self.cfg.slash_factor)
+            err = failures.get(uid)
+            status, reason = ("rejected", err.reason) if err else ("missing", "missing")
+            rows.append(ResultRow(window, uid, status, reason, None, None, None, st.score))
+        plan = self._plan_for(window, states)
+        self.state.save_window(window, states.values(), rows, len(arrivals), len(scores), plan)
+        self._last_view = (window, [p.detach().clone() for p in view.params])
+        return WindowReport(window, len(arrivals), len(scores), sorted(rows, key=lambda r: r.uid),
+                            accepted={u: accepted[u] for u in chosen})
+
+    def _screen(self, window: int, view: GlobalView, miners: dict[bytes, int],
+                arrivals: Sequence[Arrival], deadline: float
+                ) -> tuple[dict[int, Accepted], dict[int, Rejection]]:
+        """The cheap checks, the scale gate and copy detection: what is left to score,
+        and why each refused miner was refused."""
         expect = Expectation(self.cfg.run_id, window, self.cfg.codec, self.manifest)
         ctx = CheckContext(expect, miners, deadline, self.cfg.limits)
         accepted, refused = check_window(arrivals, ctx)
@@ -166,20 +192,22 @@ class Validator:
         failures.update(scale_fail)
         prints = [fingerprint(a.uid, a.arrival.order, a.payload_hash, a.tensors, self.manifest,
                               self.cfg.codec, self.cfg.copy_sample_mod) for a in accepted.values()]
-        for uid, flag in self._copies(window, prints).items():
+        for uid, flag in self._copies(window, view, prints).items():
             kind = "identical payload" if flag.identical else f"overlap {flag.overlap:.2f}"
-            failures[uid] = CopyRejected(f"{kind} with uid {flag.original}{flag_when(flag)}")
+            whom = ("the last global step" if flag.original == GLOBAL_STEP
+                    else f"uid {flag.original}")
+            failures[uid] = CopyRejected(f"{kind} with {whom}{flag_when(flag)}")
             del accepted[uid]
+        return accepted, failures
 
-        states = self.state.miners()
-        for uid in miners.values():
-            states.setdefault(uid, MinerState(uid))
-        chosen = self._budget(accepted, states, window)
-        rows, scores = self._evaluate(window, view, accepted, chosen, states)
+    def _rate(self, window: int, scores: dict[int, Evaluated],
+              states: dict[int, MinerState]) -> list[ResultRow]:
+        """Rating, proof of data and the final score of every evaluated miner."""
         new_ratings = rating.rate_window({u: (states[u].mu, states[u].sigma) for u in scores},
                                          {u: e.score.combined for u, e in scores.items()},
                                          self.cfg.scoring.rank_tolerance)
         helpful = set(helpful_uids({u: e.score.rand for u, e in scores.items()}))
+        rows = []
         for uid, e in sorted(scores.items()):
             st = states[uid]
             st.mu, st.sigma = new_ratings[uid]
@@ -192,22 +220,28 @@ class Validator:
             st.score = rating.final_score(st.mu, st.sigma, data, e.sync) * helped
             rows.append(ResultRow(window, uid, "scored", f"b={e.bit:+.0f}", e.score.own,
                                   e.score.rand, e.sync, st.score))
-        for uid in sorted(set(miners.values()) - set(accepted)):
-            st = states[uid]
-            st.score = rating.slash(st.score, self.cfg.slash_factor)
-            err = failures.get(uid)
-            status, reason = ("rejected", err.reason) if err else ("missing", "missing")
-            rows.append(ResultRow(window, uid, status, reason, None, None, None, st.score))
-        plan = self._plan_for(window, states)
-        self.state.save_window(window, states.values(), rows, len(arrivals), len(scores), plan)
-        return WindowReport(window, len(arrivals), len(scores), sorted(rows, key=lambda r: r.uid),
-                            accepted={u: accepted[u] for u in chosen})
+        return rows
 
-    def _copies(self, window: int, prints: list[Fingerprint]) -> dict[int, CopyFlag]:
+    def _global_step(self, window: int, view: GlobalView) -> Fingerprint | None:
+        """The fingerprint of the last outer step (θ_{w−1} − θ_w, compressed with the run's
+        codec), when this process saw window w − 1: an update that merely echoes it is
+        free-riding on everyone's work."""
+        if self._last_view is None or self._last_view[0] != window - 1:
+            return None
+        step = [compress(prev - now.detach(), self.cfg.codec)
+                for prev, now in zip(self._last_view[1], view.params, strict=True)]
+        return fingerprint(GLOBAL_STEP, -1, b"", step, self.manifest, self.cfg.codec,
+                           self.cfg.copy_sample_mod)
+
+    def _copies(self, window: int, view: GlobalView, prints: list[Fingerprint]
+                ) -> dict[int, CopyFlag]:
         """This window's copies: of each other, then of another miner's contribution in
-        one of the last `copy_windows` windows seen by this process."""
+        one of the last `copy_windows` windows seen by this process, or of the last
+        global step."""
         flags = detect_copies(prints, self.cfg.copy_threshold)
         earlier = [p for w in sorted(self._recent) if w < window for p in self._recent[w]]
+        echo = self._global_step(window, view)
+        earlier += [echo] if echo is not None else []
         for uid, flag in detect_stale_copies(prints, earlier, self.cfg.copy_threshold).items():
             flags.setdefault(uid, replace(flag, stale=True))
         self._recent[window] = prints

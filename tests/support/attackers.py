@@ -28,7 +28,7 @@ from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerConfig, InnerTrainer, evaluate
 from node.engine.model import Decoder, build_model, get_config, model_manifest
 from node.mesh.board import MemoryBoard
-from node.outer.aggregate import aggregate_sparse
+from node.outer.aggregate import aggregate_sparse, scale_values
 from node.outer.optimizers import OuterConfig, SparseLoCo
 from node.outer.step import select
 from protocol.envelope import BaseModel, Expectation, read_unverified, seal
@@ -43,7 +43,9 @@ from validator.state import ValidatorState
 RUN = "advtest"
 HONEST = "honest"
 ATTACKS = ("zero", "noise", "x10", "signflip", "resign", "copynoise", "replay", "wrongdata",
-           "malformed", "absent", "stalecopy")
+           "malformed", "absent", "stalecopy", "scaled", "echo", "equivocate")
+# trained miners: honest work, possibly misused afterwards
+TRAINED = (HONEST, "x10", "signflip", "replay", "wrongdata", "scaled", "equivocate")
 
 
 def key(name: str) -> Identity:
@@ -104,7 +106,7 @@ class Harness:
             m = Miner(f"{kind}{n}", kind, key(f"{kind}{n}"))
             m.uid = self.chain.client(checksum_address(m.identity.address)).register(
                 Role.MINER, b"peer-" + m.name.encode(), 10**18)
-            if kind in (HONEST, "x10", "signflip", "replay", "wrongdata"):
+            if kind in TRAINED:
                 m.model = build_model(mcfg, seed=cfg.seed)
                 total = 1000
                 m.trainer = InnerTrainer(m.model, InnerConfig(lr=cfg.inner_lr, warmup_steps=2,
@@ -124,6 +126,7 @@ class Harness:
         self.honest_payloads: list[bytes] = []
         self.previous_honest: list[bytes] = []
         self.in_set: dict[bytes, int] = {}  # signer -> windows aggregated
+        self.previous_theta: list[torch.Tensor] | None = None  # θ before the last step
 
     # --- validator -------------------------------------------------------------------------
     def scoring_config(self) -> ScoringConfig:
@@ -172,11 +175,12 @@ class Harness:
             return None
         if kind == "malformed":
             return self._seal(m, window, b"\x94\xc4\x01\x00" + bytes(range(40)))
-        if kind in (HONEST, "x10", "signflip", "wrongdata") or (kind == "replay" and not m.old):
+        trains = kind in TRAINED and kind != "replay"
+        if trains or (kind == "replay" and not m.old):
             assert m.outer is not None
             data_uid = m.uid + 1000 if kind == "wrongdata" else m.uid
             delta = self._train(m, window, data_uid)
-            mult = {"x10": 10.0, "signflip": -1.0}.get(kind, 1.0)
+            mult = {"x10": 10.0, "signflip": -1.0, "scaled": 3.0}.get(kind, 1.0)
             wire = self._seal(m, window, m.outer.encode([d * mult for d in delta]))
             if kind == HONEST:
                 self.honest_payloads.append(wire)
@@ -197,6 +201,12 @@ class Harness:
                 scaled = st.table * (norm / max(float(dense.norm()), 1e-12))
                 sts.append(type(st)(st.indices, st.codes, scaled.to(torch.float32)))
             return self._seal(m, window, encode_payload(sts, self.manifest, self.codec))
+        if kind == "echo":  # the last outer step, compressed: free-riding on everyone
+            if self.previous_theta is None:
+                return None
+            step = [compress(a - b.detach(), self.codec) for a, b in
+                    zip(self.previous_theta, self.theta.parameters(), strict=True)]
+            return self._seal(m, window, encode_payload(step, self.manifest, self.codec))
         if kind == "stalecopy":  # another miner's previous-window payload, re-signed
             if not self.previous_honest:
                 return None
@@ -229,9 +239,13 @@ class Harness:
         published = []
         for m in order:
             wire = self.wire(m, window, gen)
-            if wire is not None:
-                self.source.publish(window, m.identity.address, wire)
-                published.append(wire)
+            wires = [wire, self._other_half(m, window, wire)] if m.kind == "equivocate" else [
+                wire]
+            for i, w in enumerate(wires):
+                if w is not None:  # the board takes one post per poster: a relay posts #2
+                    poster = m.identity.address if i == 0 else key(f"relay-{m.name}").address
+                    self.source.publish(window, poster, w)
+                    published.append(w)
         self.chain.mine(self.chain.p.blocks_per_window)  # the window closes
         if before_score:
             before_score()
@@ -244,6 +258,16 @@ class Harness:
             self.outer_step(window, published)
         return report
 
+    def _other_half(self, m: Miner, window: int, wire: bytes | None) -> bytes | None:
+        """A second, different envelope for the same window (equivocation): the same
+        update at half size, validly signed."""
+        if wire is None:
+            return None
+        _, _, payload = read_unverified(wire)
+        sts = decode_payload(payload, self.manifest, self.codec)
+        half = [scale_values(st, 0.5) for st in sts]
+        return self._seal(m, window, encode_payload(half, self.manifest, self.codec))
+
     def outer_step(self, window: int, published: list[bytes]) -> None:
         """What every daemon does (node/runtime/core.py): `select` the envelopes signed
         by the contract's aggregation set, then clip to median, mean, SGD."""
@@ -252,6 +276,7 @@ class Harness:
         chosen, _ = select(published, expect, members)
         for c in chosen:
             self.in_set[c.signer] = self.in_set.get(c.signer, 0) + 1
+        self.previous_theta = [p.detach().clone() for p in self.theta.parameters()]
         if chosen:
             update, _ = aggregate_sparse([(c.signer, c.tensors) for c in chosen],
                                          self.manifest, self.codec)
