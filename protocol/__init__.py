@@ -8,6 +8,6 @@ No module in this package opens files or sockets or reads the clock.
 
 from protocol.errors import ProtocolError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the base carries the author's proof of holding it
 
 __all__ = ["SCHEMA_VERSION", "ProtocolError"]

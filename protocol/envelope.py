@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import dataclass
 
 from protocol import SCHEMA_VERSION, canonical
+from protocol.baseproof import PROOF_LEN
 from protocol.errors import (
     CodecMismatchError,
     ManifestMismatchError,
@@ -22,6 +23,7 @@ from protocol.errors import (
     SignerMismatchError,
     UnsupportedVersionError,
     WrongRunError,
+    WrongTypeError,
     WrongWindowError,
 )
 from protocol.identity import ADDRESS_LEN, SIGNATURE_LEN, Identity, keccak256, recover_signer
@@ -34,10 +36,12 @@ _U64 = 2**64 - 1
 
 @dataclass(frozen=True)
 class BaseModel:
-    """Fingerprint of the global model a contribution was computed from."""
+    """Fingerprint of the global model a contribution was computed from, and the
+    author's proof that it holds it (protocol/baseproof.py; empty: no claim)."""
 
     step: int
     digest: bytes  # 32 bytes, e.g. SHA-256 of the parameters
+    proof: bytes = b""  # 0 or PROOF_LEN bytes
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class Header:
     def to_wire(self) -> list[canonical.WireValue]:
         return [
             self.schema_version, self.run_id, self.window, self.signer,
-            [self.base.step, self.base.digest], self.codec.to_wire(), self.manifest_digest,
+            [self.base.step, self.base.digest, self.base.proof], self.codec.to_wire(),
+            self.manifest_digest,
             self.n_tensors, self.payload_len, self.payload_hash, self.created_ms,
         ]  # fmt: skip
 
@@ -74,7 +79,10 @@ class Header:
         version = canonical.expect_int(items[0], "schema_version", hi=_U64)
         if version != SCHEMA_VERSION:
             raise UnsupportedVersionError(f"schema {version}; this node speaks {SCHEMA_VERSION}")
-        base = canonical.expect_list(items[4], 2, "base")
+        base = canonical.expect_list(items[4], 3, "base")
+        proof = canonical.expect_bytes(base[2], "base.proof", max_len=PROOF_LEN)
+        if len(proof) not in (0, PROOF_LEN):
+            raise WrongTypeError(f"base.proof: {len(proof)} bytes, expected 0 or {PROOF_LEN}")
         return cls(
             schema_version=version,
             run_id=canonical.expect_str(items[1], "run_id", max_len=limits.max_run_id_len),
@@ -83,6 +91,7 @@ class Header:
             base=BaseModel(
                 step=canonical.expect_int(base[0], "base.step", hi=_U64),
                 digest=canonical.expect_bytes(base[1], "base.digest", length=32),
+                proof=proof,
             ),
             codec=CodecSpec.from_wire(items[5]),
             manifest_digest=canonical.expect_bytes(items[6], "manifest_digest", length=32),

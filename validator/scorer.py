@@ -285,6 +285,9 @@ class Validator:
                 ls = scoring.LossScore(-1.0, -1.0)
             sync = scoring.sync_score(item.header.base, view.base.step, view.base.digest,
                                       cfg.sync_max_lag)
+            if sync == 1.0 and not scoring.base_proven(item.header.base, item.payload_hash,
+                                                       view.params, self.manifest):
+                sync = 0.0  # names the current θ without holding it
             done[uid] = Evaluated(ls, sync, 0.0)
         helpful = helpful_uids({u: e.score.rand for u, e in done.items()})
         for uid, e in done.items():

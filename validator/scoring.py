@@ -36,8 +36,10 @@ import torch
 from node.engine.data import derive_seed, sample_offsets, window_batch
 from node.engine.evaluator import Evaluator
 from node.outer.aggregate import scale_values, sparse_norm
+from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel
 from protocol.sparse import SparseTensor
+from protocol.spec import Manifest
 
 RANDOM_UID = 2**32 + 7  # a uid no miner can hold: the "random batch" assignment
 
@@ -156,10 +158,20 @@ def data_factor(bma: float, windows_seen: int, cfg: ScoringConfig) -> float:
     return 0.0 if bma < cfg.bma_threshold else max(0.0, bma)
 
 
+def base_proven(base: BaseModel, payload_hash: bytes, theta: Sequence[torch.Tensor],
+                manifest: Manifest) -> bool:
+    """Whether the contribution's base proof matches θ_global (`theta`): its author held
+    the model it names when it sealed the payload (protocol/baseproof.py)."""
+    positions = proof_positions(payload_hash, manifest)
+    values = [float(theta[t].reshape(-1)[i].to(torch.float32)) for t, i in positions]
+    return base.proof == base_proof(payload_hash, values)
+
+
 def sync_score(base: BaseModel, global_step: int, global_digest: bytes, max_lag: int = 2) -> float:
     """1.0 when built on the current global; 0.5^lag for a base `lag` steps old (up to
     `max_lag`); 0 for anything else (a future step, or the current step with a wrong
-    digest: the miner diverged from θ_global)."""
+    digest: the miner diverged from θ_global). The scorer also asks `base_proven` of a
+    current base: naming it without holding it earns 0."""
     if base.step == global_step:
         return 1.0 if base.digest == global_digest else 0.0
     lag = global_step - base.step

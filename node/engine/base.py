@@ -41,6 +41,9 @@ class Engine(Protocol):
     * `digest()` is SHA-256 over θ's fp32 bytes in manifest order, computed the
       same way on every device and layout.
     * `evaluate(batches)` is the mean loss without gradients; θ is unchanged.
+    * `sample(positions)` returns θ's fp32 values at (tensor index, flat offset)
+      positions, in order, as Python floats (the base proof reads these); θ is
+      unchanged, and after `train` it is θ at the window's start.
     * `full_params()` hands out fp32 CPU copies of θ (never views); `load_params`
       takes such a list (shapes checked, `EngineStateError` otherwise); `reset()`
       loads θ_init, identical on every node of the run.
@@ -74,6 +77,8 @@ class Engine(Protocol):
     def digest(self) -> bytes: ...
 
     def evaluate(self, batches: Sequence[Tensor]) -> float: ...
+
+    def sample(self, positions: Sequence[tuple[int, int]]) -> list[float]: ...
 
     def full_params(self) -> list[Tensor]: ...
 

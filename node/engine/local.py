@@ -97,6 +97,10 @@ class LocalEngine:
         return evaluate(self._model, batches)
 
     # --- θ in and out -------------------------------------------------------------------
+    def sample(self, positions: Sequence[tuple[int, int]]) -> list[float]:
+        with torch.no_grad():
+            return [float(self._params[t].reshape(-1)[i].to(torch.float32)) for t, i in positions]
+
     def full_params(self) -> list[Tensor]:
         return [p.detach().to("cpu", torch.float32).clone() for p in self._params]
 

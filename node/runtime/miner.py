@@ -10,6 +10,7 @@ which is exactly what it checkpoints — and leaves the mesh.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from chain.errors import ChainError
+from node.engine.base import Engine
 from node.mesh.base import MeshError
 from node.runtime.core import NodeCore
+from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel, seal
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,14 @@ class Trained:
     train_loss: float
     ratio: float  # dense fp32 bytes / envelope bytes
     wire_bytes: int
+
+
+def prove_base(engine: Engine, payload: bytes) -> bytes:
+    """The base proof of `payload` (protocol/baseproof.py) from the engine's θ, which is
+    θ_global at the window's start while a contribution is being sealed."""
+    payload_hash = hashlib.sha256(payload).digest()
+    return base_proof(payload_hash, engine.sample(proof_positions(payload_hash,
+                                                                  engine.manifest)))
 
 
 class MinerService(NodeCore):
@@ -59,9 +70,10 @@ class MinerService(NodeCore):
         batches = [self.assets.batch(window, self.uid, s) for s in range(self.spec.inner_steps)]
         losses = await asyncio.to_thread(self.engine.train, batches)
         payload = await asyncio.to_thread(self.engine.encode)
+        proof = await asyncio.to_thread(prove_base, self.engine, payload)
         wire = seal(self.identity, run_id=self.spec.run, window=window,
-                    base=BaseModel(step=window, digest=self.digest), codec=self.spec.codec,
-                    manifest=self.manifest, payload=payload)
+                    base=BaseModel(step=window, digest=self.digest, proof=proof),
+                    codec=self.spec.codec, manifest=self.manifest, payload=payload)
         try:
             if await self.chain.window() != window:
                 self.event(window, "training overran the window: not published")

@@ -31,6 +31,7 @@ from node.mesh.board import MemoryBoard
 from node.outer.aggregate import aggregate_sparse, scale_values
 from node.outer.optimizers import OuterConfig, SparseLoCo
 from node.outer.step import select
+from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel, Expectation, read_unverified, seal
 from protocol.identity import Identity, checksum_address
 from protocol.sparse import compress, decode_payload, decompress, encode_payload
@@ -43,9 +44,11 @@ from validator.state import ValidatorState
 RUN = "advtest"
 HONEST = "honest"
 ATTACKS = ("zero", "noise", "x10", "signflip", "resign", "copynoise", "replay", "wrongdata",
-           "malformed", "absent", "stalecopy", "scaled", "echo", "equivocate")
+           "malformed", "absent", "stalecopy", "scaled", "echo", "equivocate",
+           "stalebase")
 # trained miners: honest work, possibly misused afterwards
-TRAINED = (HONEST, "x10", "signflip", "replay", "wrongdata", "scaled", "equivocate")
+TRAINED = (HONEST, "x10", "signflip", "replay", "wrongdata", "scaled", "equivocate",
+           "stalebase")
 
 
 def key(name: str) -> Identity:
@@ -148,11 +151,17 @@ class Harness:
     def base(self) -> BaseModel:
         return BaseModel(step=self.step, digest=model_digest(self.theta))
 
+    def _start(self, m: Miner) -> list[torch.Tensor]:
+        """The θ a miner trains from: θ_global, or the one before it for "stalebase"."""
+        stale = m.kind == "stalebase" and self.previous_theta is not None
+        return list(self.previous_theta) if stale else [  # type: ignore[arg-type]
+            p.detach() for p in self.theta.parameters()]
+
     def _train(self, m: Miner, window: int, data_uid: int) -> list[torch.Tensor]:
         assert m.model is not None
         assert m.trainer is not None
         with torch.no_grad():
-            for p, t in zip(m.model.parameters(), self.theta.parameters(), strict=True):
+            for p, t in zip(m.model.parameters(), self._start(m), strict=True):
                 p.copy_(t)
         batches = [window_batch(self.tokens, seed=self.cfg.seed, window=window, uid=data_uid,
                                 step=s, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len)
@@ -160,7 +169,14 @@ class Harness:
         return m.trainer.run(batches).delta
 
     def _seal(self, m: Miner, window: int, payload: bytes) -> bytes:
-        return seal(m.identity, run_id=RUN, window=window, base=self.base(), codec=self.codec,
+        """Sealed on the current base, with the base proof from the θ the miner holds
+        (every kind but "stalebase" holds θ_global)."""
+        payload_hash = hashlib.sha256(payload).digest()
+        held = self._start(m)
+        values = [float(held[t].reshape(-1)[i]) for t, i in
+                  proof_positions(payload_hash, self.manifest)]
+        base = BaseModel(self.step, model_digest(self.theta), base_proof(payload_hash, values))
+        return seal(m.identity, run_id=RUN, window=window, base=base, codec=self.codec,
                     manifest=self.manifest, payload=payload)
 
     def _honest_norms(self) -> list[float]:

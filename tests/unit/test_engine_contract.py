@@ -22,6 +22,7 @@ from node.engine.store import CheckpointStore
 from node.errors import EngineError
 from node.outer.optimizers import OuterConfig
 from node.outer.step import params_digest, select
+from protocol.baseproof import proof_positions
 from protocol.envelope import BaseModel, Expectation, seal
 from protocol.identity import Identity
 from tests.support.keys import identity
@@ -146,6 +147,17 @@ def test_full_params_are_copies_and_load_params_round_trips(make: Callable[..., 
     assert engine.digest() == params_digest(params) != before
     engine.reset()
     assert engine.digest() == before == make().digest()  # θ_init is the same everywhere
+
+
+def test_sample_reads_theta_at_positions_and_train_leaves_them(
+        make: Callable[..., Engine]) -> None:
+    engine = make()
+    params = engine.full_params()
+    positions = proof_positions(b"\x07" * 32, engine.manifest, 16)
+    expected = [float(params[t].reshape(-1)[i]) for t, i in positions]
+    assert engine.sample(positions) == expected
+    engine.train(_batches(0))
+    assert engine.sample(positions) == expected  # θ at the window's start, not θ_local
 
 
 def test_load_params_refuses_the_wrong_shapes(make: Callable[..., Engine]) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import canonical
+from protocol import SCHEMA_VERSION, canonical
 from protocol.envelope import BaseModel, Expectation, Header, open_envelope, read_unverified, seal
 from protocol.errors import (
     BadSignatureError,
@@ -135,7 +135,19 @@ def test_tampered_payload() -> None:
 
 def test_unsupported_version() -> None:
     with pytest.raises(UnsupportedVersionError):
-        open_envelope(resealed_with(sealed(), key_n=1, schema_version=2), EXPECT)
+        open_envelope(resealed_with(sealed(), key_n=1, schema_version=SCHEMA_VERSION + 1),
+                      EXPECT)
+    with pytest.raises(UnsupportedVersionError):  # schema 1: the base had no proof
+        open_envelope(resealed_with(sealed(), key_n=1, schema_version=1), EXPECT)
+
+
+def test_the_base_proof_travels_signed_and_has_a_fixed_size() -> None:
+    proof = bytes(range(32))
+    opened = open_envelope(sealed(base=BaseModel(3, b"\x11" * 32, proof)), EXPECT)
+    assert opened.header.base.proof == proof
+    assert open_envelope(sealed(), EXPECT).header.base.proof == b""
+    with pytest.raises(WrongTypeError):
+        open_envelope(sealed(base=BaseModel(3, b"\x11" * 32, b"short")), EXPECT)
 
 
 def test_non_canonical_header_bytes() -> None:
