@@ -78,7 +78,8 @@ class ValidatorService(NodeCore):
                                 own_steps=min(eval_batches, spec.inner_steps),
                                 rand_batches=eval_batches,
                                 outer_lr=spec.effective_outer_lr, bma_threshold=0.0,
-                                warmup_windows=spec.score_warmup)
+                                warmup_windows=spec.score_warmup,
+                                proof_of_data=spec.proof_of_data)
         vcfg = ValidatorConfig(run_id=spec.run, validator_seed=validator_seed, scoring=scoring,
                                codec=spec.codec)
         db_path.parent.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-len", type=int, default=128)
     add_flag(g, "--score-warmup", env="SCORE_WARMUP", type=int,
              help="windows a miner is scored before it earns (default 3; devnet 1)")
+    add_flag(g, "--proof-of-data", env="PROOF_OF_DATA", choices=["on", "off"],
+             help="let the proof-of-data BMA scale scores (default on; devnet off: on "
+                  "the tiny model the proof bit is noise, see docs/validator.md)")
     add_flag(g, "--data", env="DATA", type=Path,
              help="prepared shards (default: the embedded standard-library corpus)")
     add_flag(g, "--vocab-size", env="VOCAB_SIZE", type=int,
@@ -140,7 +143,9 @@ def build_spec(args: argparse.Namespace) -> Any:
                    batch_size=args.batch_size, seq_len=args.seq_len, data=args.data,
                    vocab_size=args.vocab_size, tokenizer_sha256=args.tokenizer_sha256,
                    data_sha256=args.data_sha256,
-                   **({} if args.score_warmup is None else {"score_warmup": args.score_warmup}))
+                   **({} if args.score_warmup is None else {"score_warmup": args.score_warmup}),
+                   **({} if args.proof_of_data is None
+                      else {"proof_of_data": args.proof_of_data == "on"}))
 
 
 def add_node_flags(p: argparse.ArgumentParser) -> None:

@@ -43,6 +43,7 @@ class RunSpec:
     outer_lr: float | None = None  # None: the optimizer's default (SparseLoCo 1.0, DiLoCo 0.7)
     eval_batches: int = 4
     score_warmup: int = 3  # windows a miner is scored before its score earns anything
+    proof_of_data: bool = True  # whether the proof-of-data BMA scales validators' scores
     corpus_bytes: int | None = 4 * 2**20  # of the stdlib corpus without shards (None: all)
     data: Path | None = None  # prepared shards (gradmesh data prepare)
     vocab_size: int | None = None  # the model's vocabulary (None: the model config's)

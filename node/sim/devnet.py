@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from node.status import SCHEMA, ChainSnapshot, Snapshot
 from protocol.identity import Identity
 
 log = logging.getLogger(__name__)
+MARKER = ".gradmesh-devnet"  # in a devnet's data folder: it may be emptied by the next one
 
 
 @dataclass(frozen=True)
@@ -165,11 +168,29 @@ class Devnet:
     def first_miners_done(self) -> bool:
         return all(len(m.history) >= self.cfg.windows for m in self.miners[: self.cfg.miners])
 
+    def fresh_data_dir(self) -> None:
+        """Every devnet starts a new chain, so the nodes' state of an earlier devnet (θ,
+        checkpoints, the validator's votes) must not carry over: a folder this class
+        made (it holds MARKER) is emptied; any other non-empty folder is refused."""
+        from node.errors import ConfigError
+
+        root = self.cfg.data_dir
+        if root.exists() and any(root.iterdir()):
+            names = {p.name for p in root.iterdir()}
+            legacy = all(re.fullmatch(r"(miner|validator)-\d+", n) for n in names)
+            if not (root / MARKER).exists() and not legacy:
+                raise ConfigError(f"{root} is not empty and was not made by a devnet: "
+                                  "give an empty or new --data-dir")
+            shutil.rmtree(root)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MARKER).write_text("made by gradmesh devnet; emptied when a devnet starts\n")
+
     async def run(self, stop: asyncio.Event, on_window: Callable[[int], None] | None = None,
                   serve_dashboard: bool = True) -> None:
         from node.dashboard.app import make_app
         from node.dashboard.server import start_server, stop_server
 
+        self.fresh_data_dir()
         self.start_chain()
         identity = self.account(self.cfg.miners + 3)
         self.bootstrap = P2PMesh(identity, P2PConfig(run=self.cfg.spec.run))
@@ -227,13 +248,15 @@ class Devnet:
 
     async def _settle(self, stop: asyncio.Event) -> None:
         """Before stopping, bring every node to the same θ: halt each one after the newest
-        window any node has applied (they keep serving the mesh), and wait, bounded by
-        three windows, until the laggards have applied it too and all digests agree."""
+        window a miner has applied (they keep serving the mesh) and wait, bounded by
+        three windows, until the laggards have applied it too and all digests agree.
+        The target is fixed once: a node that syncs past empty windows reports a later
+        `applied` with the same θ, and chasing it would restart the others."""
+        target = max(m.applied for m in self.miners)
+        for node in self.nodes():
+            node.halt_after(target)
         deadline = time.monotonic() + 3 * self.cfg.blocks_per_window * self.cfg.block_time
         while not stop.is_set() and time.monotonic() < deadline:
-            target = max(n.applied for n in self.nodes())
-            for node in self.nodes():
-                node.halt_after(target)
             if (all(n.applied >= target for n in self.nodes())
                     and len({n.digest for n in self.nodes()}) == 1):
                 return

@@ -56,7 +56,7 @@ async def test_devnet_trains_pays_and_catches_up_a_late_joiner(tmp_path: Path) -
     torch.set_num_threads(1)
     # H = 6: four miners and a validator share the 2 cores of CI with 20 s windows; at the
     # quick start's H = 12 a slow machine left the late joiner overrunning every window
-    spec = RunSpec(inner_steps=6, score_warmup=1)  # as `gradmesh devnet` sets it
+    spec = RunSpec(inner_steps=6, score_warmup=1, proof_of_data=False)  # as `gradmesh devnet`
     devnet = Devnet(DevnetConfig(miners=3, windows=6, late_joiner_after=2,
                                  data_dir=tmp_path / "devnet", spec=spec))
     stop = asyncio.Event()

@@ -106,3 +106,24 @@ def test_validator_on_another_runs_data_dir_exits_2(tmp_path: Path,
     for text in ("'run-a'", "'run-b'", str(data / "validator.sqlite")):
         assert text in err
     assert "Traceback" not in err
+
+
+def test_devnet_starts_from_a_fresh_folder_and_refuses_a_foreign_one(tmp_path: Path) -> None:
+    from node.sim.devnet import MARKER, Devnet, DevnetConfig
+
+    own = tmp_path / "devnet"
+    legacy = tmp_path / "legacy"  # an earlier version's devnet folder, without the marker
+    (legacy / "validator-0").mkdir(parents=True)
+    Devnet(DevnetConfig(data_dir=legacy)).fresh_data_dir()
+    assert sorted(p.name for p in legacy.iterdir()) == [MARKER]
+    Devnet(DevnetConfig(data_dir=own)).fresh_data_dir()
+    (own / "miner-0").mkdir()
+    (own / "miner-0" / "theta.bin").write_bytes(b"an earlier devnet's state")
+    Devnet(DevnetConfig(data_dir=own)).fresh_data_dir()
+    assert sorted(p.name for p in own.iterdir()) == [MARKER]  # the old state is gone
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not made by a devnet"):
+        Devnet(DevnetConfig(data_dir=foreign)).fresh_data_dir()
+    assert (foreign / "notes.txt").read_text() == "keep me"
