@@ -68,22 +68,25 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
     return shared / min(a.size, b.size)
 
 
+def repeats(later: Fingerprint, earlier: Fingerprint, threshold: float) -> CopyFlag | None:
+    """`later` as a copy of `earlier`: an identical payload, or position overlap at or
+    above `threshold`; None when it is neither."""
+    if later.payload_hash == earlier.payload_hash:
+        return CopyFlag(later.uid, earlier.uid, 1.0, True)
+    ov = overlap(later.positions, earlier.positions)
+    return CopyFlag(later.uid, earlier.uid, ov, False) if ov >= threshold else None
+
+
 def detect_copies(prints: Sequence[Fingerprint], threshold: float = 0.4) -> dict[int, CopyFlag]:
     """Flag every print that repeats an earlier one (identical payload, or position
     overlap >= threshold); earlier = lower arrival order, ties by uid."""
     ordered = sorted(prints, key=lambda p: (p.order, p.uid))
     flags: dict[int, CopyFlag] = {}
     for j, later in enumerate(ordered):
-        for earlier in ordered[:j]:
-            if earlier.uid in flags:
-                continue  # compare with originals only
-            if later.payload_hash == earlier.payload_hash:
-                flags[later.uid] = CopyFlag(later.uid, earlier.uid, 1.0, True)
-                break
-            ov = overlap(later.positions, earlier.positions)
-            if ov >= threshold:
-                flags[later.uid] = CopyFlag(later.uid, earlier.uid, ov, False)
-                break
+        originals = (e for e in ordered[:j] if e.uid not in flags)  # compare with originals
+        flag = next((f for e in originals if (f := repeats(later, e, threshold))), None)
+        if flag is not None:
+            flags[later.uid] = flag
     return flags
 
 
@@ -94,16 +97,10 @@ def detect_stale_copies(prints: Sequence[Fingerprint], earlier: Sequence[Fingerp
     windows never count against it."""
     flags: dict[int, CopyFlag] = {}
     for now in sorted(prints, key=lambda p: p.uid):
-        for old in earlier:
-            if old.uid == now.uid:
-                continue
-            if old.payload_hash == now.payload_hash:
-                flags[now.uid] = CopyFlag(now.uid, old.uid, 1.0, True)
-                break
-            ov = overlap(now.positions, old.positions)
-            if ov >= threshold:
-                flags[now.uid] = CopyFlag(now.uid, old.uid, ov, False)
-                break
+        others = (old for old in earlier if old.uid != now.uid)
+        flag = next((f for old in others if (f := repeats(now, old, threshold))), None)
+        if flag is not None:
+            flags[now.uid] = flag
     return flags
 
 
