@@ -36,6 +36,7 @@ import torch
 from node.engine.data import derive_seed, sample_offsets, window_batch
 from node.engine.evaluator import Evaluator
 from node.outer.aggregate import scale_values, sparse_norm
+from node.outer.step import values_at
 from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel
 from protocol.sparse import SparseTensor
@@ -163,8 +164,7 @@ def base_proven(base: BaseModel, payload_hash: bytes, theta: Sequence[torch.Tens
     """Whether the contribution's base proof matches θ_global (`theta`): its author held
     the model it names when it sealed the payload (protocol/baseproof.py)."""
     positions = proof_positions(payload_hash, manifest)
-    values = [float(theta[t].reshape(-1)[i].to(torch.float32)) for t, i in positions]
-    return base.proof == base_proof(payload_hash, values)
+    return base.proof == base_proof(payload_hash, values_at(theta, positions))
 
 
 def sync_score(base: BaseModel, global_step: int, global_digest: bytes, max_lag: int = 2) -> float:

@@ -21,7 +21,7 @@ from node.engine.store import CheckpointStore, LocalCheckpoint, MetaValue
 from node.errors import EngineError
 from node.outer.aggregate import AggregateStats
 from node.outer.optimizers import OuterConfig, make_outer
-from node.outer.step import Selected, params_digest
+from node.outer.step import Selected, params_digest, values_at
 from protocol.spec import CodecSpec, Manifest
 
 
@@ -98,8 +98,7 @@ class LocalEngine:
 
     # --- θ in and out -------------------------------------------------------------------
     def sample(self, positions: Sequence[tuple[int, int]]) -> list[float]:
-        with torch.no_grad():
-            return [float(self._params[t].reshape(-1)[i].to(torch.float32)) for t, i in positions]
+        return values_at(self._params, positions)
 
     def full_params(self) -> list[Tensor]:
         return [p.detach().to("cpu", torch.float32).clone() for p in self._params]

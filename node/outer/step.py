@@ -108,6 +108,13 @@ def diverged(own_digest: bytes, own_address: bytes, chosen: Sequence[Selected]) 
     return count if count >= 2 else 0
 
 
+def values_at(params: Sequence[torch.Tensor], positions: Sequence[tuple[int, int]]
+              ) -> list[float]:
+    """θ's fp32 values at (tensor index, flat offset) positions, as Python floats: what
+    a base proof (protocol/baseproof.py) hashes, read the same way by miner and validator."""
+    return [float(params[t].detach().reshape(-1)[i].to(torch.float32)) for t, i in positions]
+
+
 def params_digest(params: Sequence[torch.Tensor]) -> bytes:
     """SHA-256 over every parameter's fp32 bytes in order: the θ digest everywhere."""
     digest = hashlib.sha256()

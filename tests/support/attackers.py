@@ -30,7 +30,7 @@ from node.engine.model import Decoder, build_model, get_config, model_manifest
 from node.mesh.board import MemoryBoard
 from node.outer.aggregate import aggregate_sparse, scale_values
 from node.outer.optimizers import OuterConfig, SparseLoCo
-from node.outer.step import select
+from node.outer.step import select, values_at
 from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel, Expectation, read_unverified, seal
 from protocol.identity import Identity, checksum_address
@@ -173,8 +173,7 @@ class Harness:
         (every kind but "stalebase" holds θ_global)."""
         payload_hash = hashlib.sha256(payload).digest()
         held = self._start(m)
-        values = [float(held[t].reshape(-1)[i]) for t, i in
-                  proof_positions(payload_hash, self.manifest)]
+        values = values_at(held, proof_positions(payload_hash, self.manifest))
         base = BaseModel(self.step, model_digest(self.theta), base_proof(payload_hash, values))
         return seal(m.identity, run_id=RUN, window=window, base=base, codec=self.codec,
                     manifest=self.manifest, payload=payload)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from node.engine.data import stdlib_corpus
-from node.engine.model import build_model, get_config, model_manifest
+from node.engine.model import Decoder, build_model, get_config, model_manifest
 from node.outer.aggregate import median_norms, sparse_norm
 from protocol.envelope import BaseModel
 from protocol.sparse import SparseTensor, compress
-from protocol.spec import CodecSpec
+from protocol.spec import CodecSpec, Manifest
 from validator import scoring
 from validator.scoring import LossScore, ScoringConfig
 
@@ -28,13 +28,18 @@ def test_batches_are_seeded_and_distinct() -> None:
     assert not torch.equal(r1[0], r2[0])
 
 
-def test_loss_score_is_deterministic_and_signed() -> None:
+def _window() -> tuple[Decoder, Manifest, list[torch.Tensor], list[torch.Tensor],
+                      list[torch.Tensor]]:
+    """A fresh `tiny` model, its manifest, θ, and one miner's own and the random batches."""
     tokens = stdlib_corpus(2**20).train
     model = build_model(get_config("tiny"), seed=0)
-    manifest = model_manifest(model)
     theta = [p.detach().clone() for p in model.parameters()]
-    own = scoring.own_batches(tokens, CFG, 1, 0, 0)
-    rand = scoring.random_batches(tokens, CFG, 1, 0)
+    return (model, model_manifest(model), theta, scoring.own_batches(tokens, CFG, 1, 0, 0),
+            scoring.random_batches(tokens, CFG, 1, 0))
+
+
+def test_loss_score_is_deterministic_and_signed() -> None:
+    model, manifest, theta, own, rand = _window()
     model.zero_grad()
     torch.autograd.backward(model.loss(own[0]))
     grad = [compress(p.grad.detach(), SPEC) for p in model.parameters()]  # type: ignore[union-attr]
@@ -85,12 +90,7 @@ def test_sync_score() -> None:
 def test_scaling_an_update_earns_nothing() -> None:
     """Scored at the window's median norms, an update and any multiple of it score the
     same; without the rescaling a larger multiple scores higher (the attack it stops)."""
-    tokens = stdlib_corpus(2**20).train
-    model = build_model(get_config("tiny"), seed=0)
-    manifest = model_manifest(model)
-    theta = [p.detach().clone() for p in model.parameters()]
-    own = scoring.own_batches(tokens, CFG, 1, 0, 0)
-    rand = scoring.random_batches(tokens, CFG, 1, 0)
+    model, manifest, theta, own, rand = _window()
     torch.autograd.backward(model.loss(rand[0]))
     grads = [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
     update = [compress(g, SPEC) for g in grads]
