@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from eth_utils import to_checksum_address
 
 from chain import errors as E
-from chain.client import WEIGHT_SCALE, ChainParams, MinerSlot, PeerInfo, Role
+from chain.client import WEIGHT_SCALE, ChainParams, Contribution, MinerSlot, PeerInfo, Role
 from chain.commitment import weights_commitment
 
 BPS = 10_000
@@ -80,6 +80,7 @@ class MemoryChain:
         self.free_miner_uids: list[int] = []
         self.free_validator_uids: list[int] = []
         self.miner_high = self.validator_high = 0
+        self.contributions: dict[int, dict[str, Contribution]] = {}
         self.votes: dict[int, dict[str, _Vote]] = {}
         self.revealers: dict[int, list[str]] = {}
         self.settled: set[int] = set()
@@ -189,6 +190,21 @@ class MemoryChain:
         if member is None or member.role != Role.VALIDATOR or not member.active:
             raise E.revert_error("NotValidator", (sender,))
         return member
+
+    @transaction
+    def commit_contribution(self, sender: str, window: int, digest: bytes) -> None:
+        member = self.members.get(sender)
+        if member is None or member.role != Role.MINER or not member.active:
+            raise E.revert_error("NotMiner", (sender,))
+        w = self.window()
+        if window != w:
+            raise E.revert_error("WrongWindow", (window, w))
+        if digest == bytes(32):
+            raise E.revert_error("EmptyCommitment")
+        mine = self.contributions.setdefault(w, {})
+        if sender in mine:
+            raise E.revert_error("AlreadyCommitted", (w,))
+        mine[sender] = Contribution(digest, self.block)
 
     @transaction
     def commit(self, sender: str, epoch: int, commitment: bytes) -> None:
@@ -320,6 +336,9 @@ class MemoryChainClient:
     def params(self) -> ChainParams:
         return self.chain.p
 
+    def genesis_block(self) -> int:
+        return self.chain.genesis
+
     def current_window(self) -> int:
         return self.chain.window()
 
@@ -337,6 +356,13 @@ class MemoryChainClient:
 
     def withdraw_stake(self) -> None:
         self.chain.withdraw_stake(self._address)
+
+    def commit_contribution(self, window: int, digest: bytes) -> None:
+        self.chain.commit_contribution(self._address, window, digest)
+
+    def contribution_of(self, window: int, miner: str) -> Contribution:
+        empty = Contribution(bytes(32), 0)
+        return self.chain.contributions.get(window, {}).get(to_checksum_address(miner), empty)
 
     def commit_weights(self, epoch: int, commitment: bytes) -> None:
         self.chain.commit(self._address, epoch, commitment)

@@ -30,7 +30,7 @@ from web3.exceptions import (
 )
 
 from chain.artifact import load_artifact
-from chain.client import ChainParams, MinerSlot, PeerInfo, Role
+from chain.client import ChainParams, Contribution, MinerSlot, PeerInfo, Role
 from chain.errors import (
     ChainError,
     ChainUnavailableError,
@@ -90,6 +90,7 @@ class Web3ChainClient:
         self._nonce: int | None = None
         self._lock = threading.Lock()
         self._chain_id: int | None = None
+        self._genesis: int | None = None
         self._estimate_at: str | None = "pending"
         self._endpoint = str(getattr(getattr(w3, "provider", None), "endpoint_uri", None)
                              or "endpoint")
@@ -233,6 +234,11 @@ class Web3ChainClient:
     def params(self) -> ChainParams:
         return ChainParams(*self._view("getParams"))
 
+    def genesis_block(self) -> int:
+        if self._genesis is None:  # immutable in the contract
+            self._genesis = int(self._view("genesisBlock"))
+        return self._genesis
+
     def current_window(self) -> int:
         return int(self._view("currentWindow"))
 
@@ -251,6 +257,13 @@ class Web3ChainClient:
 
     def withdraw_stake(self) -> None:
         self._transact("withdrawStake")
+
+    def commit_contribution(self, window: int, digest: bytes) -> None:
+        self._transact("commitContribution", window, digest)
+
+    def contribution_of(self, window: int, miner: str) -> Contribution:
+        digest, block = self._view("contributionOf", window, to_checksum_address(miner))
+        return Contribution(bytes(digest), int(block))
 
     def commit_weights(self, epoch: int, commitment: bytes) -> None:
         self._transact("commitWeights", epoch, commitment)

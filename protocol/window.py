@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from protocol.errors import ProtocolError
@@ -32,6 +33,22 @@ class Schedule:
 
     def last_block(self, window: int) -> int:
         return self.first_block(window + 1) - 1
+
+    def release_block(self, window: int, commit_phase: float) -> int:
+        """Two-phase publication: the first block of `window` from which miners release
+        their envelopes. A commitment counts only if it landed in `window` before this
+        block, the first `ceil(commit_phase × blocks_per_window)` blocks (at least one,
+        and at least one block is left for the release)."""
+        if not 0.0 < commit_phase < 1.0 or self.blocks_per_window < 2:
+            raise ProtocolError(f"no commit phase: phase {commit_phase}, "
+                                f"{self.blocks_per_window} blocks per window")
+        blocks = min(self.blocks_per_window - 1,
+                     max(1, math.ceil(commit_phase * self.blocks_per_window)))
+        return self.first_block(window) + blocks
+
+    def committed_in_time(self, window: int, block: int, commit_phase: float) -> bool:
+        """Whether a commitment that landed in `block` counts for `window`."""
+        return self.first_block(window) <= block < self.release_block(window, commit_phase)
 
     def epoch_of_window(self, window: int) -> int:
         if window < 0:

@@ -2,8 +2,9 @@
 
 Order: envelope (framing, signature, run, window, codec, manifest, payload
 hash: `protocol.envelope.open_envelope`), registered signer, arrival time,
-payload decode (indices in range, exactly k per chunk, finite tables), then
-the window-relative scale check. Each failure is a typed `Rejection`; when the
+payload decode (indices in range, exactly k per chunk, finite tables), one
+envelope per signer, the signer's on-chain commitment (two-phase publication),
+then the window-relative scale check. Each failure is a typed `Rejection`; when the
 signature verified, the rejection names the signer so it can be slashed.
 """
 
@@ -33,6 +34,7 @@ from validator.errors import (
     Rejection,
     ReplayRejected,
     ScaleRejected,
+    Uncommitted,
     UnknownSigner,
 )
 from validator.source import Arrival
@@ -44,6 +46,9 @@ class CheckContext:
     miners: Mapping[bytes, int]  # 20-byte address -> uid
     deadline: float  # last acceptable arrival time (validator clock)
     limits: Limits = DEFAULT_LIMITS
+    # two-phase publication: signer -> sha256 of the envelope it committed to in time
+    # (None: the run publishes without commitments)
+    committed: Mapping[bytes, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,8 @@ class Refused:
     arrival: Arrival
 
 
-def _claimed_signer(data: bytes, limits: Limits) -> bytes | None:
+def claimed_signer(data: bytes, limits: Limits) -> bytes | None:
+    """The envelope's signer when its signature verifies (without any other check)."""
     try:
         header, signature, _ = read_unverified(data, limits)
         signer = recover_signer(keccak256(header.encode()), signature)
@@ -109,7 +115,10 @@ def check_window(arrivals: Sequence[Arrival], ctx: CheckContext
                  ) -> tuple[dict[int, Accepted], list[Refused]]:
     """Check every arrival; one envelope per miner counts. A re-broadcast of the same
     envelope is ignored (it must not hurt its signer); two different valid envelopes
-    signed by one miner are an `Equivocation`, and neither counts."""
+    signed by one miner are an `Equivocation`, and neither counts. With two-phase
+    publication an envelope counts only if its signer committed to it in time
+    (`Uncommitted`): equivocation is judged first, over every validly signed envelope,
+    as the miners' `select` does."""
     accepted: dict[int, Accepted] = {}
     refused: list[Refused] = []
     equivocated: set[int] = set()
@@ -117,7 +126,7 @@ def check_window(arrivals: Sequence[Arrival], ctx: CheckContext
         try:
             item = check_contribution(arrival, ctx)
         except Rejection as exc:
-            refused.append(Refused(_claimed_signer(arrival.data, ctx.limits), exc, arrival))
+            refused.append(Refused(claimed_signer(arrival.data, ctx.limits), exc, arrival))
             continue
         first = accepted.setdefault(item.uid, item)
         if first.payload_hash != item.payload_hash and item.uid not in equivocated:
@@ -126,6 +135,12 @@ def check_window(arrivals: Sequence[Arrival], ctx: CheckContext
                 "two different envelopes signed for this window"), arrival))
     for uid in equivocated:
         del accepted[uid]
+    for uid, item in list(accepted.items()):
+        if ctx.committed is not None and ctx.committed.get(item.signer) != hashlib.sha256(
+                item.arrival.data).digest():
+            refused.append(Refused(item.signer, Uncommitted(
+                "no commitment to this envelope before the release block"), item.arrival))
+            del accepted[uid]
     return accepted, refused
 
 

@@ -60,10 +60,13 @@ class LateArrival(Rejection):
     reason = "late"
 
 
-class DuplicateSubmission(Rejection):
-    """A second envelope from the same miner in one window."""
+class Uncommitted(Rejection):
+    """Two-phase publication is on and the signer did not commit to exactly this
+    envelope on the chain before the window's release block (node/runtime/publish.py).
+    An honest miner never releases an envelope without a timely commitment; a relay
+    that re-signs someone else's released envelope cannot have one."""
 
-    reason = "duplicate"
+    reason = "uncommitted"
 
 
 class Equivocation(Rejection):

@@ -28,8 +28,9 @@ from protocol.envelope import BaseModel, Expectation
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.sparse import SparseTensor, compress
 from protocol.spec import CodecSpec
+from protocol.window import Schedule
 from validator import rating, scoring
-from validator.checks import Accepted, CheckContext, check_window, scale_check
+from validator.checks import Accepted, CheckContext, check_window, claimed_signer, scale_check
 from validator.copying import (
     CopyFlag,
     Fingerprint,
@@ -58,6 +59,7 @@ class ValidatorConfig:
     scale_factor: float = 5.0
     slash_factor: float = 0.75
     max_evals: int | None = None  # time budget in evaluations per window
+    commit_phase: float = 0.0  # two-phase publication (RunSpec.commit_phase); 0: off
     policy: rating.WeightPolicy = field(default_factory=rating.WeightPolicy)
     limits: Limits = DEFAULT_LIMITS
 
@@ -140,6 +142,7 @@ class Validator:
         self._wpe: int | None = None
         self._recent: dict[int, list[Fingerprint]] = {}  # window -> fingerprints (copies)
         self._last_view: tuple[int, list[torch.Tensor]] | None = None  # (window, θ)
+        self._sched: Schedule | None = None
 
     # --- registration -----------------------------------------------------------------
     def registered(self) -> dict[bytes, int]:
@@ -181,7 +184,8 @@ class Validator:
         """The cheap checks, the scale gate and copy detection: what is left to score,
         and why each refused miner was refused."""
         expect = Expectation(self.cfg.run_id, window, self.cfg.codec, self.manifest)
-        ctx = CheckContext(expect, miners, deadline, self.cfg.limits)
+        ctx = CheckContext(expect, miners, deadline, self.cfg.limits,
+                           self._committed(window, miners, arrivals))
         accepted, refused = check_window(arrivals, ctx)
         failures: dict[int, Rejection] = {}
         for r in refused:
@@ -199,6 +203,34 @@ class Validator:
             failures[uid] = CopyRejected(f"{kind} with {whom}{flag_when(flag)}")
             del accepted[uid]
         return accepted, failures
+
+    def _committed(self, window: int, miners: dict[bytes, int],
+                   arrivals: Sequence[Arrival]) -> dict[bytes, bytes] | None:
+        """signer -> the envelope sha256 it committed to before `window`'s release block,
+        for the registered signers among `arrivals`; None when the run has no commit
+        phase, or when the chain cannot tell (then no honest miner is refused for it)."""
+        if self.cfg.commit_phase == 0.0:
+            return None
+        signers = {s for s in (claimed_signer(a.data, self.cfg.limits) for a in arrivals)
+                   if s in miners}
+        try:
+            schedule = self._schedule()
+            out: dict[bytes, bytes] = {}
+            for signer in sorted(signers):
+                c = self.chain.contribution_of(window, "0x" + signer.hex())
+                if schedule.committed_in_time(window, c.block, self.cfg.commit_phase):
+                    out[signer] = c.digest
+        except ChainError as exc:
+            log.warning("window %d: commitments unreadable (%s): not checked", window, exc)
+            return None
+        return out
+
+    def _schedule(self) -> Schedule:
+        if self._sched is None:  # deploy-time constants
+            p = self.chain.params()
+            self._sched = Schedule(self.chain.genesis_block(), p.blocks_per_window,
+                                   p.windows_per_epoch)
+        return self._sched
 
     def _rate(self, window: int, scores: dict[int, Evaluated],
               states: dict[int, MinerState]) -> list[ResultRow]:

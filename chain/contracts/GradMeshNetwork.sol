@@ -22,6 +22,10 @@ pragma solidity ^0.8.24;
 ///  * Validators are NOT pruned: they are simply capped at maxValidators (a full
 ///    set reverts with CapacityFull). Validator influence is stake weighted, so a
 ///    capped set cannot be captured cheaply by displacing incumbents.
+///  * Contributions: a miner commits to its envelope's sha256 before releasing it
+///    (`commitContribution`); the block it landed in is kept, and validators count
+///    an envelope only when its signer's commitment preceded the run's release
+///    point, which is a run-spec value, not a contract parameter.
 ///  * Settlement: revealed validators count with the stake they held at reveal
 ///    time. Per miner the consensus weight is the lower stake-weighted median of
 ///    the revealed weights (a missing weight counts as 0). Miners share the miner
@@ -69,6 +73,13 @@ contract GradMeshNetwork {
         uint32 weight; // last settled consensus weight (0 for a fresh occupant)
     }
 
+    /// A miner's commitment to the envelope it will publish in a window, and the block
+    /// it landed in (validators count it only before the run's release point).
+    struct Contribution {
+        bytes32 digest;
+        uint64 blockNumber;
+    }
+
     struct Vote {
         bytes32 commitment;
         uint128 stake; // stake snapshot at reveal
@@ -111,6 +122,7 @@ contract GradMeshNetwork {
     uint16 private _minerCount;
     uint16 private _validatorCount;
 
+    mapping(uint64 => mapping(address => Contribution)) private _contributions;
     mapping(uint64 => mapping(address => Vote)) private _votes;
     mapping(uint64 => address[]) private _revealers;
     /// epoch => validator => word index => 8 packed uint32 weights (uid = 8*word + lane)
@@ -142,6 +154,9 @@ contract GradMeshNetwork {
     error NotValidator(address account);
     error WrongPhase(uint64 epoch, uint64 currentWindow);
     error EmptyCommitment();
+    error NotMiner(address account);
+    error WrongWindow(uint64 window, uint64 currentWindow);
+    error AlreadyCommitted(uint64 window);
     error NoCommitment();
     error AlreadyRevealed();
     error CommitMismatch();
@@ -163,6 +178,7 @@ contract GradMeshNetwork {
     event StakeAdded(address indexed account, uint256 amount, uint256 stake);
     event UnstakeRequested(address indexed account, uint8 role, uint16 uid, uint64 unlockWindow);
     event StakeWithdrawn(address indexed account, uint256 amount);
+    event ContributionCommitted(uint64 indexed window, address indexed miner, bytes32 digest);
     event WeightsCommitted(uint64 indexed epoch, address indexed validator, bytes32 commitment);
     event WeightsRevealed(uint64 indexed epoch, address indexed validator, uint256 count, uint256 stake);
     event Rewarded(uint64 indexed epoch, address indexed account, uint256 amount);
@@ -337,6 +353,35 @@ contract GradMeshNetwork {
         delete _peerIds[msg.sender];
         emit StakeWithdrawn(msg.sender, amount);
         _send(msg.sender, amount);
+    }
+
+    // ------------------------------------------------- contribution commitments
+
+    /// Two-phase publication: before releasing its envelope a miner commits to the
+    /// envelope's sha256 (which covers its own signature, so nobody can commit to a
+    /// copy of bytes they have not seen). One commitment per miner per window; the
+    /// block is kept so that every peer judges "before the release point" alike.
+    function commitContribution(uint64 window, bytes32 digest) external {
+        Member storage m = _members[msg.sender];
+        if (m.role != ROLE_MINER || !m.active) revert NotMiner(msg.sender);
+        uint64 w = currentWindow();
+        if (window != w) revert WrongWindow(window, w);
+        if (digest == bytes32(0)) revert EmptyCommitment();
+        Contribution storage c = _contributions[w][msg.sender];
+        if (c.digest != bytes32(0)) revert AlreadyCommitted(w);
+        c.digest = digest;
+        c.blockNumber = uint64(block.number);
+        emit ContributionCommitted(w, msg.sender, digest);
+    }
+
+    /// Zero digest and block 0 when `miner` made no commitment in `window`.
+    function contributionOf(uint64 window, address miner)
+        external
+        view
+        returns (bytes32 digest, uint64 blockNumber)
+    {
+        Contribution storage c = _contributions[window][miner];
+        return (c.digest, c.blockNumber);
     }
 
     // ---------------------------------------------------------- commit-reveal

@@ -125,6 +125,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     add_flag(g, "--proof-of-data", env="PROOF_OF_DATA", choices=["on", "off"],
              help="let the proof-of-data BMA scale scores (default on; devnet off: on "
                   "the tiny model the proof bit is noise, see docs/validator.md)")
+    add_flag(g, "--commit-phase", env="COMMIT_PHASE", type=float,
+             help="share of each window in which miners commit to their envelope's hash "
+                  "on the chain before releasing it (default 0.5; 0: publish at once, "
+                  "without commitments)")
     add_flag(g, "--data", env="DATA", type=Path,
              help="prepared shards (default: the embedded standard-library corpus)")
     add_flag(g, "--vocab-size", env="VOCAB_SIZE", type=int,
@@ -144,6 +148,7 @@ def build_spec(args: argparse.Namespace) -> Any:
                    vocab_size=args.vocab_size, tokenizer_sha256=args.tokenizer_sha256,
                    data_sha256=args.data_sha256,
                    **({} if args.score_warmup is None else {"score_warmup": args.score_warmup}),
+                   **({} if args.commit_phase is None else {"commit_phase": args.commit_phase}),
                    **({} if args.proof_of_data is None
                       else {"proof_of_data": args.proof_of_data == "on"}))
 
@@ -172,6 +177,37 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
              help="HOST:PORT for this node's status page, /metrics and /healthz")
     add_flag(g, "--stake", env="STAKE", type=parse_amount, default=parse_amount("1ether"),
              help="wei to stake on registration, e.g. 1ether")
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """How this node computes (operator settings, not consensus): node/engine/config.py."""
+    g = p.add_argument_group("engine")
+    add_flag(g, "--device", env="DEVICE", default="cpu",
+             help="auto, cpu, cuda or cuda:N (auto: the first GPU if any)")
+    add_flag(g, "--precision", env="PRECISION", choices=["fp32", "bf16"], default="fp32",
+             help="bf16: autocast for the inner forward/backward and the validator's "
+                  "evaluations; weights, optimizer state and error feedback stay fp32")
+    add_flag(g, "--compile", env="COMPILE", choices=["on", "off"], default="off",
+             help="torch.compile every transformer block")
+    add_flag(g, "--activation-checkpointing", env="ACTIVATION_CHECKPOINTING",
+             choices=["on", "off"], default="off",
+             help="recompute block activations in backward (less memory, ~1/3 more compute)")
+    add_flag(g, "--micro-batch", env="MICRO_BATCH", type=int,
+             help="rows per forward/backward; gradients accumulate to the run's batch")
+    add_flag(g, "--offload-error-feedback", env="OFFLOAD_ERROR_FEEDBACK",
+             choices=["on", "off"], default="off",
+             help="keep SparseLoCo's error feedback in CPU memory")
+
+
+def engine_config(args: argparse.Namespace) -> Any:
+    """The `EngineConfig` the engine flags describe (typed error on a bad value)."""
+    from node.engine.config import EngineConfig
+
+    return EngineConfig(device=args.device, precision=args.precision,
+                        compile=args.compile == "on",
+                        activation_checkpointing=args.activation_checkpointing == "on",
+                        micro_batch=args.micro_batch,
+                        offload_error_feedback=args.offload_error_feedback == "on")
 
 
 # --- process -----------------------------------------------------------------------------

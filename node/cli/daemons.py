@@ -14,12 +14,14 @@ import os
 from typing import Any
 
 from node.cli.common import (
+    add_engine_flags,
     add_flag,
     add_node_flags,
     add_run_flags,
     build_chain,
     build_mesh,
     build_spec,
+    engine_config,
     load_identity,
     quiet_libraries,
     run_until_signal,
@@ -38,7 +40,7 @@ def _run_service(args: argparse.Namespace) -> int:
     chain = build_chain(args, identity)
     mesh = build_mesh(args, identity, spec.run)
     config = NodeConfig(name=f"{args.command}-{identity.address_hex[2:8].lower()}",
-                        data_dir=args.data_dir)
+                        data_dir=args.data_dir, engine=engine_config(args))
     assets = RunAssets(spec)
     if args.command == "miner":
         from node.runtime.miner import MinerService
@@ -77,6 +79,7 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         p = sub.add_parser(name, help=text, description=text)
         add_node_flags(p)
         add_run_flags(p)
+        add_engine_flags(p)
         if name == "validator":
             add_flag(p, "--validator-seed", env="VALIDATOR_SEED", type=int,
                      help="seeds the held-out batches (keep it private; default: random)")

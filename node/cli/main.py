@@ -16,6 +16,7 @@ from node.cli.daemons import add_service_commands
 from node.cli.data import add_data_commands
 from node.cli.export import add_export_commands
 from node.cli.network import add_network_commands
+from node.cli.plan import add_plan_commands
 from node.dashboard.errors import DashboardError
 from node.errors import NodeError
 from protocol.errors import ProtocolError
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_service_commands(sub)
     add_network_commands(sub)
     add_export_commands(sub)
+    add_plan_commands(sub)
     return parser
 
 

@@ -119,16 +119,14 @@ def devnet_spec(args: argparse.Namespace) -> Any:
         if found != manifest.tokenizer.sha256:
             raise ConfigError(f"{args.tokenizer} (sha256 {found}) is not the tokenizer "
                               f"{args.data} was prepared with ({manifest.tokenizer.sha256})")
-    return dataclasses.replace(
-        spec, vocab_size=spec.vocab_size or manifest.tokenizer.vocab_size,
-        tokenizer_sha256=spec.tokenizer_sha256 or manifest.tokenizer.sha256,
+    return dataclasses.replace(  # the vocabulary follows the tokenizer (RunAssets pads it)
+        spec, tokenizer_sha256=spec.tokenizer_sha256 or manifest.tokenizer.sha256,
         data_sha256=spec.data_sha256 or manifest.manifest_sha256)
 
 
 def export_devnet(devnet: Any, summary: dict[str, Any], args: argparse.Namespace) -> Path:
     """θ_global of the first miner (every node holds the same) as a Hugging Face folder."""
     from node.engine.hf import export_model
-    from node.engine.model import get_config
 
     spec = devnet.cfg.spec
     miner = devnet.miners[0]
@@ -138,7 +136,7 @@ def export_devnet(devnet: Any, summary: dict[str, Any], args: argparse.Namespace
             "held-out loss": summary["heldout_loss"][-1] if summary["heldout_loss"] else None,
             "contract": summary["contract"], "chain": summary["chain"],
             "θ digest": miner.digest.hex()}
-    return export_model(miner.engine.full_params(), get_config(spec.model, spec.vocab_size),
+    return export_model(miner.engine.full_params(), devnet.assets.model_config,
                         args.export, tokenizer_file=args.tokenizer, card=card)
 
 
@@ -153,7 +151,8 @@ def _run_devnet(args: argparse.Namespace) -> int:
     cfg = DevnetConfig(miners=args.miners, windows=args.windows, chain=args.chain,
                        late_joiner_after=args.late_joiner_after, data_dir=args.data_dir,
                        dashboard_port=args.dashboard_port, spec=devnet_spec(args),
-                       block_time=args.block_time, blocks_per_window=args.blocks_per_window)
+                       block_time=args.block_time, blocks_per_window=args.blocks_per_window,
+                       bf16_miners=args.bf16_miners)
     quiet_libraries(args.verbose)
     torch.set_num_threads(args.threads)
     devnet = Devnet(cfg)
@@ -207,6 +206,8 @@ def add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--windows", type=int, default=6)
     p.add_argument("--late-joiner-after", type=int, default=None,
                    help="start one more miner after this many windows")
+    p.add_argument("--bf16-miners", type=int, default=0,
+                   help="the first N miners train with bf16 autocast (θ stays identical)")
     p.add_argument("--chain", choices=("embedded", "anvil"), default="embedded")
     p.add_argument("--block-time", type=float, default=0.5)
     p.add_argument("--blocks-per-window", type=int, default=40)

@@ -12,22 +12,29 @@ from collections.abc import Sequence
 
 import torch
 
+from node.engine.config import EngineConfig
+from node.engine.device import autocast
 from node.engine.model import Decoder
 from protocol.sparse import SparseTensor, decompress
 from protocol.spec import CodecSpec, Manifest
 
 
-def mean_loss(model: Decoder, batches: Sequence[torch.Tensor]) -> float:
-    """Mean of the batches' losses, summed exactly (math.fsum) in batch order."""
-    with torch.no_grad():
-        return math.fsum(float(model.loss(b)) for b in batches) / len(batches)
+def mean_loss(model: Decoder, batches: Sequence[torch.Tensor],
+              config: EngineConfig | None = None) -> float:
+    """Mean of the batches' losses (each an fp32 number, whatever the autocast),
+    summed exactly (math.fsum) in batch order."""
+    device = next(model.parameters()).device
+    with torch.no_grad(), autocast(device, config or EngineConfig()):
+        return math.fsum(float(model.loss(b.to(device))) for b in batches) / len(batches)
 
 
 class Evaluator:
     """Holds one scratch model; `load` puts θ − scale·update into it."""
 
-    def __init__(self, model: Decoder, manifest: Manifest, spec: CodecSpec) -> None:
+    def __init__(self, model: Decoder, manifest: Manifest, spec: CodecSpec,
+                 config: EngineConfig | None = None) -> None:
         self.model = model.eval()
+        self.config = config or EngineConfig()
         self.params = list(model.parameters())
         self.manifest = manifest
         self.spec = spec
@@ -40,14 +47,14 @@ class Evaluator:
                 p.copy_(t)
                 if update is not None:
                     dense = decompress(update[i], tuple(self.manifest[i].shape), self.spec)
-                    p.sub_(dense.to(p.dtype), alpha=scale)
+                    p.sub_(dense.to(p.device, p.dtype), alpha=scale)
 
     def load_dense(self, theta: Sequence[torch.Tensor], update: Sequence[torch.Tensor],
                    scale: float) -> None:
         """θ − scale × a dense update (the validator's reference aggregate)."""
         with torch.no_grad():
             for p, t, u in zip(self.params, theta, update, strict=True):
-                p.copy_(t).sub_(u.to(p.dtype), alpha=scale)
+                p.copy_(t).sub_(u.to(p.device, p.dtype), alpha=scale)
 
     def loss(self, batches: Sequence[torch.Tensor]) -> float:
-        return mean_loss(self.model, batches)
+        return mean_loss(self.model, batches, self.config)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from node.engine.config import EngineConfig, micro_batches
+from node.engine.device import autocast
 from node.engine.model import Decoder
 from node.errors import ConfigError, DataError
 
@@ -68,9 +70,11 @@ class InnerResult:
 class InnerTrainer:
     """AdamW inner optimiser with a global step counter that spans windows."""
 
-    def __init__(self, model: Decoder, cfg: InnerConfig) -> None:
+    def __init__(self, model: Decoder, cfg: InnerConfig,
+                 engine: EngineConfig | None = None) -> None:
         self.model = model
         self.cfg = cfg
+        self.engine = engine or EngineConfig()
         self.params = list(model.parameters())
         self.step = 0
         self.skipped_steps = 0
@@ -88,15 +92,24 @@ class InnerTrainer:
         return self.params[0].device
 
     def compute_grads(self, batch: Tensor) -> tuple[float, list[Tensor]]:
-        """Loss and gradients of one batch; the model is left without .grad."""
+        """Loss and gradients of one batch, accumulated over micro-batches (each weighed
+        by its share of the rows: one micro-batch is the plain batch, bit for bit), under
+        the engine's autocast; the model is left without .grad."""
         self.model.zero_grad(set_to_none=True)
-        loss = self.model.loss(batch.to(self.device))
-        torch.autograd.backward(loss)
+        batch = batch.to(self.device)
+        rows = batch.shape[0]
+        total = 0.0
+        for start, stop in micro_batches(rows, self.engine.micro_batch):
+            with autocast(self.device, self.engine):
+                loss = self.model.loss(batch[start:stop])
+            part = loss if stop - start == rows else loss * ((stop - start) / rows)
+            torch.autograd.backward(part)
+            total += float(part.detach())
         grads = []
         for p in self.params:
             grads.append(p.grad if p.grad is not None else torch.zeros_like(p))
             p.grad = None  # hand the tensor over instead of copying it
-        return float(loss.detach()), grads
+        return total, grads
 
     def apply_grads(self, grads: Sequence[Tensor]) -> None:
         """Clip to grad_clip, then one AdamW step at lr_at(step)."""

@@ -1,9 +1,13 @@
-"""`LocalEngine`: θ in this process, on one device, fp32 — the reference engine.
+"""`LocalEngine`: θ in this process, on one device — the reference engine.
 
 It holds the model, the inner AdamW trainer and the run's outer optimizer
 (SparseLoCo, DiLoCo or the DDP baseline) and implements the `Engine` contract
-(node/engine/base.py). Later engines (device placement, FSDP sharding) keep the
-same contract and pass the same suite.
+(node/engine/base.py). The operator's `EngineConfig` (node/engine/config.py)
+places it on a device and sets the inner loop's precision, micro-batches,
+activation checkpointing and compilation; θ, the optimizer state and the error
+feedback stay fp32, and the outer step is the same exact fp32 computation on
+every device. Later engines (FSDP sharding) keep the same contract and pass the
+same suite.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from node.engine.config import EngineConfig
+from node.engine.device import autocast, resolve_device
 from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerConfig, InnerTrainer, evaluate
 from node.engine.model import build_model, get_config, model_manifest
@@ -39,14 +45,22 @@ class EngineSpec:
 class LocalEngine:
     """The single-process `Engine`."""
 
-    def __init__(self, spec: EngineSpec, store: CheckpointStore | None = None) -> None:
+    def __init__(self, spec: EngineSpec, store: CheckpointStore | None = None,
+                 config: EngineConfig | None = None) -> None:
         self.spec = spec
+        self.config = config or EngineConfig()
+        self.device = resolve_device(self.config.device)
         self.model_config = get_config(spec.model, spec.vocab_size)
-        self._model = build_model(self.model_config, seed=spec.seed)
+        self._model = build_model(self.model_config, seed=spec.seed, device=self.device)
+        self._model.checkpoint_blocks = self.config.activation_checkpointing
+        if self.config.compile:
+            for layer in self._model.layers:
+                layer.compile()  # in place: parameter names (the manifest) stay the same
         self._params = list(self._model.parameters())
         self._manifest = model_manifest(self._model)
-        self._trainer = InnerTrainer(self._model, spec.inner)
-        self._outer = make_outer(spec.outer, self._manifest)
+        self._trainer = InnerTrainer(self._model, spec.inner, self.config)
+        state_device = "cpu" if self.config.offload_error_feedback else self.device
+        self._outer = make_outer(spec.outer, self._manifest, state_device=state_device)
         self._store = store
         self._pending: list[Tensor] | None = None
         self._digest: bytes | None = None
@@ -94,7 +108,8 @@ class LocalEngine:
         return self._digest
 
     def evaluate(self, batches: Sequence[Tensor]) -> float:
-        return evaluate(self._model, batches)
+        with autocast(self.device, self.config):  # the evaluator's precision too
+            return evaluate(self._model, batches)
 
     # --- θ in and out -------------------------------------------------------------------
     def sample(self, positions: Sequence[tuple[int, int]]) -> list[float]:
@@ -135,5 +150,5 @@ class LocalEngine:
         self.load_local_state(checkpoint.extra)
 
     def evaluator(self) -> Evaluator:
-        scratch = build_model(self.model_config, seed=self.spec.seed)
-        return Evaluator(scratch, self._manifest, self.codec)
+        scratch = build_model(self.model_config, seed=self.spec.seed, device=self.device)
+        return Evaluator(scratch, self._manifest, self.codec, self.config)

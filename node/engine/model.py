@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from node.errors import ConfigError
 from protocol.spec import Manifest, TensorSpec
@@ -209,6 +210,7 @@ class Decoder(nn.Module):
         # Non-persistent: derived from the config, so not part of the state or the manifest.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.checkpoint_blocks = False  # recompute block activations in backward (memory)
 
     def forward(self, tokens: Tensor) -> Tensor:
         if tokens.dim() != 2:
@@ -219,7 +221,10 @@ class Decoder(nn.Module):
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         h = self.embed(tokens)
         for layer in self.layers:
-            h = layer(h, cos, sin)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                h = checkpoint(layer, h, cos, sin, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin)
         logits: Tensor = self.norm(h) @ self.embed.weight.T
         return logits
 

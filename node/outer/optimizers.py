@@ -77,8 +77,8 @@ class OuterOptimizer(ABC):
     buffers: tuple[str, ...] = ()  # names of the per-tensor state lists kept across windows
 
     def local_state(self) -> dict[str, torch.Tensor]:
-        """Copies of the state a restart must keep (`<buffer>.<tensor index>`)."""
-        return {f"{name}.{i}": t.clone() for name in self.buffers
+        """CPU copies of the state a restart must keep (`<buffer>.<tensor index>`)."""
+        return {f"{name}.{i}": t.detach().to("cpu", copy=True) for name in self.buffers
                 for i, t in enumerate(getattr(self, name))}
 
     def load_local_state(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -131,11 +131,15 @@ class SparseLoCo(OuterOptimizer):
     def apply(self, params: Sequence[torch.Tensor],
               contributions: Sequence[tuple[bytes, Contribution]],
               inner_step: InnerStep) -> AggregateStats:
-        device = params[0].device
-        update, stats = aggregate_sparse(contributions, self.manifest, self.codec, device)
+        # The determinism contract (docs/protocol.md): decode, clip, mean and the lr
+        # product in fp32 on the CPU, in signer order; the device only subtracts, which
+        # rounds the same everywhere (a CUDA scalar division multiplies by a reciprocal).
+        update, stats = aggregate_sparse(contributions, self.manifest, self.codec, "cpu")
+        lr = self.config.effective_lr
         with torch.no_grad():
             for p, u in zip(params, update, strict=True):
-                p.sub_(u.to(p.dtype), alpha=self.config.effective_lr)
+                step = u if lr == 1.0 else u.mul_(lr)
+                p.sub_(step.to(p.device, p.dtype))
         return stats
 
 
@@ -162,8 +166,9 @@ class DiLoCo(OuterOptimizer):
         mu, lr = self.config.momentum, self.config.effective_lr
         with torch.no_grad():
             for p, g, v in zip(params, mean, self.velocity, strict=True):
+                g = g.to(v.device)
                 v.mul_(mu).add_(g)
-                p.sub_((g + mu * v).to(p.dtype), alpha=lr)  # Nesterov look-ahead
+                p.sub_((g + mu * v).to(p.device, p.dtype), alpha=lr)  # Nesterov look-ahead
         return AggregateStats(peers=len(contributions), clipped=0, skipped=0)
 
 
@@ -185,9 +190,14 @@ class DDPBaseline(OuterOptimizer):
         return AggregateStats(peers=len(contributions), clipped=0, skipped=0)
 
 
-def make_outer(config: OuterConfig, manifest: Manifest,
-               limits: Limits = DEFAULT_LIMITS) -> OuterOptimizer:
+def make_outer(config: OuterConfig, manifest: Manifest, limits: Limits = DEFAULT_LIMITS,
+               state_device: torch.device | str = "cpu") -> OuterOptimizer:
+    """The run's outer optimizer; its local state (error feedback, velocity) is kept on
+    `state_device`."""
     kinds: dict[str, type[OuterOptimizer]] = {
         "sparseloco": SparseLoCo, "diloco": DiLoCo, "ddp": DDPBaseline,
     }
-    return kinds[config.optimizer](config, manifest, limits)
+    outer = kinds[config.optimizer](config, manifest, limits)
+    for name in outer.buffers:
+        setattr(outer, name, [t.to(state_device) for t in getattr(outer, name)])
+    return outer

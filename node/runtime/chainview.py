@@ -19,6 +19,7 @@ from chain.client import ChainClient, Role
 from chain.errors import ChainError
 from node.runtime.aio import pause
 from node.status import BalanceRow, ChainSnapshot
+from protocol.window import Schedule
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +34,7 @@ class AsyncChain:
         self.contract = contract
         self._window = -1
         self._params: Any = None
+        self._schedule: Schedule | None = None
 
     @property
     def address(self) -> str:
@@ -49,6 +51,15 @@ class AsyncChain:
         if self._params is None:  # deploy-time constants
             self._params = await self.call(self.client.params)
         return self._params
+
+    async def schedule(self) -> Schedule:
+        """Blocks to windows and epochs (deploy-time constants)."""
+        if self._schedule is None:
+            params = await self.params()
+            genesis = await self.call(self.client.genesis_block)
+            self._schedule = Schedule(genesis, params.blocks_per_window,
+                                      params.windows_per_epoch)
+        return self._schedule
 
     async def window(self) -> int:
         self._window = await self.call(self.client.current_window)

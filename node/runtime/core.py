@@ -15,13 +15,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chain.client import Role
 from chain.errors import ChainError, ChainUnavailableError
 from node.engine.base import Engine
+from node.engine.config import EngineConfig
 from node.errors import ConfigError, NodeError
 from node.mesh.base import Mesh, MeshError, sha256
 from node.outer.step import diverged, select
@@ -49,6 +50,7 @@ class NodeConfig:
     poll: float = 0.25  # chain polling interval
     fetch_timeout: float = 20.0
     record_timeout: float = 5.0
+    engine: EngineConfig = field(default_factory=EngineConfig)  # device, precision, memory
 
 
 class RegistrationError(NodeError):
@@ -74,7 +76,7 @@ class NodeCore:
         self.mesh = mesh
         self.chain = chain
         self.engine = engine if engine is not None else assets.engine(
-            config.data_dir / "checkpoints")
+            config.data_dir / "checkpoints", config.engine)
         self.manifest = self.engine.manifest
         self.window = -1  # θ is θ_global at the start of this window (-1: not synced yet)
         self.applied = -1  # last window whose outer step was applied here
@@ -87,6 +89,7 @@ class NodeCore:
         self.heads: dict[bytes, HeadRecord] = {}  # other miners' head records (catch-up)
         self.distrust_local = False  # after a divergence our own checkpoints are suspect
         self.halt_at: int | None = None  # apply no window after this one (see `halt_after`)
+        self.stopping = asyncio.Event()  # the `stop` of `run`
         self.gatherer = Gatherer(mesh, spec.run, allowed=lambda a: a in self.miners,
                                  current_window=lambda: chain.last_window,
                                  max_bytes=DEFAULT_LIMITS.max_envelope_bytes,
@@ -138,6 +141,7 @@ class NodeCore:
     async def run(self, stop: asyncio.Event) -> None:
         """The service until `stop`: join, then the window loop beside the gatherer (and
         whatever `background` adds); on the way out `shutdown`, then leave the mesh."""
+        self.stopping = stop
         await self.mesh.start()
         try:
             if not await self.join(stop):

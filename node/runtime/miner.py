@@ -22,6 +22,7 @@ from chain.errors import ChainError
 from node.engine.base import Engine
 from node.mesh.base import MeshError
 from node.runtime.core import NodeCore
+from node.runtime.publish import commit_then_hold
 from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel, seal
 
@@ -78,6 +79,12 @@ class MinerService(NodeCore):
             if await self.chain.window() != window:
                 self.event(window, "training overran the window: not published")
                 return None
+            if self.spec.commit_phase > 0.0:
+                why = await commit_then_hold(self.chain, window, wire, self.spec.commit_phase,
+                                             poll=self.cfg.poll, stop=self.stopping)
+                if why is not None:
+                    self.event(window, f"not published: {why}")
+                    return None
             ann = await self.mesh.announce(window, wire)
         except (ChainError, MeshError) as exc:
             self.event(window, f"not published: {exc}")

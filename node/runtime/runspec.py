@@ -8,12 +8,13 @@ as rejected envelopes rather than silent divergence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from node.engine.config import EngineConfig
 from node.engine.data import Corpus, heldout_batches, stdlib_corpus, window_batch
 from node.engine.inner import InnerConfig
 from node.engine.local import EngineSpec, LocalEngine
@@ -44,9 +45,12 @@ class RunSpec:
     eval_batches: int = 4
     score_warmup: int = 3  # windows a miner is scored before its score earns anything
     proof_of_data: bool = True  # whether the proof-of-data BMA scales validators' scores
+    # two-phase publication: miners commit to their envelope's sha256 on the chain in this
+    # share of each window and release it after; 0 = publish at once, nothing committed
+    commit_phase: float = 0.5
     corpus_bytes: int | None = 4 * 2**20  # of the stdlib corpus without shards (None: all)
     data: Path | None = None  # prepared shards (gradmesh data prepare)
-    vocab_size: int | None = None  # the model's vocabulary (None: the model config's)
+    vocab_size: int | None = None  # the model's vocabulary (None: the tokenizer's, padded)
     tokenizer_sha256: str | None = None  # when set, the data must be tokenized by exactly this
     data_sha256: str | None = None  # when set, the shard manifest must hash to exactly this
 
@@ -62,6 +66,8 @@ class RunSpec:
             raise ConfigError("eval_batches >= 1")
         if self.score_warmup < 0:
             raise ConfigError("score_warmup >= 0")
+        if not 0.0 <= self.commit_phase < 1.0:
+            raise ConfigError("commit_phase in [0, 1): 0 publishes without commitments")
         if not self.inner_lr > 0:
             raise ConfigError("learning rates must be positive")
         self.outer_config()  # optimizer name, outer lr
@@ -109,13 +115,24 @@ def check_corpus(spec: RunSpec, corpus: Corpus, vocab_size: int) -> None:
                                f"but model {spec.model!r} only {vocab_size} (set vocab_size)")
 
 
+VOCAB_MULTIPLE = 128  # embedding rows padded for efficient matmuls (and sharding)
+
+
+def padded_vocab(tokenizer_vocab: int) -> int:
+    """The model vocabulary for a tokenizer of `tokenizer_vocab` ids: the next multiple
+    of 128 (ids beyond the tokenizer's are never produced)."""
+    return -(-tokenizer_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
 class RunAssets:
     """The model, data and expectations one node builds from a `RunSpec`."""
 
     def __init__(self, spec: RunSpec) -> None:
+        corpus: Corpus = load_shards(spec.data) if spec.data else stdlib_corpus(spec.corpus_bytes)
+        if spec.vocab_size is None:  # the run's tokenizer decides the model's vocabulary
+            spec = replace(spec, vocab_size=padded_vocab(corpus.vocab_size))
         self.spec = spec
         self.model_config = get_config(spec.model, spec.vocab_size)
-        corpus: Corpus = load_shards(spec.data) if spec.data else stdlib_corpus(spec.corpus_bytes)
         check_corpus(spec, corpus, self.model_config.vocab_size)
         self.train_tokens: np.ndarray = corpus.train
         self.heldout_tokens: np.ndarray = corpus.heldout
@@ -124,11 +141,12 @@ class RunAssets:
                                             batch_size=spec.batch_size, seq_len=self.seq_len,
                                             seed=spec.seed)
 
-    def engine(self, checkpoints: Path | None = None) -> LocalEngine:
+    def engine(self, checkpoints: Path | None = None,
+               config: EngineConfig | None = None) -> LocalEngine:
         """A fresh engine at θ_init (identical on every node), keeping local checkpoints
-        in `checkpoints` when given."""
+        in `checkpoints` when given, computing as the operator's `config` says."""
         store = CheckpointStore(checkpoints) if checkpoints is not None else None
-        return LocalEngine(self.spec.engine_spec(), store)
+        return LocalEngine(self.spec.engine_spec(), store, config)
 
     def manifest_digest(self, manifest: Manifest) -> bytes:
         return manifest_digest(manifest)

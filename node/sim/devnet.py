@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from chain.deploy import deploy_network
 from chain.errors import ChainError
 from chain.launch import AnvilChain, EmbeddedChain
 from chain.web3client import Web3ChainClient
+from node.engine.config import EngineConfig
 from node.mesh.p2p import P2PConfig, P2PMesh
 from node.runtime.chainview import AsyncChain, add_validator_balances, read_chain_snapshot
 from node.runtime.core import NodeConfig, NodeCore
@@ -51,6 +52,7 @@ class DevnetConfig:
     data_dir: Path = Path("devnet-data")
     spec: RunSpec = field(default_factory=RunSpec)
     torch_threads: int | None = 1
+    bf16_miners: int = 0  # the first N miners train with bf16 autocast (operator setting)
 
     def __post_init__(self) -> None:
         from node.errors import ConfigError
@@ -135,7 +137,10 @@ class Devnet:
 
     def make_miner(self, i: int) -> MinerService:
         identity = self.account(1 + i)
-        return MinerService(self.node_config(f"miner-{i}"), self.cfg.spec, self.assets, identity,
+        config = self.node_config(f"miner-{i}")
+        if i < self.cfg.bf16_miners:
+            config = replace(config, engine=EngineConfig(precision="bf16"))
+        return MinerService(config, self.cfg.spec, self.assets, identity,
                             self.mesh(identity), self.async_chain(1 + i), stake=10**18)
 
     def make_validator(self) -> NodeCore:

@@ -6,6 +6,7 @@ from protocol.sparse.codec import (
     decode_payload,
     decompress,
     encode_payload,
+    payload_cap,
 )
 from protocol.sparse.layout import (
     ChunkLayout,
@@ -29,6 +30,7 @@ __all__ = [
     "encode_payload",
     "flat_positions",
     "from_chunks",
+    "payload_cap",
     "quantize",
     "to_chunks",
 ]

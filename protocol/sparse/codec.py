@@ -228,14 +228,26 @@ def _layouts(manifest: Manifest, spec: CodecSpec, limits: Limits) -> list[ChunkL
     return [chunk_layout(t.shape, spec) for t in manifest]
 
 
-def _unpack_frame(payload: bytes, layouts: list[ChunkLayout], spec: CodecSpec,
-                  limits: Limits) -> list[bytes]:
-    """Unpack the four byte strings under caps computed from the manifest."""
+def _caps(layouts: list[ChunkLayout], spec: CodecSpec) -> tuple[int, int]:
+    """(most bytes of any one section, most bytes of the whole payload)."""
     n_tensors = len(layouts)
     index_cap = sum(_index_cap(lay, spec) for lay in layouts)
     value_cap = sum(bits.packed_len(lay.n_entries, VALUE_BITS) for lay in layouts)
     bin_cap = max(TABLE_BYTES * n_tensors, index_cap, value_cap)
-    total_cap = TABLE_BYTES * n_tensors + n_tensors + index_cap + value_cap + _FRAME_SLACK
+    return bin_cap, TABLE_BYTES * n_tensors + n_tensors + index_cap + value_cap + _FRAME_SLACK
+
+
+def payload_cap(manifest: Manifest, spec: CodecSpec) -> int:
+    """The most bytes a valid payload for `manifest` can take: exact for fixed-width
+    indices, the Rice bound for gap coding (what the decoder enforces, and what a
+    miner's bandwidth must carry)."""
+    return _caps([chunk_layout(t.shape, spec) for t in manifest], spec)[1]
+
+
+def _unpack_frame(payload: bytes, layouts: list[ChunkLayout], spec: CodecSpec,
+                  limits: Limits) -> list[bytes]:
+    """Unpack the four byte strings under caps computed from the manifest."""
+    bin_cap, total_cap = _caps(layouts, spec)
     wire = canonical.unpack(payload, max_bytes=min(total_cap, limits.max_envelope_bytes),
                             max_bin_len=bin_cap, max_array_len=16)
     items = canonical.expect_list(wire, 4, "sparse payload")

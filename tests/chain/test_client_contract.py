@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from chain import errors as E
-from chain.client import Role
+from chain.client import Contribution, Role
 from chain.commitment import weights_commitment
 from chain.launch import find_anvil
 from tests.support.chains import FUND, TEST_PARAMS, MemoryHarness, Web3Harness, mine_to_window
@@ -118,6 +118,39 @@ def test_bad_weight_vectors_are_named(harness: Any) -> None:
         v.reveal_weights(epoch, uids, weights, b"s" * 32)
 
 
+def test_contribution_commitments_record_their_block(harness: Any) -> None:
+    register_all(harness)
+    W = 2
+    miner, other = harness.client(1), harness.client(2)
+    mine_to_window(harness, W)  # few transactions per window: 4 blocks
+    digest = bytes(range(32))
+    assert miner.genesis_block() == harness.client(0).genesis_block() >= 0
+    first = miner.genesis_block() + W * TEST_PARAMS.blocks_per_window
+    assert first <= miner.block_number() + 1 < first + TEST_PARAMS.blocks_per_window
+    assert miner.contribution_of(W, miner.address) == Contribution(bytes(32), 0)
+    miner.commit_contribution(W, digest)
+    landed = miner.block_number()
+    assert miner.contribution_of(W, miner.address) == Contribution(digest, landed)
+    assert miner.contribution_of(W, other.address).block == 0  # per miner
+    assert miner.contribution_of(W - 1, miner.address).block == 0  # per window
+    with pytest.raises(E.AlreadyCommitted) as again:
+        miner.commit_contribution(W, bytes(31) + b"\x01")
+    assert again.value.values == (W,)
+    with pytest.raises(E.WrongWindow) as wrong:
+        other.commit_contribution(W + 1, digest)
+    assert wrong.value.values == (W + 1, W)
+    with pytest.raises(E.EmptyCommitment):
+        other.commit_contribution(W, bytes(32))
+    with pytest.raises(E.NotMiner):
+        harness.client(4).commit_contribution(W, digest)  # a validator
+    with pytest.raises(E.NotMiner):
+        harness.client(7).commit_contribution(W, digest)  # a stranger
+    other.commit_contribution(W, digest)  # the same digest is the other's own business
+    mine_to_window(harness, W + 1)
+    miner.commit_contribution(W + 1, digest)
+    assert miner.contribution_of(W, miner.address) == Contribution(digest, landed)
+
+
 def test_copied_commitment_cannot_be_revealed_by_the_copier(harness: Any) -> None:
     register_all(harness)
     honest, copier = harness.client(4), harness.client(5)
@@ -167,6 +200,27 @@ def test_settlement_is_exact_and_clips_an_outlier(harness: Any) -> None:
     paid = harness.client(1).claim()
     assert paid == 480_001
     assert anyone.balance_of(addr[1]) == 0
+
+
+def test_half_the_stake_can_veto_but_never_steer(harness: Any) -> None:
+    """The decided rule (docs/validator.md, "Validator majority"): consensus is the
+    lower stake-weighted median, so validators holding exactly half the stake can hold
+    an epoch's emission back (it is carried, not lost) but cannot pay anyone; steering
+    pay takes more than half."""
+    register_all(harness, {4: 5000, 5: 5000, 6: 5000})
+    honest, crony = {0: 500_000, 1: 500_000}, {2: 1_000_000}  # uid 2 publishes nothing
+    vote(harness, {4: honest, 5: crony}, epoch=0)
+    client, addr = harness.client(9), harness.addresses
+    client.settle(0)
+    emission = TEST_PARAMS.emission_per_epoch
+    assert [client.balance_of(addr[n]) for n in MINERS + VALIDATORS] == [0] * 6
+    assert client.carried() == emission  # held back, not lost
+    vote(harness, {4: honest, 5: crony, 6: honest}, epoch=1)  # two thirds honest
+    client.settle(1)
+    paid = [client.balance_of(addr[n]) for n in MINERS]
+    assert paid[2] == 0  # the crony's median weight is 0
+    assert paid[0] == paid[1] >= 0.8 * emission * 0.99  # 80% of two epochs, halved
+    assert sum(client.balance_of(a) for a in addr) + client.carried() == 2 * emission
 
 
 def test_carried_remainders_conserve_emission_over_epochs(harness: Any) -> None:

@@ -1,4 +1,4 @@
-"""Honest SparseLoCo miners against fifteen attacker behaviours, scored by one validator.
+"""Honest SparseLoCo miners against sixteen attacker behaviours, scored by one validator.
 
 The global model takes the daemons' outer step each window: the envelopes of the
 contract's aggregation set (see tests/support/attackers.py); the validator's
@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from protocol.identity import checksum_address
-from tests.support.attackers import ATTACKS, HONEST, Harness, HarnessConfig, all_kinds
+from tests.support.attackers import (
+    ATTACKS,
+    COPY_NOW,
+    HONEST,
+    Harness,
+    HarnessConfig,
+    all_kinds,
+)
 
 WINDOWS_FAST = 6
 WINDOWS_FULL = 10
@@ -72,7 +79,12 @@ def _check(attacked: Harness, honest: Harness, windows: int) -> None:
     assert (with_attackers - honest_only) / honest_only < 0.01, (with_attackers, honest_only)
     # every rejection kind is typed, and the easy ones are caught by the cheap checks
     reasons = {r.reason for w in range(2, 4) for r in attacked.validator.state.results(w)}
-    assert {"scale", "copy", "malformed", "replay", "missing", "equivocation"} <= reasons
+    assert {"scale", "copy", "malformed", "replay", "missing", "equivocation",
+            "uncommitted"} <= reasons
+    # copies of this window's work cannot be committed in time (two-phase publication)
+    copiers = {m.uid for m in attacked.miners if m.kind in COPY_NOW}
+    assert all(r.reason == "uncommitted" for w in range(windows)
+               for r in attacked.validator.state.results(w) if r.uid in copiers)
     stale_base = next(m.uid for m in attacked.miners if m.kind == "stalebase")
     assert all(r.sync == 0.0 for w in range(1, windows)  # names θ_global, holds θ_{w-1}
                for r in attacked.validator.state.results(w) if r.uid == stale_base)
@@ -110,4 +122,20 @@ def test_honest_miners_outscore_attackers_ten_windows(tmp_path: Path) -> None:
 
 
 def test_attack_catalogue_is_complete() -> None:
-    assert len(ATTACKS) == 15
+    assert len(ATTACKS) == 16
+
+
+@pytest.mark.parametrize("commit_phase", [0.0, 0.5])
+def test_a_front_runner_cannot_take_authorship(tmp_path: Path, commit_phase: float) -> None:
+    """A peer re-signs honest0's envelope and delivers it to the validator first. Without
+    commitments, copy detection names the later arrival, the author, as the copier; with
+    two-phase publication the copy has no timely commitment and the author is scored."""
+    h = Harness(HarnessConfig(commit_phase=commit_phase), [HONEST] * 4 + ["frontrun"],
+                tmp_path / "v.db")
+    author = next(m.uid for m in h.miners if m.name == "honest0")
+    thief = next(m.uid for m in h.miners if m.kind == "frontrun")
+    rows = {r.uid: r for r in h.run_window(0).rows}
+    if commit_phase == 0.0:  # the attack as it stood: the author is refused as a copier
+        assert (rows[author].reason, rows[thief].status) == ("copy", "scored")
+    else:
+        assert (rows[author].status, rows[thief].reason) == ("scored", "uncommitted")

@@ -35,6 +35,7 @@ from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel, Expectation, read_unverified, seal
 from protocol.identity import Identity, checksum_address
 from protocol.sparse import compress, decode_payload, decompress, encode_payload
+from protocol.window import Schedule
 from tests.support.models import model_digest
 from validator.scorer import GlobalView, Validator, ValidatorConfig, WindowReport
 from validator.scoring import ScoringConfig
@@ -45,7 +46,9 @@ RUN = "advtest"
 HONEST = "honest"
 ATTACKS = ("zero", "noise", "x10", "signflip", "resign", "copynoise", "replay", "wrongdata",
            "malformed", "absent", "stalecopy", "scaled", "echo", "equivocate",
-           "stalebase")
+           "stalebase", "frontrun")
+# kinds that copy this window's honest work: they can only have it after the release
+COPY_NOW = ("resign", "copynoise", "frontrun")
 # trained miners: honest work, possibly misused afterwards
 TRAINED = (HONEST, "x10", "signflip", "replay", "wrongdata", "scaled", "equivocate",
            "stalebase")
@@ -68,6 +71,7 @@ class HarnessConfig:
     windows_per_epoch: int = 2
     aggregation_size: int = 4  # the contract's top-K set that miners aggregate
     proof_of_data: bool = False
+    commit_phase: float = 0.5  # two-phase publication (0: announce at once, no commitments)
 
 
 @dataclass
@@ -96,7 +100,7 @@ class Harness:
         self.outer_cfg = OuterConfig()
         self.codec = self.outer_cfg.codec
         self.step = 0
-        self.chain = MemoryChain(ChainParams(blocks_per_window=50,
+        self.chain = MemoryChain(ChainParams(blocks_per_window=100,  # room for every commit
                                              windows_per_epoch=cfg.windows_per_epoch,
                                              reveal_windows=1,
                                              aggregation_size=cfg.aggregation_size),
@@ -141,7 +145,8 @@ class Harness:
 
     def make_validator(self, chain_client: object | None = None) -> Validator:
         vcfg = ValidatorConfig(run_id=RUN, validator_seed=self.vseed,
-                               scoring=self.scoring_config(), codec=self.codec)
+                               scoring=self.scoring_config(), codec=self.codec,
+                               commit_phase=self.cfg.commit_phase)
         model = build_model(get_config(self.cfg.model), seed=self.cfg.seed)
         return Validator(vcfg, chain_client or self.vclient,  # type: ignore[arg-type]
                          self.source, ValidatorState(self.db, RUN), self.tokens,
@@ -227,7 +232,7 @@ class Harness:
                 return None
             _, _, payload = read_unverified(self.previous_honest[0])
             return self._seal(m, window, payload)
-        if kind == "resign":
+        if kind in ("resign", "frontrun"):
             _, _, payload = read_unverified(self.honest_payloads[0])
             return self._seal(m, window, payload)
         if kind == "copynoise":
@@ -251,17 +256,23 @@ class Harness:
         gen = torch.Generator().manual_seed(window * 7919 + 1)
         order = sorted(self.miners, key=lambda m: (m.kind != HONEST, m.uid))
         self.clock_now = float(window)
-        published = []
+        built = []
         for m in order:
             wire = self.wire(m, window, gen)
-            wires = [wire, self._other_half(m, window, wire)] if m.kind == "equivocate" else [
-                wire]
+            built.append((m, [wire, self._other_half(m, window, wire)]
+                          if m.kind == "equivocate" else [wire]))
+        if self.cfg.commit_phase > 0.0:
+            self._commit(window, built)
+        published = []
+        for m, wires in built:
             for i, w in enumerate(wires):
                 if w is not None:  # the board takes one post per poster: a relay posts #2
                     poster = m.identity.address if i == 0 else key(f"relay-{m.name}").address
-                    self.source.publish(window, poster, w)
+                    # a front-runner sits closer to the validator than the author it copies
+                    at = window - 0.25 if m.kind == "frontrun" else None
+                    self.source.publish(window, poster, w, at=at)
                     published.append(w)
-        self.chain.mine(self.chain.p.blocks_per_window)  # the window closes
+        self.chain.mine(target + self.chain.p.blocks_per_window - self.chain.block)  # closes
         if before_score:
             before_score()
         view = GlobalView([p.detach().clone() for p in self.theta.parameters()], self.base())
@@ -272,6 +283,24 @@ class Harness:
         if not report.replayed:
             self.outer_step(window, published)
         return report
+
+    def _commit(self, window: int, built: list[tuple[Miner, list[bytes | None]]]) -> None:
+        """The commit phase, then the chain moves to the release block. Everyone commits
+        before any envelope is out, so a kind that copies this window's honest work can
+        only commit to what is public: the author's commitment."""
+        public = hashlib.sha256(self.honest_payloads[0]).digest() if self.honest_payloads else None
+        for m, wires in built:
+            own = wires[0]
+            digest = public if m.kind in COPY_NOW else (
+                hashlib.sha256(own).digest() if own is not None else None)
+            if digest is not None:
+                self.chain.client(checksum_address(m.identity.address)).commit_contribution(
+                    window, digest)
+        schedule = Schedule(self.chain.genesis, self.chain.p.blocks_per_window,
+                            self.chain.p.windows_per_epoch)
+        release = schedule.release_block(window, self.cfg.commit_phase)
+        assert self.chain.block < release, "the harness's commit phase is too short"
+        self.chain.mine(release - self.chain.block)
 
     def _other_half(self, m: Miner, window: int, wire: bytes | None) -> bytes | None:
         """A second, different envelope for the same window (equivocation): the same

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from node.engine.base import Engine
+from node.engine.config import EngineConfig
 from node.engine.data import window_batch
 from node.engine.inner import InnerConfig
 from node.engine.local import EngineSpec, LocalEngine
@@ -36,7 +37,14 @@ def _local(spec: EngineSpec, store: Path | None) -> Engine:
     return LocalEngine(spec, CheckpointStore(store) if store is not None else None)
 
 
-ENGINES: dict[str, Factory] = {"local": _local}
+def _local_bf16(spec: EngineSpec, store: Path | None) -> Engine:
+    """bf16 autocast, one-row micro-batches, activation checkpointing: operator settings
+    that change how the inner loop computes, never the contract."""
+    config = EngineConfig(precision="bf16", micro_batch=1, activation_checkpointing=True)
+    return LocalEngine(spec, CheckpointStore(store) if store is not None else None, config)
+
+
+ENGINES: dict[str, Factory] = {"local": _local, "local-bf16": _local_bf16}
 
 
 @pytest.fixture(params=sorted(ENGINES))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from validator.errors import (
     Rejection,
     ReplayRejected,
     ScaleRejected,
+    Uncommitted,
     UnknownSigner,
 )
 from validator.source import Arrival
@@ -85,6 +88,32 @@ def test_window_attribution_and_first_wins() -> None:
     accepted, refused = check_window(arrivals, _ctx())
     assert sorted(accepted) == [1, 2]
     assert [r.signer for r in refused] == [identity(1).address, None]
+
+
+def test_only_envelopes_committed_in_time_count() -> None:
+    """Two-phase publication: the author's envelope matches its commitment; a relay's
+    re-signed copy (arriving first) has none, or only the author's digest copied."""
+    author = _wire(1)
+    copy = _wire(2, payload=_payload())  # the same payload, re-signed by uid 2
+    committed = {identity(1).address: hashlib.sha256(author).digest()}
+    for theirs in ({}, {identity(2).address: hashlib.sha256(author).digest()}):
+        ctx = dataclasses.replace(_ctx(), committed={**committed, **theirs})
+        accepted, refused = check_window([Arrival(copy, 0.5, 0), Arrival(author, 1.0, 1)], ctx)
+        assert sorted(accepted) == [1]
+        assert [(r.signer, type(r.error)) for r in refused] == [
+            (identity(2).address, Uncommitted)]
+    # no commit phase: both count here (copy detection decides later)
+    accepted, _ = check_window([Arrival(copy, 0.5, 0), Arrival(author, 1.0, 1)], _ctx())
+    assert sorted(accepted) == [1, 2]
+
+
+def test_equivocation_is_judged_before_commitments() -> None:
+    first, second = _wire(1), _wire(1, payload=_payload(seed=9))
+    ctx = dataclasses.replace(_ctx(), committed={identity(1).address: hashlib.sha256(
+        first).digest()})
+    accepted, refused = check_window([Arrival(first, 1.0, 0), Arrival(second, 1.0, 1)], ctx)
+    assert accepted == {}  # neither counts, as in the miners' `select`
+    assert [r.error.reason for r in refused] == ["equivocation"]
 
 
 def test_scale_check() -> None:
