@@ -93,7 +93,8 @@ async def test_network_trains_identically_and_a_late_joiner_and_a_restart_catch_
         last = min(s.history[-1]["window"] for s in everyone)
         assert len(_digests_at(everyone, last)) == 1, "θ differs between nodes"
         published = [p for p in late.history if p["compression_ratio"]]
-        assert published, "the late joiner never contributed"
+        assert published, ("the late joiner never contributed",
+                           [e["event"] for e in late.timeline][-12:])
         losses = [p["heldout_loss"] for p in miners[0].history]
         assert losses[-1] < losses[0]
         # bytes that are not an envelope cannot be attributed: the peer counts as missing

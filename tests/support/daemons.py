@@ -25,12 +25,14 @@ from protocol.identity import Identity
 from tests.support.keys import identity
 from validator.service import ValidatorService
 
+# 4 s windows (16 blocks of 0.25 s): a miner settles the last window, steps and trains
+# in the first 3 s (the commit phase, 12 blocks) and releases in the last second
 SPEC = RunSpec(run="memnet", inner_steps=4, batch_size=4, seq_len=64, eval_batches=2,
-               corpus_bytes=2 * 2**20, warmup_steps=4)
+               corpus_bytes=2 * 2**20, warmup_steps=4, commit_phase=0.75)
 
 
 class MemNet:
-    def __init__(self, tmp: Path, *, block_time: float = 0.25, blocks_per_window: int = 12,
+    def __init__(self, tmp: Path, *, block_time: float = 0.25, blocks_per_window: int = 16,
                  spec: RunSpec = SPEC) -> None:
         self.tmp = tmp
         self.block_time = block_time
