@@ -9,7 +9,7 @@ move the shared parameters. AdamW state persists across windows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +60,23 @@ def lr_at(step: int, cfg: InnerConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def row_partials(g: Tensor) -> Tensor:
+    """fp64 sums of squares of every row (dim 0) of `g`; a 1-D tensor's elements are its
+    rows. A row never straddles an FSDP shard (they split dim 0), so a sharded engine
+    computes the same numbers on its shards and gathers them."""
+    x = g.detach().to(torch.float64)
+    x = x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(-1, 1)
+    return (x * x).sum(dim=1)
+
+
+def exact_norm(grads: Sequence[Tensor],
+               partials: Callable[[Tensor], Tensor] = row_partials) -> float:
+    """The global L2 norm from the rows' fp64 partial sums, added exactly (math.fsum): the
+    same number for any layout of the same gradients, so every rank and a single process
+    clip alike."""
+    return math.sqrt(math.fsum(v for g in grads for v in partials(g).tolist()))
+
+
 @dataclass
 class InnerResult:
     delta: list[Tensor]
@@ -75,6 +92,7 @@ class InnerTrainer:
         self.model = model
         self.cfg = cfg
         self.engine = engine or EngineConfig()
+        self.partials = row_partials  # a sharded engine gathers its ranks' partials
         self.params = list(model.parameters())
         self.step = 0
         self.skipped_steps = 0
@@ -119,8 +137,14 @@ class InnerTrainer:
             if g.shape != p.shape:
                 raise DataError(f"gradient shape {tuple(g.shape)} != parameter {tuple(p.shape)}")
             p.grad = g.to(device=p.device, dtype=p.dtype)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        if torch.isfinite(norm):
+        norm = exact_norm([p.grad for p in self.params if p.grad is not None],
+                          self.partials)
+        if math.isfinite(norm):
+            coef = self.cfg.grad_clip / (norm + 1e-6)
+            if coef < 1.0:
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.mul_(coef)
             lr = lr_at(self.step, self.cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr

@@ -27,6 +27,13 @@ OptimizerName = Literal["sparseloco", "diloco", "ddp"]
 OPTIMIZERS: tuple[OptimizerName, ...] = ("sparseloco", "diloco", "ddp")
 Contribution = Any  # decoded payload: list[SparseTensor] or list[Tensor]
 InnerStep = Callable[[Sequence[torch.Tensor]], None]  # one inner step with given gradients
+# turns a full fp32 CPU update into what can be subtracted from a parameter (a sharded
+# engine hands out its shard as a DTensor); it only moves values, never rounds them
+Place = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def to_param(param: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    return update.to(param.device, param.dtype)
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,7 @@ class OuterOptimizer(ABC):
     @abstractmethod
     def apply(self, params: Sequence[torch.Tensor],
               contributions: Sequence[tuple[bytes, Contribution]],
-              inner_step: InnerStep) -> AggregateStats:
+              inner_step: InnerStep, place: Place = to_param) -> AggregateStats:
         """Apply the aggregate of `contributions` (signer, decoded) to `params`; a per-step
         optimizer hands the averaged gradients to `inner_step` instead."""
 
@@ -130,7 +137,7 @@ class SparseLoCo(OuterOptimizer):
 
     def apply(self, params: Sequence[torch.Tensor],
               contributions: Sequence[tuple[bytes, Contribution]],
-              inner_step: InnerStep) -> AggregateStats:
+              inner_step: InnerStep, place: Place = to_param) -> AggregateStats:
         # The determinism contract (docs/protocol.md): decode, clip, mean and the lr
         # product in fp32 on the CPU, in signer order; the device only subtracts, which
         # rounds the same everywhere (a CUDA scalar division multiplies by a reciprocal).
@@ -139,7 +146,7 @@ class SparseLoCo(OuterOptimizer):
         with torch.no_grad():
             for p, u in zip(params, update, strict=True):
                 step = u if lr == 1.0 else u.mul_(lr)
-                p.sub_(step.to(p.device, p.dtype))
+                p.sub_(place(p, step))
         return stats
 
 
@@ -161,14 +168,14 @@ class DiLoCo(OuterOptimizer):
 
     def apply(self, params: Sequence[torch.Tensor],
               contributions: Sequence[tuple[bytes, Contribution]],
-              inner_step: InnerStep) -> AggregateStats:
+              inner_step: InnerStep, place: Place = to_param) -> AggregateStats:
         mean = aggregate_mean(contributions)
         mu, lr = self.config.momentum, self.config.effective_lr
         with torch.no_grad():
             for p, g, v in zip(params, mean, self.velocity, strict=True):
                 g = g.to(v.device)
                 v.mul_(mu).add_(g)
-                p.sub_((g + mu * v).to(p.device, p.dtype), alpha=lr)  # Nesterov look-ahead
+                p.sub_(place(p, g + mu * v), alpha=lr)  # Nesterov look-ahead
         return AggregateStats(peers=len(contributions), clipped=0, skipped=0)
 
 
@@ -185,7 +192,7 @@ class DDPBaseline(OuterOptimizer):
 
     def apply(self, params: Sequence[torch.Tensor],
               contributions: Sequence[tuple[bytes, Contribution]],
-              inner_step: InnerStep) -> AggregateStats:
+              inner_step: InnerStep, place: Place = to_param) -> AggregateStats:
         inner_step(aggregate_mean(contributions))
         return AggregateStats(peers=len(contributions), clipped=0, skipped=0)
 

@@ -7,18 +7,22 @@ A new engine (device placement, FSDP sharding) joins by adding a factory to
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from node.engine.base import Engine
 from node.engine.config import EngineConfig
 from node.engine.data import window_batch
 from node.engine.inner import InnerConfig
 from node.engine.local import EngineSpec, LocalEngine
+from node.engine.ranks import init_ranks
+from node.engine.sharded import ShardedEngine
 from node.engine.store import CheckpointStore
 from node.errors import EngineError
 from node.outer.optimizers import OuterConfig
@@ -44,7 +48,22 @@ def _local_bf16(spec: EngineSpec, store: Path | None) -> Engine:
     return LocalEngine(spec, CheckpointStore(store) if store is not None else None, config)
 
 
-ENGINES: dict[str, Factory] = {"local": _local, "local-bf16": _local_bf16}
+def _sharded(spec: EngineSpec, store: Path | None) -> Engine:
+    """FSDP2 over a one-rank gloo group in this process (2 ranks against one process:
+    tests/integration/test_sharded_engine.py)."""
+    if not dist.is_initialized():
+        init_ranks(0, 1, Path(tempfile.mkdtemp()) / "rendezvous")
+    return ShardedEngine(spec, CheckpointStore(store) if store is not None else None)
+
+
+ENGINES: dict[str, Factory] = {"local": _local, "local-bf16": _local_bf16, "sharded": _sharded}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_process_group() -> Iterator[None]:
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @pytest.fixture(params=sorted(ENGINES))
@@ -52,6 +71,8 @@ def make(request: pytest.FixtureRequest) -> Callable[..., Engine]:
     factory = ENGINES[request.param]
 
     def build(optimizer: str = "sparseloco", store: Path | None = None) -> Engine:
+        if request.param == "sharded" and optimizer == "ddp":
+            pytest.skip("the sharded engine trains windows; per-step DDP is a baseline")
         outer = OuterConfig(optimizer=optimizer)  # type: ignore[arg-type]
         return factory(EngineSpec(model="tiny", seed=0, inner=INNER, outer=outer), store)
 

@@ -1,0 +1,151 @@
+"""One miner over N ranks: rank 0 runs the node and leads, the others follow.
+
+Rank 0 alone runs the runtime (mesh, chain, HTTP, signing) and holds a `Leader`:
+an `Engine` whose every call is first broadcast to the followers as (method,
+arguments), then run on rank 0's own `ShardedEngine`, so all ranks enter each
+collective together. A follower runs `follow(engine)` until the leader closes.
+
+Process groups use gloo (CPU) or NCCL (CUDA) with a file rendezvous and, for gloo,
+the loopback interface only: nothing here listens beyond 127.0.0.1 (torchrun's own
+rendezvous server listens on every interface, so the tests do not use it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from torch import Tensor
+
+from node.engine.evaluator import Evaluator
+from node.engine.sharded import ShardedEngine
+from node.engine.store import LocalCheckpoint, MetaValue
+from node.errors import EngineError
+from node.outer.aggregate import AggregateStats
+from node.outer.step import Selected
+from protocol.spec import CodecSpec, Manifest
+
+log = logging.getLogger(__name__)
+CLOSE = "close"
+
+
+class RankError(EngineError):
+    """Another rank of this miner failed or went away: the miner must stop (a restart
+    resumes from the local checkpoint)."""
+
+
+def init_ranks(rank: int, world: int, rendezvous: Path, backend: str = "gloo") -> None:
+    """Join the process group of one miner (file rendezvous, loopback for gloo)."""
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank,
+                            world_size=world)
+
+
+def _broadcast(message: tuple[str, tuple[Any, ...]] | None) -> tuple[str, tuple[Any, ...]]:
+    box: list[Any] = [message]
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except (RuntimeError, dist.DistError) as exc:
+        raise RankError(f"the ranks lost each other: {exc}") from exc
+    name, args = box[0]
+    return str(name), tuple(args)
+
+
+class Leader:
+    """Rank 0's `Engine`: broadcast the call, then make it here."""
+
+    def __init__(self, engine: ShardedEngine) -> None:
+        self.engine = engine
+
+    def _call(self, name: str, *args: Any) -> Any:
+        _broadcast((name, args))
+        try:
+            return getattr(self.engine, name)(*args)
+        except (RuntimeError, dist.DistError) as exc:
+            raise RankError(f"{name} failed across ranks: {exc}") from exc
+
+    def close(self) -> None:
+        """Release the followers (their `follow` returns)."""
+        _broadcast((CLOSE, ()))
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.engine.manifest
+
+    @property
+    def codec(self) -> CodecSpec:
+        return self.engine.codec
+
+    @property
+    def per_step(self) -> bool:
+        return self.engine.per_step
+
+    def train(self, batches: Sequence[Tensor]) -> list[float]:
+        return list(self._call("train", list(batches)))
+
+    def gradient(self, batch: Tensor) -> float:
+        return float(self._call("gradient", batch))
+
+    def encode(self) -> bytes:
+        return bytes(self._call("encode"))
+
+    def apply(self, chosen: Sequence[Selected]) -> AggregateStats:
+        stats: AggregateStats = self._call("apply", list(chosen))
+        return stats
+
+    def digest(self) -> bytes:
+        return bytes(self._call("digest"))
+
+    def evaluate(self, batches: Sequence[Tensor]) -> float:
+        return float(self._call("evaluate", list(batches)))
+
+    def sample(self, positions: Sequence[tuple[int, int]]) -> list[float]:
+        return list(self._call("sample", list(positions)))
+
+    def full_params(self) -> list[Tensor]:
+        return list(self._call("full_params"))
+
+    def load_params(self, params: Sequence[Tensor]) -> None:
+        self._call("load_params", list(params))
+
+    def reset(self) -> None:
+        self._call("reset")
+
+    def local_state(self) -> dict[str, Tensor]:
+        return dict(self._call("local_state"))
+
+    def load_local_state(self, state: Mapping[str, Tensor]) -> None:
+        self._call("load_local_state", dict(state))
+
+    def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
+        self._call("save_local", window, dict(meta))
+
+    def latest_local(self) -> LocalCheckpoint | None:
+        return self.engine.latest_local()  # reads a file: no collective
+
+    def restore_local(self, checkpoint: LocalCheckpoint) -> None:
+        self._call("restore_local", checkpoint)
+
+    def evaluator(self) -> Evaluator:
+        return self.engine.evaluator()  # a plain scratch model on this rank
+
+
+def follow(engine: ShardedEngine) -> int:
+    """A follower's life: make every call the leader broadcasts until it closes; an
+    `EngineError` the leader meets too (the same state everywhere) is not fatal here.
+    Returns the number of calls made."""
+    calls = 0
+    while True:
+        name, args = _broadcast(None)
+        if name == CLOSE:
+            return calls
+        try:
+            getattr(engine, name)(*args)
+        except EngineError as exc:
+            log.info("rank %d: %s raised %s (the leader sees it too)", dist.get_rank(), name,
+                     exc)
+        calls += 1

@@ -1,0 +1,185 @@
+"""`ShardedEngine`: one miner's θ sharded over the ranks of a process group (FSDP2).
+
+Every rank builds θ_init from the seed, then `fully_shard` wraps each transformer
+block and the root (PyTorch's own FSDP2: parameters are DTensors sharded on dim
+0). A window's batch is split by rows: rank r trains on rows [r·b, (r+1)·b) of
+every inner step's batch, FSDP2 averages the gradients, and the clip norm is
+computed exactly from every rank's row partials (`exact_norm`). A single-process
+engine with `micro_batch = b` therefore computes the same gradients, the same
+clip and the same Δ, bit for bit (gradient averaging over two ranks is one
+addition and a halving, both exact in order).
+
+Every method is collective: all ranks call it, in the same order, with the same
+arguments (node/engine/ranks.py drives the followers). Δ and the error feedback
+are gathered whole for encoding, so the payload is byte-identical to a
+single-process encoding; the outer step is computed on the CPU exactly as
+everywhere and each rank subtracts only its own rows.
+
+It never touches the network, the chain or the clock; only the process group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from node.engine.config import EngineConfig
+from node.engine.device import resolve_device
+from node.engine.evaluator import Evaluator
+from node.engine.inner import InnerTrainer, evaluate, row_partials
+from node.engine.local import EngineSpec
+from node.engine.model import build_model, get_config, model_manifest
+from node.engine.store import CheckpointStore, LocalCheckpoint, MetaValue
+from node.errors import EngineError
+from node.outer.aggregate import AggregateStats
+from node.outer.optimizers import make_outer
+from node.outer.step import Selected, params_digest, values_at
+from protocol.spec import CodecSpec, Manifest
+
+
+def full(t: Tensor) -> Tensor:
+    """The whole tensor on every rank (a collective for a DTensor)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+class ShardedEngine:
+    """The `Engine` contract (node/engine/base.py) over an initialised process group."""
+
+    def __init__(self, spec: EngineSpec, store: CheckpointStore | None = None,
+                 config: EngineConfig | None = None) -> None:
+        if not dist.is_initialized():
+            raise EngineError("ShardedEngine needs an initialised process group")
+        self.spec = spec
+        self.config = config or EngineConfig()
+        self.device = resolve_device(self.config.device)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.mesh: DeviceMesh = init_device_mesh(self.device.type, (self.world,))
+        self.model_config = get_config(spec.model, spec.vocab_size)
+        self._model = build_model(self.model_config, seed=spec.seed, device=self.device)
+        self._manifest = model_manifest(self._model)  # before sharding: the full shapes
+        self._model.checkpoint_blocks = self.config.activation_checkpointing
+        for layer in self._model.layers:
+            fully_shard(layer, mesh=self.mesh)
+        fully_shard(self._model, mesh=self.mesh)
+        self._params = list(self._model.parameters())
+        self._trainer = InnerTrainer(self._model, spec.inner, self.config)
+        self._trainer.partials = self._gathered_partials
+        state_device = "cpu" if self.config.offload_error_feedback else self.device
+        self._outer = make_outer(spec.outer, self._manifest, state_device=state_device)
+        self._store = store if self.rank == 0 else None  # rank 0 writes, every rank reads
+        self._reader = store
+        self._pending: list[Tensor] | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def codec(self) -> CodecSpec:
+        return self._outer.codec
+
+    @property
+    def per_step(self) -> bool:
+        return self._outer.per_step
+
+    # --- collectives ----------------------------------------------------------------------
+    def _gathered_partials(self, g: Tensor) -> Tensor:
+        """Row partials of a sharded gradient, every rank's rows in rank (= row) order."""
+        if not isinstance(g, DTensor):
+            return row_partials(g)
+        mine = row_partials(g.to_local()).cpu()
+        parts: list[Tensor | None] = [None] * self.world
+        dist.all_gather_object(parts, mine)
+        return torch.cat([p for p in parts if p is not None])
+
+    def _rows(self, batch: Tensor) -> Tensor:
+        rows = batch.shape[0]
+        if rows % self.world:
+            raise EngineError(f"a batch of {rows} rows does not split over {self.world} ranks")
+        share = rows // self.world
+        return batch[self.rank * share:(self.rank + 1) * share]
+
+    # --- training and the outer step -------------------------------------------------------
+    def train(self, batches: Sequence[Tensor]) -> list[float]:
+        result = self._trainer.run([self._rows(b) for b in batches])
+        self._pending = [full(d).cpu() for d in result.delta]
+        return result.losses
+
+    def gradient(self, batch: Tensor) -> float:
+        raise EngineError("the sharded engine runs SparseLoCo windows, not per-step DDP")
+
+    def encode(self) -> bytes:
+        if self._pending is None:
+            raise EngineError("nothing trained since the last encode")
+        local, self._pending = self._pending, None
+        return self._outer.encode(local)
+
+    def apply(self, chosen: Sequence[Selected]) -> AggregateStats:
+        if not chosen:
+            return AggregateStats(peers=0, clipped=0, skipped=0)
+        contributions = [(c.signer, c.tensors) for c in chosen]
+        return self._outer.apply(self._params, contributions, self._trainer.apply_grads,
+                                 place=self._place)
+
+    @staticmethod
+    def _place(param: Tensor, update: Tensor) -> Tensor:
+        if isinstance(param, DTensor):  # this rank's rows of the full update
+            return distribute_tensor(update.to(param.device), param.device_mesh,
+                                     param.placements)
+        return update.to(param.device, param.dtype)
+
+    def digest(self) -> bytes:
+        return params_digest(self.full_params())
+
+    def evaluate(self, batches: Sequence[Tensor]) -> float:
+        return evaluate(self._model, batches)
+
+    # --- θ in and out ----------------------------------------------------------------------
+    def sample(self, positions: Sequence[tuple[int, int]]) -> list[float]:
+        return values_at(self.full_params(), positions)
+
+    def full_params(self) -> list[Tensor]:
+        return [full(p.detach()).to("cpu", torch.float32).clone() for p in self._params]
+
+    def load_params(self, params: Sequence[Tensor]) -> None:
+        shapes = [tuple(t.shape) for t in params]
+        if shapes != [tuple(s.shape) for s in self._manifest]:
+            raise EngineError(f"{len(shapes)} tensors do not fit the model's manifest")
+        with torch.no_grad():
+            for p, q in zip(self._params, params, strict=True):
+                p.copy_(self._place(p, q.to(torch.float32)))
+
+    def reset(self) -> None:
+        self.load_params(list(build_model(self.model_config, seed=self.spec.seed).parameters()))
+
+    # --- what only this node has ------------------------------------------------------------
+    def local_state(self) -> dict[str, Tensor]:
+        return self._outer.local_state()
+
+    def load_local_state(self, state: Mapping[str, Tensor]) -> None:
+        self._outer.load_local_state(state)
+
+    def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
+        if self._reader is None:
+            raise EngineError("this engine has no checkpoint store")
+        params, state = self.full_params(), self.local_state()
+        if self._store is not None:
+            self._store.save(window, params, state, meta)
+        dist.barrier()  # the file exists before any rank looks for it
+
+    def latest_local(self) -> LocalCheckpoint | None:
+        return self._reader.latest() if self._reader is not None else None
+
+    def restore_local(self, checkpoint: LocalCheckpoint) -> None:
+        self.load_params(checkpoint.params)
+        self.load_local_state(checkpoint.extra)
+
+    def evaluator(self) -> Evaluator:
+        scratch = build_model(self.model_config, seed=self.spec.seed, device=self.device)
+        return Evaluator(scratch, self._manifest, self.codec, self.config)
