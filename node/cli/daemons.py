@@ -30,6 +30,7 @@ from node.cli.common import (
 
 
 def _run_service(args: argparse.Namespace) -> int:
+    from node.engine.ranks import RankError
     from node.runtime.core import NodeConfig
     from node.runtime.runspec import RunAssets
     from node.runtime.service_status import ServiceProvider
@@ -42,11 +43,18 @@ def _run_service(args: argparse.Namespace) -> int:
     config = NodeConfig(name=f"{args.command}-{identity.address_hex[2:8].lower()}",
                         data_dir=args.data_dir, engine=engine_config(args))
     assets = RunAssets(spec)
+    group = None
     if args.command == "miner":
         from node.runtime.miner import MinerService
 
+        if args.nproc > 1:
+            from node.engine.ranks import RankGroup
+
+            group = RankGroup(args.nproc, assets.spec.engine_spec(), config.engine,
+                              checkpoints=args.data_dir / "checkpoints")
         service: Any = MinerService(config, spec, assets, identity, mesh, chain,
-                                    stake=args.stake)
+                                    stake=args.stake,
+                                    engine=group.leader if group is not None else None)
     else:
         from validator.service import ValidatorService
 
@@ -64,9 +72,13 @@ def _run_service(args: argparse.Namespace) -> int:
         runner = await serve_status(args.http, ServiceProvider(service), title)
         try:
             await service.run(stop)
+        except* RankError as group_error:  # another rank died: end here, typed and clean
+            raise group_error.exceptions[0] from None
         finally:
             if runner is not None:
                 await stop_server(runner)
+            if group is not None:
+                group.close()
         return 0
 
     return run_until_signal(main)
@@ -80,6 +92,10 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         add_node_flags(p)
         add_run_flags(p)
         add_engine_flags(p)
+        if name == "miner":
+            add_flag(p, "--nproc", env="NPROC", type=int, default=1,
+                     help="ranks of this miner (FSDP2; one per GPU): this process is rank 0 "
+                          "and starts the others")
         if name == "validator":
             add_flag(p, "--validator-seed", env="VALIDATOR_SEED", type=int,
                      help="seeds the held-out batches (keep it private; default: random)")

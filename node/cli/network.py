@@ -152,7 +152,7 @@ def _run_devnet(args: argparse.Namespace) -> int:
                        late_joiner_after=args.late_joiner_after, data_dir=args.data_dir,
                        dashboard_port=args.dashboard_port, spec=devnet_spec(args),
                        block_time=args.block_time, blocks_per_window=args.blocks_per_window,
-                       bf16_miners=args.bf16_miners)
+                       bf16_miners=args.bf16_miners, miner_ranks=args.miner_ranks)
     quiet_libraries(args.verbose)
     torch.set_num_threads(args.threads)
     devnet = Devnet(cfg)
@@ -207,7 +207,9 @@ def add_network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--late-joiner-after", type=int, default=None,
                    help="start one more miner after this many windows")
     p.add_argument("--bf16-miners", type=int, default=0,
-                   help="the first N miners train with bf16 autocast (θ stays identical)")
+                   help="the last N miners train with bf16 autocast (θ stays identical)")
+    p.add_argument("--miner-ranks", type=int, default=1,
+                   help="run miner-0 as this many FSDP2 ranks (gloo on the CPU)")
     p.add_argument("--chain", choices=("embedded", "anvil"), default="embedded")
     p.add_argument("--block-time", type=float, default=0.5)
     p.add_argument("--blocks-per-window", type=int, default=40)

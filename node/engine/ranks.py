@@ -12,20 +12,30 @@ rendezvous server listens on every interface, so the tests do not use it).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 from torch import Tensor
 
+from node.engine.config import EngineConfig
 from node.engine.evaluator import Evaluator
+from node.engine.inner import InnerConfig
+from node.engine.local import EngineSpec
 from node.engine.sharded import ShardedEngine
-from node.engine.store import LocalCheckpoint, MetaValue
+from node.engine.store import CheckpointStore, LocalCheckpoint, MetaValue
 from node.errors import EngineError
 from node.outer.aggregate import AggregateStats
+from node.outer.optimizers import OuterConfig
 from node.outer.step import Selected
 from protocol.spec import CodecSpec, Manifest
 
@@ -38,11 +48,15 @@ class RankError(EngineError):
     resumes from the local checkpoint)."""
 
 
+# a follower waits for the leader's next call through a whole window of networking
+IDLE_TIMEOUT = timedelta(hours=6)
+
+
 def init_ranks(rank: int, world: int, rendezvous: Path, backend: str = "gloo") -> None:
     """Join the process group of one miner (file rendezvous, loopback for gloo)."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank,
-                            world_size=world)
+                            world_size=world, timeout=IDLE_TIMEOUT)
 
 
 def _broadcast(message: tuple[str, tuple[Any, ...]] | None) -> tuple[str, tuple[Any, ...]]:
@@ -149,3 +163,57 @@ def follow(engine: ShardedEngine) -> int:
             log.info("rank %d: %s raised %s (the leader sees it too)", dist.get_rank(), name,
                      exc)
         calls += 1
+
+
+def encode_spec(spec: EngineSpec, config: EngineConfig) -> str:
+    """What a follower needs to build the same engine, as JSON."""
+    return json.dumps({"spec": dataclasses.asdict(spec), "config": dataclasses.asdict(config)})
+
+
+def decode_spec(text: str) -> tuple[EngineSpec, EngineConfig]:
+    raw = json.loads(text)
+    s = raw["spec"]
+    inner = InnerConfig(**{**s["inner"], "betas": tuple(s["inner"]["betas"])})
+    spec = EngineSpec(model=s["model"], seed=s["seed"], vocab_size=s["vocab_size"],
+                      inner=inner, outer=OuterConfig(**s["outer"]))
+    return spec, EngineConfig(**raw["config"])
+
+
+class RankGroup:
+    """Rank 0's side of a miner over `world` ranks: start the followers (this Python,
+    `-m node.engine.follower`), join the group, lead. `close()` releases and reaps
+    them; a follower that exits early shows up as a `RankError` on the next call."""
+
+    def __init__(self, world: int, spec: EngineSpec, config: EngineConfig,
+                 checkpoints: Path | None = None) -> None:
+        if world < 2:
+            raise EngineError("a rank group needs at least 2 ranks")
+        self._dir = tempfile.TemporaryDirectory(prefix="gradmesh-ranks-")
+        rendezvous = Path(self._dir.name) / "rendezvous"
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+        text = encode_spec(spec, config)
+        where = [] if checkpoints is None else [str(checkpoints)]  # they read, rank 0 writes
+        self.followers = [subprocess.Popen([sys.executable, "-m", "node.engine.follower",
+                                            str(r), str(world), str(rendezvous), text, *where],
+                                           env=env) for r in range(1, world)]
+        init_ranks(0, world, rendezvous)
+        store = CheckpointStore(checkpoints) if checkpoints is not None else None
+        self.leader = Leader(ShardedEngine(spec, store, config))
+
+    def close(self, timeout: float = 60.0) -> list[int]:
+        """Release the followers, wait for them, leave the group; their exit codes."""
+        try:
+            self.leader.close()
+        except RankError as exc:
+            log.warning("closing the ranks: %s", exc)
+        codes: list[int] = []
+        for p in self.followers:
+            try:
+                codes.append(p.wait(timeout=timeout))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait())
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self._dir.cleanup()
+        return codes

@@ -52,7 +52,8 @@ class DevnetConfig:
     data_dir: Path = Path("devnet-data")
     spec: RunSpec = field(default_factory=RunSpec)
     torch_threads: int | None = 1
-    bf16_miners: int = 0  # the first N miners train with bf16 autocast (operator setting)
+    bf16_miners: int = 0  # the last N miners train with bf16 autocast (operator setting)
+    miner_ranks: int = 1  # miner-0 runs as this many FSDP2 ranks (this process is rank 0)
 
     def __post_init__(self) -> None:
         from node.errors import ConfigError
@@ -105,6 +106,7 @@ class Devnet:
         self.assets = RunAssets(config.spec)
         self.final_chain: ChainSnapshot | None = None
         self.provider: DevnetProvider | None = None
+        self.rank_group: Any = None  # miner-0's other ranks (`miner_ranks` > 1)
 
     # --- setup -----------------------------------------------------------------------------
     def chain_params(self) -> ChainParams:
@@ -138,10 +140,18 @@ class Devnet:
     def make_miner(self, i: int) -> MinerService:
         identity = self.account(1 + i)
         config = self.node_config(f"miner-{i}")
-        if i < self.cfg.bf16_miners:
+        if self.cfg.miners - self.cfg.bf16_miners <= i < self.cfg.miners:
             config = replace(config, engine=EngineConfig(precision="bf16"))
+        engine = None
+        if i == 0 and self.cfg.miner_ranks > 1:
+            from node.engine.ranks import RankGroup
+
+            self.rank_group = RankGroup(self.cfg.miner_ranks, self.assets.spec.engine_spec(),
+                                        config.engine, checkpoints=config.data_dir / "checkpoints")
+            engine = self.rank_group.leader
         return MinerService(config, self.cfg.spec, self.assets, identity,
-                            self.mesh(identity), self.async_chain(1 + i), stake=10**18)
+                            self.mesh(identity), self.async_chain(1 + i), stake=10**18,
+                            engine=engine)
 
     def make_validator(self) -> NodeCore:
         from validator.service import ValidatorService
@@ -222,6 +232,8 @@ class Devnet:
         finally:
             if runner is not None:
                 await stop_server(runner)
+            if self.rank_group is not None:
+                self.rank_group.close()
             await self.bootstrap.stop()
             if self.launcher is not None:
                 self.launcher.close()

@@ -1,5 +1,5 @@
-"""The README's main command, in process: `gradmesh devnet` with a late joiner and one
-bf16 miner.
+"""The README's main command, in process: `gradmesh devnet` with a late joiner, one
+miner over 2 FSDP2 ranks and one bf16 miner.
 
 Real parts throughout: the in-process EVM with the contract, libp2p hosts on
 127.0.0.1, PyTorch training, the aiohttp dashboard loaded by headless Chromium
@@ -58,9 +58,10 @@ async def test_devnet_trains_pays_and_catches_up_a_late_joiner(tmp_path: Path) -
     # H = 6: four miners and a validator share the 2 cores of CI with 20 s windows; at the
     # quick start's H = 12 a slow machine left the late joiner overrunning every window
     spec = RunSpec(inner_steps=6, score_warmup=1, proof_of_data=False)  # as `gradmesh devnet`
-    # miner-0 trains with bf16 autocast: an operator setting that must not move θ
+    # miner-0 runs as 2 FSDP2 ranks, miner-2 with bf16 autocast: operator settings that
+    # must not move θ
     devnet = Devnet(DevnetConfig(miners=3, windows=6, late_joiner_after=2, bf16_miners=1,
-                                 data_dir=tmp_path / "devnet", spec=spec))
+                                 miner_ranks=2, data_dir=tmp_path / "devnet", spec=spec))
     stop = asyncio.Event()
     task = asyncio.create_task(devnet.run(stop))
     try:
@@ -83,7 +84,8 @@ async def test_devnet_trains_pays_and_catches_up_a_late_joiner(tmp_path: Path) -
     assert len(set(summary["param_digests"].values())) == 1, "a node ended on another θ"
     honest = [m["address"] for name, m in summary["miners"].items() if name != "miner-3"]
     assert all(summary["rewards"][a] > 0 for a in honest), summary["rewards"]  # bf16 too
-    assert devnet.miners[0].engine.config.precision == "bf16"  # type: ignore[attr-defined]
+    assert devnet.miners[2].engine.config.precision == "bf16"  # type: ignore[attr-defined]
+    assert type(devnet.miners[0].engine).__name__ == "Leader"  # 2 ranks
     late = summary["miners"]["miner-3"]
     assert late["published"] >= 1, late  # it caught up, then trained and contributed
     validator = devnet.validator
