@@ -10,10 +10,11 @@ clip and the same Δ, bit for bit (gradient averaging over two ranks is one
 addition and a halving, both exact in order).
 
 Every method is collective: all ranks call it, in the same order, with the same
-arguments (node/engine/ranks.py drives the followers). Δ and the error feedback
-are gathered whole for encoding, so the payload is byte-identical to a
-single-process encoding; the outer step is computed on the CPU exactly as
-everywhere and each rank subtracts only its own rows.
+arguments (node/engine/ranks.py drives the followers). The error feedback stays
+sharded and each rank compresses its own rows (node/engine/sharded_codec.py):
+the payload is byte-identical to a single-process encoding. The outer step is
+computed on the CPU exactly as everywhere and each rank subtracts only its own
+rows.
 
 It never touches the network, the chain or the clock; only the process group.
 """
@@ -35,6 +36,7 @@ from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerTrainer, evaluate, row_partials
 from node.engine.local import EngineSpec
 from node.engine.model import build_model, get_config, model_manifest
+from node.engine.sharded_codec import ShardedSparseLoCo
 from node.engine.store import CheckpointStore, LocalCheckpoint, MetaValue
 from node.errors import EngineError
 from node.outer.aggregate import AggregateStats
@@ -72,6 +74,11 @@ class ShardedEngine:
         self._trainer.partials = self._gathered_partials
         state_device = "cpu" if self.config.offload_error_feedback else self.device
         self._outer = make_outer(spec.outer, self._manifest, state_device=state_device)
+        self._sparse: ShardedSparseLoCo | None = None
+        if spec.outer.optimizer == "sparseloco":  # the error feedback lives in the shards
+            self._sparse = ShardedSparseLoCo(spec.outer, self._manifest, self.rank, self.world,
+                                             state_device)
+            self._outer.error = []  # type: ignore[attr-defined]  # only `apply` is used
         self._store = store if self.rank == 0 else None  # rank 0 writes, every rank reads
         self._reader = store
         self._pending: list[Tensor] | None = None
@@ -108,7 +115,8 @@ class ShardedEngine:
     # --- training and the outer step -------------------------------------------------------
     def train(self, batches: Sequence[Tensor]) -> list[float]:
         result = self._trainer.run([self._rows(b) for b in batches])
-        self._pending = [full(d).cpu() for d in result.delta]
+        # SparseLoCo encodes from the shards; the dense baselines from the whole Δ
+        self._pending = result.delta if self._sparse else [full(d).cpu() for d in result.delta]
         return result.losses
 
     def gradient(self, batch: Tensor) -> float:
@@ -118,14 +126,25 @@ class ShardedEngine:
         if self._pending is None:
             raise EngineError("nothing trained since the last encode")
         local, self._pending = self._pending, None
+        if self._sparse is not None:
+            return self._sparse.encode(local) or b""  # the payload is rank 0's to publish
         return self._outer.encode(local)
 
     def apply(self, chosen: Sequence[Selected]) -> AggregateStats:
         if not chosen:
             return AggregateStats(peers=0, clipped=0, skipped=0)
         contributions = [(c.signer, c.tensors) for c in chosen]
-        return self._outer.apply(self._params, contributions, self._trainer.apply_grads,
-                                 place=self._place)
+        if self._sparse is None:
+            return self._outer.apply(self._params, contributions, self._trainer.apply_grads,
+                                     place=self._place)
+        steps, stats = self._sparse.aggregate(contributions, self._outer.config.effective_lr)
+        with torch.no_grad():
+            for p, step, sharded in zip(self._params, steps, self._sparse.sharded, strict=True):
+                if isinstance(p, DTensor) and sharded:  # this rank's rows, decoded alone
+                    p.to_local().sub_(step.to(p.device, p.dtype))
+                else:
+                    p.sub_(self._place(p, step))
+        return stats
 
     @staticmethod
     def _place(param: Tensor, update: Tensor) -> Tensor:
@@ -160,10 +179,15 @@ class ShardedEngine:
 
     # --- what only this node has ------------------------------------------------------------
     def local_state(self) -> dict[str, Tensor]:
+        if self._sparse is not None:
+            return self._sparse.local_state()
         return self._outer.local_state()
 
     def load_local_state(self, state: Mapping[str, Tensor]) -> None:
-        self._outer.load_local_state(state)
+        if self._sparse is not None:
+            self._sparse.load_local_state(state)
+        else:
+            self._outer.load_local_state(state)
 
     def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
         if self._reader is None:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from node.engine.config import EngineConfig
 from node.engine.data import window_batch
 from node.engine.local import LocalEngine
+from node.outer.optimizers import OuterConfig, SparseLoCo
 from node.outer.step import select
 from protocol.envelope import BaseModel, Expectation, seal
 from tests.support.keys import identity
@@ -45,14 +46,14 @@ def _other(model: str, window: int, seq_len: int) -> bytes:
                 codec=engine.codec, manifest=engine.manifest, payload=engine.encode())
 
 
-def _run_ranks(out: Path, model: str) -> float:
+def _run_ranks(out: Path, model: str, job: str = "sharded_job", world: int = WORLD) -> float:
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     rendezvous = out / "rendezvous"
     start = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.sharded_job", str(r),
-                               str(WORLD), str(rendezvous), str(out), model, str(WINDOWS)],
+    procs = [subprocess.Popen([sys.executable, "-m", f"tests.support.{job}", str(r),
+                               str(world), str(rendezvous), str(out), model, str(WINDOWS)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
+                              stderr=subprocess.STDOUT, text=True) for r in range(world)]
     logs = []
     for p in procs:
         stdout, _ = p.communicate(timeout=600)
@@ -87,3 +88,26 @@ def test_two_ranks_equal_one_process_bit_for_bit(tmp_path: Path, model: str,
         assert len(chosen) == 2
         single.apply(chosen)
         assert single.digest().hex() == sharded_digests[w], f"window {w}: θ after the step"
+
+
+def test_sharded_encoding_over_three_ranks_equals_one_process(tmp_path: Path) -> None:
+    """Three ranks split `tiny`'s rows so that some tensors fall on chunk boundaries (each
+    rank encodes its own rows) and others do not (gathered whole): the payload and the
+    error feedback equal one process's, window after window."""
+    spec = engine_spec("tiny")
+    single = LocalEngine(spec)
+    gen = torch.Generator().manual_seed(9)
+    for w in range(WINDOWS):
+        delta = {t.name: torch.randn(t.shape, generator=gen) * 1e-3 for t in single.manifest}
+        save_file(delta, str(tmp_path / f"delta-{w}.safetensors"))
+    _run_ranks(tmp_path, "tiny", job="codec_job", world=3)
+    sharded = json.loads((tmp_path / "sharded.json").read_text())
+    assert any(sharded), "no tensor was encoded from its shards"
+    assert not all(sharded), "no tensor took the gathered path"
+    outer = SparseLoCo(OuterConfig(), single.manifest)
+    for w in range(WINDOWS):
+        delta = load_file(str(tmp_path / f"delta-{w}.safetensors"))
+        payload = outer.encode([delta[t.name] for t in single.manifest])
+        assert payload == (tmp_path / f"payload-{w}.bin").read_bytes(), f"window {w}"
+    error = load_file(str(tmp_path / "error.safetensors"))
+    assert all(torch.equal(error[k], v) for k, v in outer.local_state().items())

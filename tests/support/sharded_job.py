@@ -31,6 +31,7 @@ def main(rank: int, world: int, rendezvous: Path, out: Path, model: str, windows
     engine = ShardedEngine(engine_spec(model), config=EngineConfig(device="cpu"))
     if rank:
         follow(engine)
+        torch.distributed.destroy_process_group()  # not at exit: gloo's threads abort there
         return
     leader = Leader(engine)
     digests = []
@@ -48,6 +49,7 @@ def main(rank: int, world: int, rendezvous: Path, out: Path, model: str, windows
         digests.append(leader.digest().hex())
     (out / "digests.json").write_text(json.dumps(digests))
     leader.close()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
