@@ -11,10 +11,11 @@ rejected by `open_envelope`.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from protocol import SCHEMA_VERSION, canonical
 from protocol.baseproof import PROOF_LEN
+from protocol.dense import BYTES_PER_VALUE
 from protocol.errors import (
     CodecMismatchError,
     ManifestMismatchError,
@@ -28,7 +29,8 @@ from protocol.errors import (
 )
 from protocol.identity import ADDRESS_LEN, SIGNATURE_LEN, Identity, keccak256, recover_signer
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.spec import CodecSpec, Manifest, manifest_digest
+from protocol.sparse import payload_cap
+from protocol.spec import CodecSpec, Manifest, manifest_digest, total_elements
 
 _HEADER_FIELDS = 11
 _U64 = 2**64 - 1
@@ -202,3 +204,19 @@ def open_envelope(
     if hashlib.sha256(payload).digest() != header.payload_hash:
         raise PayloadHashMismatchError("payload does not match the signed hash")
     return Envelope(header=header, signature=signature, payload=payload)
+
+
+ENVELOPE_FRAMING = 64  # msgpack framing of [header, signature, payload]
+
+
+def limits_for(manifest: Manifest, codec: CodecSpec, base: Limits = DEFAULT_LIMITS) -> Limits:
+    """The caps of one run: no valid envelope is larger than the codec's largest payload
+    for `manifest` plus a header and a signature, so that is the envelope cap (a 72B
+    contribution needs ~1.3 GiB; a `tiny` one refuses anything over ~22 KiB)."""
+    if codec.name == "sparseloco":
+        payload = payload_cap(manifest, codec)
+    else:  # dense fp32, every element
+        payload = BYTES_PER_VALUE * total_elements(manifest) + ENVELOPE_FRAMING
+    cap = payload + base.max_header_bytes + SIGNATURE_LEN + ENVELOPE_FRAMING
+    return replace(base, max_envelope_bytes=cap)
+

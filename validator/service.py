@@ -81,7 +81,8 @@ class ValidatorService(NodeCore):
                                 warmup_windows=spec.score_warmup,
                                 proof_of_data=spec.proof_of_data)
         vcfg = ValidatorConfig(run_id=spec.run, validator_seed=validator_seed, scoring=scoring,
-                               codec=spec.codec, commit_phase=spec.commit_phase)
+                               codec=spec.codec, commit_phase=spec.commit_phase,
+                               limits=assets.limits)
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self.scorer = Validator(vcfg, LockedClient(chain.client, chain.lock),
                                 GathererSource(self.gatherer), ValidatorState(db_path, spec.run),

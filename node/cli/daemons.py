@@ -31,6 +31,7 @@ from node.cli.common import (
 
 def _run_service(args: argparse.Namespace) -> int:
     from node.engine.ranks import RankError
+    from node.mesh.base import DEFAULT_MAX_BLOB_BYTES
     from node.runtime.core import NodeConfig
     from node.runtime.runspec import RunAssets
     from node.runtime.service_status import ServiceProvider
@@ -39,10 +40,11 @@ def _run_service(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     identity = load_identity(args)
     chain = build_chain(args, identity)
-    mesh = build_mesh(args, identity, spec.run)
+    assets = RunAssets(spec)
+    mesh = build_mesh(args, identity, spec.run,
+                      max_blob_bytes=max(DEFAULT_MAX_BLOB_BYTES, assets.limits.max_envelope_bytes))
     config = NodeConfig(name=f"{args.command}-{identity.address_hex[2:8].lower()}",
                         data_dir=args.data_dir, engine=engine_config(args))
-    assets = RunAssets(spec)
     group = None
     if args.command == "miner":
         from node.runtime.miner import MinerService

@@ -21,11 +21,21 @@ from protocol.spec import CodecSpec, Manifest
 
 def mean_loss(model: Decoder, batches: Sequence[torch.Tensor],
               config: EngineConfig | None = None) -> float:
-    """Mean of the batches' losses (each an fp32 number, whatever the autocast),
-    summed exactly (math.fsum) in batch order."""
+    """Mean of the batches' losses, each the mean of its rows' fp32 losses, summed
+    exactly (math.fsum) in order. Batches of one shape are evaluated together, in
+    forwards of `config.micro_batch` rows (all at once when unset): a device sees a
+    few large forwards instead of many small ones."""
+    config = config or EngineConfig()
     device = next(model.parameters()).device
-    with torch.no_grad(), autocast(device, config or EngineConfig()):
-        return math.fsum(float(model.loss(b.to(device))) for b in batches) / len(batches)
+    if len({tuple(b.shape) for b in batches}) != 1:
+        return math.fsum(mean_loss(model, [b], config) for b in batches) / len(batches)
+    rows = torch.cat(list(batches)).to(device)
+    step = config.micro_batch or rows.shape[0]
+    with torch.no_grad(), autocast(device, config):
+        per_row = torch.cat([model.row_losses(rows[i:i + step])
+                             for i in range(0, rows.shape[0], step)])
+    per_batch = per_row.reshape(len(batches), -1).mean(dim=1)
+    return math.fsum(per_batch.tolist()) / len(batches)
 
 
 class Evaluator:

@@ -228,6 +228,15 @@ class Decoder(nn.Module):
         logits: Tensor = self.norm(h) @ self.embed.weight.T
         return logits
 
+    def row_losses(self, batch: Tensor) -> Tensor:
+        """Mean next-token cross-entropy of every row of a [B, T+1] batch, fp32 [B]."""
+        if batch.dim() != 2 or batch.shape[1] < 2:
+            raise ConfigError(f"batch must be [batch, time+1], got shape {tuple(batch.shape)}")
+        logits = self(batch[:, :-1])
+        per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                    batch[:, 1:].reshape(-1), reduction="none")
+        return per_token.reshape(batch.shape[0], -1).mean(dim=1)
+
     def loss(self, batch: Tensor) -> Tensor:
         """Mean next-token cross-entropy of a [B, T+1] batch."""
         if batch.dim() != 2 or batch.shape[1] < 2:

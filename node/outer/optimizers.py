@@ -10,7 +10,7 @@ miner of a run holds its own instance; the state that must agree across peers
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +20,7 @@ from node.errors import ConfigError
 from node.outer.aggregate import AggregateStats, aggregate_mean, aggregate_sparse
 from protocol.dense import decode_dense, encode_dense
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.sparse import compress, decode_payload, decompress, encode_payload
+from protocol.sparse import SparseTensor, compress, decode_payload, decompress, encode_payload
 from protocol.spec import CodecSpec, IndexCoding, Manifest
 
 OptimizerName = Literal["sparseloco", "diloco", "ddp"]
@@ -123,14 +123,15 @@ class SparseLoCo(OuterOptimizer):
         self.error = [torch.zeros(t.shape, dtype=torch.float32) for t in manifest]
 
     def encode(self, local: Sequence[torch.Tensor]) -> bytes:
-        sparse = []
-        for err, delta, spec in zip(self.error, local, self.manifest, strict=True):
-            err.mul_(self.config.error_decay).add_(delta.to(err.device, torch.float32))
-            st = compress(err, self.codec)
-            # what was sent leaves the buffer; what was not stays for later windows
-            err.sub_(decompress(st, spec.shape, self.codec).to(err.device))
-            sparse.append(st)
-        return encode_payload(sparse, self.manifest, self.codec)
+        def compressed() -> Iterator[SparseTensor]:  # one tensor at a time
+            for err, delta, spec in zip(self.error, local, self.manifest, strict=True):
+                err.mul_(self.config.error_decay).add_(delta.to(err.device, torch.float32))
+                st = compress(err, self.codec)
+                # what was sent leaves the buffer; what was not stays for later windows
+                err.sub_(decompress(st, spec.shape, self.codec).to(err.device))
+                yield st
+
+        return encode_payload(compressed(), self.manifest, self.codec)
 
     def decode(self, payload: bytes) -> Contribution:
         return decode_payload(payload, self.manifest, self.codec, self.limits)

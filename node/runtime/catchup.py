@@ -30,6 +30,7 @@ from node.outer.step import select
 from node.runtime.checkpoint import CheckpointManifest, restore_params
 from node.runtime.records import BadRecordValueError, HeadRecord, WindowRecord, head_key, window_key
 from protocol.envelope import Expectation
+from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.spec import Manifest
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class CatchUpInputs:
     use_local: bool = True  # False after a divergence: our own checkpoints are suspect
     fetch_timeout: float = 20.0
     record_timeout: float = 5.0
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -170,7 +172,7 @@ async def _replay(inp: CatchUpInputs, record: WindowRecord, heads: dict[bytes, H
         signer_peer = [h.peer_id for a, h in heads.items() if a == signer]
         envelopes.append(await _fetch(inp, sha, signer_peer + holders))
     expect = inp.expectation(record.window, inp.engine.manifest)
-    chosen, skipped = select(envelopes, expect, {s for s, _ in record.inputs})
+    chosen, skipped = select(envelopes, expect, {s for s, _ in record.inputs}, inp.limits)
     if skipped:
         raise CatchUpError(f"window {record.window}: {len(skipped)} listed envelopes invalid")
     await asyncio.to_thread(inp.engine.apply, chosen)

@@ -35,7 +35,6 @@ from node.runtime.records import HeadRecord, WindowRecord, head_key, window_key
 from node.runtime.runspec import RunAssets, RunSpec
 from node.status import NodeRole, NodeSnapshot, TimelineEvent, WindowPoint
 from protocol.identity import Identity
-from protocol.limits import DEFAULT_LIMITS
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class NodeCore:
         self.stopping = asyncio.Event()  # the `stop` of `run`
         self.gatherer = Gatherer(mesh, spec.run, allowed=lambda a: a in self.miners,
                                  current_window=lambda: chain.last_window,
-                                 max_bytes=DEFAULT_LIMITS.max_envelope_bytes,
+                                 max_bytes=assets.limits.max_envelope_bytes,
                                  fetch_timeout=config.fetch_timeout,
                                  refresh=self._refresh_soon)
         self._miners_read = 0.0
@@ -211,7 +210,7 @@ class NodeCore:
             return
         expect = self.assets.expectation(window, self.manifest)
         envelopes = self.gatherer.envelopes(window)
-        chosen, skipped = select(envelopes, expect, allowed)
+        chosen, skipped = select(envelopes, expect, allowed, self.assets.limits)
         for s in skipped:
             log.info("%s w%d skipped %s: %s", self.cfg.name, window, s.sha256.hex()[:12], s.reason)
         others = diverged(self.digest, self.identity.address, chosen)
@@ -351,7 +350,7 @@ class NodeCore:
             window=self.chain.window, expectation=self.assets.expectation,
             manifest_digest=self.assets.manifest_digest(self.manifest),
             use_local=not self.distrust_local, fetch_timeout=self.cfg.fetch_timeout,
-            record_timeout=self.cfg.record_timeout,
+            record_timeout=self.cfg.record_timeout, limits=self.assets.limits,
         )  # fmt: skip
 
     async def save_local(self) -> None:

@@ -18,13 +18,14 @@ from node.engine.config import EngineConfig
 from node.engine.data import Corpus, heldout_batches, stdlib_corpus, window_batch
 from node.engine.inner import InnerConfig
 from node.engine.local import EngineSpec, LocalEngine
-from node.engine.model import get_config
+from node.engine.model import get_config, parameter_shapes
 from node.engine.shards import load_shards
 from node.engine.store import CheckpointStore
 from node.errors import ConfigError
 from node.outer.optimizers import OptimizerName, OuterConfig
-from protocol.envelope import Expectation
-from protocol.spec import INDEX_CODINGS, CodecSpec, Manifest, manifest_digest
+from protocol.envelope import Expectation, limits_for
+from protocol.limits import Limits
+from protocol.spec import INDEX_CODINGS, CodecSpec, Manifest, TensorSpec, manifest_digest
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,13 @@ class RunAssets:
         in `checkpoints` when given, computing as the operator's `config` says."""
         store = CheckpointStore(checkpoints) if checkpoints is not None else None
         return LocalEngine(self.spec.engine_spec(), store, config)
+
+    @property
+    def limits(self) -> Limits:
+        """The run's wire caps: envelopes no larger than the model's largest valid one."""
+        manifest = tuple(TensorSpec(name, shape, "float32")
+                         for name, shape in parameter_shapes(self.model_config))
+        return limits_for(manifest, self.spec.codec)
 
     def manifest_digest(self, manifest: Manifest) -> bytes:
         return manifest_digest(manifest)

@@ -18,7 +18,7 @@ sent: framing for the 38-tensor `small` model is ~12 bytes plus 608 of tables.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,14 +190,19 @@ def _u8(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
 
 
-def encode_payload(tensors: Sequence[SparseTensor], manifest: Manifest,
+def encode_payload(tensors: Iterable[SparseTensor], manifest: Manifest,
                    spec: CodecSpec) -> bytes:
-    """Canonical payload bytes of `tensors` (one per manifest entry, in order)."""
+    """Canonical payload bytes of `tensors` (one per manifest entry, in order). They are
+    taken one at a time, so a generator that compresses tensor by tensor keeps only the
+    payload's bytes and one tensor in memory."""
     _check_spec(spec)
-    if len(tensors) != len(manifest):
-        raise ManifestMismatchError(f"{len(tensors)} tensors for a manifest of {len(manifest)}")
     tables, params, index_parts, value_parts = [], [], [], []
-    for st, entry in zip(tensors, manifest, strict=True):
+    count = 0
+    for st in tensors:
+        if count >= len(manifest):
+            raise ManifestMismatchError(f"more tensors than the manifest's {len(manifest)}")
+        entry = manifest[count]
+        count += 1
         layout = chunk_layout(entry.shape, spec)
         _check_tensor(st, layout)
         section, r = _encode_indices(st.indices, layout, spec)
@@ -206,6 +211,8 @@ def encode_payload(tensors: Sequence[SparseTensor], manifest: Manifest,
             params.append(r)
         value_parts.append(_to_bytes(bits.pack_uint(st.codes, VALUE_BITS)))
         tables.append(st.table.detach().to("cpu").numpy().astype("<f4").tobytes())
+    if count != len(manifest):
+        raise ManifestMismatchError(f"{count} tensors for a manifest of {len(manifest)}")
     return canonical.pack(
         [b"".join(tables), bytes(params), b"".join(index_parts), b"".join(value_parts)]
     )

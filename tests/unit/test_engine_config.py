@@ -123,3 +123,19 @@ def test_the_vocabulary_follows_the_tokenizer_padded_to_128() -> None:
     assert assets.model_config.vocab_size == 256
     assert RunAssets(RunSpec(model="1b", vocab_size=32_000,
                              corpus_bytes=2**16)).model_config.vocab_size == 32_000
+
+
+def test_evaluation_batches_forwards_and_keeps_the_numbers() -> None:
+    from node.engine.evaluator import mean_loss
+    from node.engine.inner import evaluate
+
+    model = build_model(get_config("tiny"), seed=0)
+    batches = [_batch(s, rows=4) for s in range(3)]
+    one_by_one = evaluate(model, batches)
+    together = mean_loss(model, batches)
+    chunked = mean_loss(model, batches, EngineConfig(micro_batch=5))
+    assert together == pytest.approx(one_by_one, rel=1e-6)
+    assert chunked == pytest.approx(together, rel=1e-6)
+    assert mean_loss(model, batches) == together  # deterministic
+    mixed = [_batch(0, rows=4), _batch(1, rows=2)]  # shapes differ: batch by batch
+    assert mean_loss(model, mixed) == pytest.approx(evaluate(model, mixed), rel=1e-6)
