@@ -23,14 +23,14 @@ def mean_loss(model: Decoder, batches: Sequence[torch.Tensor],
               config: EngineConfig | None = None) -> float:
     """Mean of the batches' losses, each the mean of its rows' fp32 losses, summed
     exactly (math.fsum) in order. Batches of one shape are evaluated together, in
-    forwards of `config.micro_batch` rows (all at once when unset): a device sees a
-    few large forwards instead of many small ones."""
+    forwards of `config.micro_batch` rows (one batch per forward when unset: on a CPU
+    small forwards are faster; a GPU wants `--micro-batch` of many batches' rows)."""
     config = config or EngineConfig()
     device = next(model.parameters()).device
     if len({tuple(b.shape) for b in batches}) != 1:
         return math.fsum(mean_loss(model, [b], config) for b in batches) / len(batches)
     rows = torch.cat(list(batches)).to(device)
-    step = config.micro_batch or rows.shape[0]
+    step = config.micro_batch or batches[0].shape[0]
     with torch.no_grad(), autocast(device, config):
         per_row = torch.cat([model.row_losses(rows[i:i + step])
                              for i in range(0, rows.shape[0], step)])
