@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from node.engine.ranks import RankError, decode_spec, follow, init_ranks
+from node.engine.ranks import RankError, backend_for, decode_spec, follow, init_ranks
 from node.engine.sharded import ShardedEngine
 from node.engine.store import CheckpointStore
 
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     rank, world, rendezvous, text = int(argv[0]), int(argv[1]), Path(argv[2]), argv[3]
     spec, config = decode_spec(text)
     store = CheckpointStore(Path(argv[4])) if len(argv) > 4 else None
-    init_ranks(rank, world, rendezvous)
+    init_ranks(rank, world, rendezvous, backend_for(config))
     try:
         follow(ShardedEngine(spec, store, config))
     except RankError as exc:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from node.engine.config import EngineConfig
+from node.engine.device import resolve_device
 from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerConfig
 from node.engine.local import EngineSpec
@@ -52,9 +53,16 @@ class RankError(EngineError):
 IDLE_TIMEOUT = timedelta(hours=6)
 
 
+def backend_for(config: EngineConfig) -> str:
+    """NCCL between GPUs, gloo on the CPU."""
+    return "nccl" if resolve_device(config.device).type == "cuda" else "gloo"
+
+
 def init_ranks(rank: int, world: int, rendezvous: Path, backend: str = "gloo") -> None:
-    """Join the process group of one miner (file rendezvous, loopback for gloo)."""
+    """Join the process group of one miner (file rendezvous; gloo and NCCL's bootstrap
+    on the loopback interface: the ranks are one box's)."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
     dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank,
                             world_size=world, timeout=IDLE_TIMEOUT)
 
@@ -196,7 +204,7 @@ class RankGroup:
         self.followers = [subprocess.Popen([sys.executable, "-m", "node.engine.follower",
                                             str(r), str(world), str(rendezvous), text, *where],
                                            env=env) for r in range(1, world)]
-        init_ranks(0, world, rendezvous)
+        init_ranks(0, world, rendezvous, backend_for(config))
         store = CheckpointStore(checkpoints) if checkpoints is not None else None
         self.leader = Leader(ShardedEngine(spec, store, config))
 
