@@ -13,12 +13,15 @@ from chain.errors import ChainError, TransactionFailedError
 
 
 def deploy_network(w3: Web3, private_key: bytes | str, params: ChainParams,
-                   fund: int = 0, timeout_s: float = 60.0) -> str:
-    """Deploy with `params`, seeding the emission pool with `fund` wei; returns the address."""
+                   fund: int = 0, timeout_s: float = 60.0, run_spec: bytes = bytes(32)) -> str:
+    """Deploy with `params`, seeding the emission pool with `fund` wei and recording the
+    run spec's sha256 (`run_spec`, zero: none); returns the address."""
+    if len(run_spec) != 32:
+        raise ChainError(f"run spec hash must be 32 bytes, got {len(run_spec)}")
     artifact = load_artifact()
     account = Account.from_key(private_key)
     factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    constructor = factory.constructor(params.as_tuple())
+    constructor = factory.constructor(params.as_tuple(), run_spec)
     sender: dict[str, Any] = {"from": account.address, "value": fund}
     try:
         gas = constructor.estimate_gas(sender)

@@ -144,13 +144,15 @@ class _ChainBase:
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30, poll_latency=0.01)
 
-    def deploy(self, params: Mapping[str, int], value: int = 0, deployer_key: Any = None) -> str:
-        """Deploy the committed artifact with ``params``; return the contract address."""
+    def deploy(self, params: Mapping[str, int], value: int = 0, deployer_key: Any = None,
+               run_spec: bytes = bytes(32)) -> str:
+        """Deploy the committed artifact with ``params`` (and the run spec's sha256,
+        zero: none); return the contract address."""
         art = load_artifact()
         factory = self.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
         key = deployer_key if deployer_key is not None else self.accounts[0]
         acct = self._key_of(key)
-        tx = factory.constructor(params_tuple(params)).build_transaction(
+        tx = factory.constructor(params_tuple(params), run_spec).build_transaction(
             {"from": acct.address, "value": int(value)}
         )
         receipt = self.send(tx, acct)

@@ -67,8 +67,9 @@ class _Vote:
 class MemoryChain:
     """Shared state; `client(address)` gives a `ChainClient` acting as `address`."""
 
-    def __init__(self, params: ChainParams, fund: int = 0) -> None:
+    def __init__(self, params: ChainParams, fund: int = 0, run_spec: bytes = bytes(32)) -> None:
         self.p = params
+        self.run_spec = run_spec
         self.block = 0
         self.genesis = 0
         self.pool = fund
@@ -338,6 +339,9 @@ class MemoryChainClient:
 
     def genesis_block(self) -> int:
         return self.chain.genesis
+
+    def run_spec_hash(self) -> bytes:
+        return self.chain.run_spec
 
     def current_window(self) -> int:
         return self.chain.window()

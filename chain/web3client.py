@@ -234,6 +234,9 @@ class Web3ChainClient:
     def params(self) -> ChainParams:
         return ChainParams(*self._view("getParams"))
 
+    def run_spec_hash(self) -> bytes:
+        return bytes(self._view("runSpecHash"))
+
     def genesis_block(self) -> int:
         if self._genesis is None:  # immutable in the contract
             self._genesis = int(self._view("genesisBlock"))

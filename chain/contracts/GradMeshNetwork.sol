@@ -22,6 +22,8 @@ pragma solidity ^0.8.24;
 ///  * Validators are NOT pruned: they are simply capped at maxValidators (a full
 ///    set reverts with CapacityFull). Validator influence is stake weighted, so a
 ///    capped set cannot be captured cheaply by displacing incumbents.
+///  * The run spec's sha256 is fixed at deployment (`runSpecHash`): the network
+///    trains exactly one run, and nodes with another spec refuse to start.
 ///  * Contributions: a miner commits to its envelope's sha256 before releasing it
 ///    (`commitContribution`); the block it landed in is kept, and validators count
 ///    an envelope only when its signer's commitment preceded the run's release
@@ -108,6 +110,8 @@ contract GradMeshNetwork {
     uint16 private immutable _validatorShareBps;
     uint16 private immutable _aggregationSize;
     uint64 private immutable _genesisBlock;
+    /// sha256 of the run spec every node must train by (zero: none recorded)
+    bytes32 private immutable _runSpecHash;
 
     // ------------------------------------------------------------------ state
 
@@ -198,7 +202,7 @@ contract GradMeshNetwork {
 
     // ------------------------------------------------------------ constructor
 
-    constructor(Params memory p) payable {
+    constructor(Params memory p, bytes32 runSpec) payable {
         if (p.blocksPerWindow == 0) revert InvalidParams("blocksPerWindow");
         if (p.windowsPerEpoch == 0) revert InvalidParams("windowsPerEpoch");
         if (p.revealWindows == 0) revert InvalidParams("revealWindows");
@@ -219,6 +223,7 @@ contract GradMeshNetwork {
         _validatorShareBps = p.validatorShareBps;
         _aggregationSize = p.aggregationSize;
         _genesisBlock = uint64(block.number);
+        _runSpecHash = runSpec;
         if (msg.value > 0) {
             _emissionPool = msg.value;
             emit Funded(msg.sender, msg.value, msg.value);
@@ -654,6 +659,12 @@ contract GradMeshNetwork {
 
     function genesisBlock() external view returns (uint64) {
         return _genesisBlock;
+    }
+
+    /// The sha256 of the run spec (model, tokenizer, data, optimizer settings, seeds)
+    /// recorded at deployment; nodes refuse to start with another. Zero: none recorded.
+    function runSpecHash() external view returns (bytes32) {
+        return _runSpecHash;
     }
 
     function currentWindow() public view returns (uint64) {

@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any
 
 from node.cli.common import (
@@ -32,6 +33,15 @@ def _add_params(p: argparse.ArgumentParser) -> None:
                        help=f"(default {default})")
     p.add_argument("--fund", type=parse_amount, default=parse_amount("100ether"),
                    help="wei sent to the emission pool at deployment")
+    p.add_argument("--run-spec", type=Path,
+                   help="record this run spec file's sha256 (gradmesh run init); nodes with "
+                        "another spec refuse to start")
+
+
+def _spec_hash(args: argparse.Namespace) -> bytes:
+    from node.runtime.runfile import NO_SPEC, read_run_file, spec_sha256
+
+    return NO_SPEC if args.run_spec is None else spec_sha256(read_run_file(args.run_spec))
 
 
 def _params(args: argparse.Namespace) -> Any:
@@ -86,7 +96,8 @@ def _run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with AnvilChain(port=args.port or None, block_time=args.block_time or None) as anvil:
         key = anvil.accounts[0].key
-        contract = deploy_network(anvil.w3, key, _params(args), fund=args.fund)
+        contract = deploy_network(anvil.w3, key, _params(args), fund=args.fund,
+                                  run_spec=_spec_hash(args))
         if args.json:
             print(json.dumps({"rpc": anvil.rpc_url, "contract": contract}), flush=True)
         else:
@@ -109,7 +120,8 @@ def _run_deploy(args: argparse.Namespace) -> int:
 
     identity = load_key_file(args.key)
     w3 = cli_web3(args.rpc)
-    contract = deploy_network(w3, identity.secret, _params(args), fund=args.fund)
+    contract = deploy_network(w3, identity.secret, _params(args), fund=args.fund,
+                              run_spec=_spec_hash(args))
     print(json.dumps({"rpc": args.rpc, "contract": contract}) if args.json else contract)
     return 0
 
@@ -133,6 +145,7 @@ def chain_status(client: Any) -> dict[str, Any]:
     return {
         "block": client.block_number(), "window": client.current_window(),
         "epoch": client.current_epoch(), "params": asdict(params),
+        "run_spec_sha256": client.run_spec_hash().hex(),
         "miners": [{"uid": m.uid, "address": m.address, "stake": m.stake,
                     "registered_window": m.registered_window,
                     "balance": client.balance_of(m.address)} for m in miners],

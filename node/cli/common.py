@@ -114,6 +114,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     from node.engine.model import MODEL_CONFIGS
 
     g = p.add_argument_group("run (every node of a run must use the same values)")
+    add_flag(g, "--run-spec", env="RUN_SPEC", type=Path,
+             help="the run's spec file (gradmesh run init); replaces every other run flag "
+                  "but --data, and must match the hash the contract records")
     add_run_name_flag(g)
     add_flag(g, "--model", env="MODEL", choices=sorted(MODEL_CONFIGS), default="tiny")
     add_flag(g, "--seed", env="SEED", type=int, default=0)
@@ -140,9 +143,13 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_spec(args: argparse.Namespace) -> Any:
-    """The `RunSpec` of the run flags."""
+    """The `RunSpec` of the spec file (--run-spec), or of the run flags."""
     from node.runtime.runspec import RunSpec
 
+    if getattr(args, "run_spec", None) is not None:
+        from node.runtime.runfile import read_run_file
+
+        return read_run_file(args.run_spec, data=args.data)
     return RunSpec(run=args.run, model=args.model, seed=args.seed, inner_steps=args.inner_steps,
                    batch_size=args.batch_size, seq_len=args.seq_len, data=args.data,
                    vocab_size=args.vocab_size, tokenizer_sha256=args.tokenizer_sha256,

@@ -17,6 +17,7 @@ from node.cli.data import add_data_commands
 from node.cli.export import add_export_commands
 from node.cli.network import add_network_commands
 from node.cli.plan import add_plan_commands
+from node.cli.run import add_run_commands
 from node.dashboard.errors import DashboardError
 from node.errors import NodeError
 from protocol.errors import ProtocolError
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_network_commands(sub)
     add_export_commands(sub)
     add_plan_commands(sub)
+    add_run_commands(sub)
     return parser
 
 

@@ -103,8 +103,11 @@ def devnet_spec(args: argparse.Namespace) -> Any:
     import hashlib
 
     from node.engine.shards import read_manifest
+    from node.runtime.runfile import pin_data
 
     spec = build_spec(args)
+    if args.run_spec is not None:  # the file says everything
+        return spec
     if args.score_warmup is None:  # a devnet runs a few windows: pay from the second one
         spec = dataclasses.replace(spec, score_warmup=1)
     if args.proof_of_data is None:  # `tiny`: the proof bit is noise and would set honest pay
@@ -119,9 +122,7 @@ def devnet_spec(args: argparse.Namespace) -> Any:
         if found != manifest.tokenizer.sha256:
             raise ConfigError(f"{args.tokenizer} (sha256 {found}) is not the tokenizer "
                               f"{args.data} was prepared with ({manifest.tokenizer.sha256})")
-    return dataclasses.replace(  # the vocabulary follows the tokenizer (RunAssets pads it)
-        spec, tokenizer_sha256=spec.tokenizer_sha256 or manifest.tokenizer.sha256,
-        data_sha256=spec.data_sha256 or manifest.manifest_sha256)
+    return pin_data(spec)  # the vocabulary follows the tokenizer (RunAssets pads it)
 
 
 def export_devnet(devnet: Any, summary: dict[str, Any], args: argparse.Namespace) -> Path:

@@ -32,6 +32,7 @@ from node.runtime.chainview import AsyncChain
 from node.runtime.checkpoint import make_checkpoint
 from node.runtime.gather import Gatherer
 from node.runtime.records import HeadRecord, WindowRecord, head_key, window_key
+from node.runtime.runfile import check_recorded
 from node.runtime.runspec import RunAssets, RunSpec
 from node.status import NodeRole, NodeSnapshot, TimelineEvent, WindowPoint
 from protocol.identity import Identity
@@ -126,7 +127,9 @@ class NodeCore:
         self._miners_read = time.monotonic()
 
     async def register(self) -> None:
-        """Join the contract in this node's role (nothing to do if already in it)."""
+        """Join the contract in this node's role (nothing to do if already in it), after
+        checking that the contract trains this node's run spec."""
+        check_recorded(self.spec, await self.chain.call(self.chain.client.run_spec_hash))
         info = await self.chain.call(self.chain.client.role_of, self.identity.address_hex)
         if info.role == self.chain_role and info.active:
             self.uid = info.uid

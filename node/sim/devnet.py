@@ -31,12 +31,14 @@ from node.mesh.p2p import P2PConfig, P2PMesh
 from node.runtime.chainview import AsyncChain, add_validator_balances, read_chain_snapshot
 from node.runtime.core import NodeConfig, NodeCore
 from node.runtime.miner import MinerService
+from node.runtime.runfile import write_run_file
 from node.runtime.runspec import RunAssets, RunSpec
 from node.status import SCHEMA, ChainSnapshot, Snapshot
 from protocol.identity import Identity
 
 log = logging.getLogger(__name__)
 MARKER = ".gradmesh-devnet"  # in a devnet's data folder: it may be emptied by the next one
+RUN_SPEC_FILE = "run-spec.json"  # the devnet's run spec, its hash on the contract
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,10 @@ class Devnet:
         else:
             self.launcher = EmbeddedChain()
         key = self.launcher.accounts[0].key
+        # the run spec file every node verifies, its hash recorded on the contract
+        spec_hash = write_run_file(self.cfg.spec, self.cfg.data_dir / RUN_SPEC_FILE)
         self.contract = deploy_network(self.launcher.w3, key, self.chain_params(),
-                                       fund=100 * 10**18)
+                                       fund=100 * 10**18, run_spec=spec_hash)
 
     def account(self, index: int) -> Identity:
         return Identity.from_secret(bytes(self.launcher.accounts[index].key))

@@ -15,7 +15,14 @@ from chain import errors as E
 from chain.client import Contribution, Role
 from chain.commitment import weights_commitment
 from chain.launch import find_anvil
-from tests.support.chains import FUND, TEST_PARAMS, MemoryHarness, Web3Harness, mine_to_window
+from tests.support.chains import (
+    FUND,
+    RUN_SPEC,
+    TEST_PARAMS,
+    MemoryHarness,
+    Web3Harness,
+    mine_to_window,
+)
 
 MINERS = [1, 2, 3]  # account indices
 VALIDATORS = [4, 5, 6]
@@ -124,6 +131,7 @@ def test_contribution_commitments_record_their_block(harness: Any) -> None:
     miner, other = harness.client(1), harness.client(2)
     mine_to_window(harness, W)  # few transactions per window: 4 blocks
     digest = bytes(range(32))
+    assert miner.run_spec_hash() == RUN_SPEC  # recorded at deployment, readable by all
     assert miner.genesis_block() == harness.client(0).genesis_block() >= 0
     first = miner.genesis_block() + W * TEST_PARAMS.blocks_per_window
     assert first <= miner.block_number() + 1 < first + TEST_PARAMS.blocks_per_window

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from node.runtime.runfile import read_run_file, spec_sha256
 from node.runtime.runspec import RunSpec
 from node.sim.devnet import Devnet, DevnetConfig
 from node.sim.summary import summarize
@@ -77,6 +78,9 @@ async def test_devnet_trains_pays_and_catches_up_a_late_joiner(tmp_path: Path) -
             await asyncio.wait_for(task, timeout=60)
 
     summary = summarize(devnet)
+    # the devnet wrote its run spec and recorded its hash: every node checked it to start
+    written = read_run_file(tmp_path / "devnet" / "run-spec.json")
+    assert spec_sha256(written) == spec_sha256(spec)
     losses = summary["heldout_loss"]
     assert len(losses) == 6
     assert losses[-1] < summary["initial_loss"] - 0.5, losses

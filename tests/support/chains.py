@@ -13,6 +13,7 @@ TEST_PARAMS = ChainParams(
     emission_per_epoch=1_000_003, validator_share_bps=2000, aggregation_size=3,
 )  # fmt: skip
 FUND = 10_000_019
+RUN_SPEC = bytes.fromhex("5e" * 32)  # the run spec hash the test networks record
 
 
 class MemoryHarness:
@@ -23,7 +24,7 @@ class MemoryHarness:
         from chain.memory import MemoryChain
 
         self.addresses = [a.address for a in dev_accounts(12)]
-        self.chain = MemoryChain(params, fund)
+        self.chain = MemoryChain(params, fund, RUN_SPEC)
 
     def client(self, n: int) -> ChainClient:
         return self.chain.client(self.addresses[n])
@@ -44,7 +45,7 @@ class Web3Harness:
         self.launcher: Any = EmbeddedChain(12) if kind == "embedded" else AnvilChain(12)
         self.addresses = [a.address for a in self.launcher.accounts]
         self.contract = deploy_network(self.launcher.w3, self.launcher.accounts[0].key, params,
-                                       fund=fund)
+                                       fund=fund, run_spec=RUN_SPEC)
         self._clients: dict[int, ChainClient] = {}
 
     def client(self, n: int) -> ChainClient:

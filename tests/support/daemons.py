@@ -20,6 +20,7 @@ from node.runtime.aio import pause
 from node.runtime.chainview import AsyncChain
 from node.runtime.core import NodeConfig, NodeCore
 from node.runtime.miner import MinerService
+from node.runtime.runfile import spec_sha256
 from node.runtime.runspec import RunAssets, RunSpec
 from protocol.identity import Identity
 from tests.support.keys import identity
@@ -40,7 +41,8 @@ class MemNet:
         self.assets = RunAssets(spec)
         self.chain = MemoryChain(ChainParams(blocks_per_window=blocks_per_window,
                                              windows_per_epoch=2, reveal_windows=1,
-                                             immunity_windows=2), fund=100 * 10**18)
+                                             immunity_windows=2), fund=100 * 10**18,
+                                 run_spec=spec_sha256(spec))  # every node checks it
         self.lock = threading.Lock()
         self.network = MemoryNetwork()
         self.stop = asyncio.Event()
