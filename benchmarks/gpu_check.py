@@ -87,14 +87,16 @@ def outer_step(model: str, device: str, batches: list[torch.Tensor]) -> dict[str
     return {"identical": cpu.digest() == dev.digest(), "digest": cpu.digest().hex()[:16]}
 
 
-def inner_loop(model: str, device: str, batches: list[torch.Tensor], peak: float
-               ) -> dict[str, Any]:
+def inner_loop(model: str, device: str, batches: list[torch.Tensor], peak: float,
+               compile_too: bool = True) -> dict[str, Any]:
     cfg = get_config(model)
     tokens = sum(b.shape[0] * (b.shape[1] - 1) for b in batches)
     flops = 6 * param_count(cfg) * tokens
     out: dict[str, Any] = {}
-    for name, settings in (("fp32", {}), ("bf16", {"precision": "bf16"}),
-                           ("bf16+compile", {"precision": "bf16", "compile": True})):
+    variants: list[tuple[str, dict[str, Any]]] = [("fp32", {}), ("bf16", {"precision": "bf16"})]
+    if compile_too:
+        variants.append(("bf16+compile", {"precision": "bf16", "compile": True}))
+    for name, settings in variants:
         engine = _engine(model, device, activation_checkpointing=True, **settings)
         dev = engine.device
         _timed(lambda e=engine: e.train(batches[:1]), dev)  # warm-up (and compilation)
@@ -145,6 +147,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--codec-side", type=int, default=8192)
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
     args = p.parse_args()
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -154,7 +157,8 @@ def main() -> None:
     batches = _batches(vocab, args.steps, args.rows, seq)
     result = {"device": name, "model": args.model, "torch": torch.__version__,
               "outer_step": outer_step(args.model, str(device), batches),
-              "inner_loop": inner_loop(args.model, str(device), batches, peak),
+              "inner_loop": inner_loop(args.model, str(device), batches, peak,
+                                       not args.no_compile),
               "codec": codec(device, args.codec_side),
               "validator": evaluations(args.model, str(device), batches[:2])}
     print(f"GPU check on {name}, model {args.model}")

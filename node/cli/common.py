@@ -136,6 +136,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
              help="prepared shards (default: the embedded standard-library corpus)")
     add_flag(g, "--vocab-size", env="VOCAB_SIZE", type=int,
              help="the model's vocabulary (default: the model config's; a BPE run sets it)")
+    add_flag(g, "--init-from", env="INIT_FROM", type=Path,
+             help="start from this Hugging Face Llama folder (continued pre-training; "
+                  "run init pins its θ digest)")
     add_flag(g, "--tokenizer-sha256", env="TOKENIZER_SHA256",
              help="refuse data tokenized by any other tokenizer")
     add_flag(g, "--data-sha256", env="DATA_SHA256",
@@ -149,11 +152,11 @@ def build_spec(args: argparse.Namespace) -> Any:
     if getattr(args, "run_spec", None) is not None:
         from node.runtime.runfile import read_run_file
 
-        return read_run_file(args.run_spec, data=args.data)
+        return read_run_file(args.run_spec, data=args.data, init_from=args.init_from)
     return RunSpec(run=args.run, model=args.model, seed=args.seed, inner_steps=args.inner_steps,
                    batch_size=args.batch_size, seq_len=args.seq_len, data=args.data,
                    vocab_size=args.vocab_size, tokenizer_sha256=args.tokenizer_sha256,
-                   data_sha256=args.data_sha256,
+                   data_sha256=args.data_sha256, init_from=args.init_from,
                    **({} if args.score_warmup is None else {"score_warmup": args.score_warmup}),
                    **({} if args.commit_phase is None else {"commit_phase": args.commit_phase}),
                    **({} if args.proof_of_data is None

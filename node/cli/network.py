@@ -115,7 +115,7 @@ def devnet_spec(args: argparse.Namespace) -> Any:
     if args.data is None:
         if args.tokenizer is not None:
             raise ConfigError("--tokenizer names the tokenizer of --data shards: give --data")
-        return spec
+        return pin_data(spec)  # --init-from: its θ digest
     manifest = read_manifest(args.data)
     if args.tokenizer is not None:
         found = hashlib.sha256(args.tokenizer.read_bytes()).hexdigest()

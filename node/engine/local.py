@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -21,8 +22,9 @@ from torch import Tensor
 from node.engine.config import EngineConfig
 from node.engine.device import autocast, resolve_device
 from node.engine.evaluator import Evaluator
+from node.engine.hf import import_model
 from node.engine.inner import InnerConfig, InnerTrainer, evaluate
-from node.engine.model import build_model, get_config, model_manifest
+from node.engine.model import ModelConfig, build_model, get_config, model_manifest
 from node.engine.store import CheckpointStore, LocalCheckpoint, MetaValue
 from node.errors import EngineError
 from node.outer.aggregate import AggregateStats
@@ -38,8 +40,17 @@ class EngineSpec:
     model: str = "tiny"
     seed: int = 0
     vocab_size: int | None = None  # None: the model config's own
+    init_from: Path | None = None  # a Hugging Face Llama folder: θ_init (continued pre-training)
     inner: InnerConfig = field(default_factory=InnerConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
+
+
+def initial_params(spec: EngineSpec, config: ModelConfig) -> list[Tensor]:
+    """θ_init: the Hugging Face folder's weights when the run starts from one, else the
+    seed's model (identical on every node either way)."""
+    if spec.init_from is not None:
+        return import_model(spec.init_from, config)
+    return [p.detach() for p in build_model(config, seed=spec.seed).parameters()]
 
 
 class LocalEngine:
@@ -58,6 +69,8 @@ class LocalEngine:
                 layer.compile()  # in place: parameter names (the manifest) stay the same
         self._params = list(self._model.parameters())
         self._manifest = model_manifest(self._model)
+        if spec.init_from is not None:
+            self.load_params(initial_params(spec, self.model_config))
         self._trainer = InnerTrainer(self._model, spec.inner, self.config)
         state_device = "cpu" if self.config.offload_error_feedback else self.device
         self._outer = make_outer(spec.outer, self._manifest, state_device=state_device)
@@ -128,7 +141,7 @@ class LocalEngine:
         self._digest = None
 
     def reset(self) -> None:
-        self.load_params(list(build_model(self.model_config, seed=self.spec.seed).parameters()))
+        self.load_params(initial_params(self.spec, self.model_config))
 
     # --- what only this node has ---------------------------------------------------------
     def local_state(self) -> dict[str, Tensor]:

@@ -61,9 +61,15 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
                     ffn_dim=384, max_seq_len=128),
         ModelConfig("small", vocab_size=256, d_model=512, n_layers=6, n_heads=8, n_kv_heads=8,
                     ffn_dim=1536, max_seq_len=256),
+        # GPT-2-small-like width in a Llama block (~138M with a 32k vocabulary).
+        ModelConfig("150m", vocab_size=32000, d_model=768, n_layers=12, n_heads=12,
+                    n_kv_heads=12, ffn_dim=3072, max_seq_len=2048),
         # TinyLlama-like shape (~1.03B with a realistic 32k vocabulary).
         ModelConfig("1b", vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4,
                     ffn_dim=5632, max_seq_len=2048),
+        # Llama-3-8B-like shape (tied embeddings here: ~7.5B).
+        ModelConfig("8b", vocab_size=128256, d_model=4096, n_layers=32, n_heads=32,
+                    n_kv_heads=8, ffn_dim=14336, max_seq_len=8192, rope_theta=500_000.0),
         # Qwen2-72B-like shape, for size arithmetic only (tied, no biases: ~71.5B).
         ModelConfig("72b", vocab_size=151936, d_model=8192, n_layers=80, n_heads=64,
                     n_kv_heads=8, ffn_dim=29568, max_seq_len=32768, rope_theta=1_000_000.0,

@@ -175,7 +175,8 @@ def follow(engine: ShardedEngine) -> int:
 
 def encode_spec(spec: EngineSpec, config: EngineConfig) -> str:
     """What a follower needs to build the same engine, as JSON."""
-    return json.dumps({"spec": dataclasses.asdict(spec), "config": dataclasses.asdict(config)})
+    return json.dumps({"spec": dataclasses.asdict(spec), "config": dataclasses.asdict(config)},
+                      default=str)  # paths
 
 
 def decode_spec(text: str) -> tuple[EngineSpec, EngineConfig]:
@@ -183,6 +184,7 @@ def decode_spec(text: str) -> tuple[EngineSpec, EngineConfig]:
     s = raw["spec"]
     inner = InnerConfig(**{**s["inner"], "betas": tuple(s["inner"]["betas"])})
     spec = EngineSpec(model=s["model"], seed=s["seed"], vocab_size=s["vocab_size"],
+                      init_from=Path(s["init_from"]) if s["init_from"] else None,
                       inner=inner, outer=OuterConfig(**s["outer"]))
     return spec, EngineConfig(**raw["config"])
 

@@ -34,7 +34,7 @@ from node.engine.config import EngineConfig
 from node.engine.device import resolve_device
 from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerTrainer, evaluate, row_partials
-from node.engine.local import EngineSpec
+from node.engine.local import EngineSpec, initial_params
 from node.engine.model import build_model, get_config, model_manifest
 from node.engine.sharded_codec import ShardedSparseLoCo
 from node.engine.store import CheckpointStore, LocalCheckpoint, MetaValue
@@ -68,6 +68,11 @@ class ShardedEngine:
         self.model_config = get_config(spec.model, spec.vocab_size)
         self._model = build_model(self.model_config, seed=spec.seed, device=self.device)
         self._manifest = model_manifest(self._model)  # before sharding: the full shapes
+        if spec.init_from is not None:
+            with torch.no_grad():
+                for p, q in zip(self._model.parameters(), initial_params(spec,
+                                self.model_config), strict=True):
+                    p.copy_(q)
         self._model.checkpoint_blocks = self.config.activation_checkpointing
         for layer in self._model.layers:
             fully_shard(layer, mesh=self.mesh)
@@ -178,7 +183,7 @@ class ShardedEngine:
                 p.copy_(self._place(p, q.to(torch.float32)))
 
     def reset(self) -> None:
-        self.load_params(list(build_model(self.model_config, seed=self.spec.seed).parameters()))
+        self.load_params(initial_params(self.spec, self.model_config))
 
     # --- what only this node has ------------------------------------------------------------
     def local_state(self) -> dict[str, Tensor]:

@@ -23,10 +23,10 @@ from typing import Any
 
 from node.engine.shards import read_manifest
 from node.errors import ConfigError
-from node.runtime.runspec import RunMismatchError, RunSpec
+from node.runtime.runspec import RunAssets, RunMismatchError, RunSpec
 
 VERSION = 1
-LOCAL_FIELDS = frozenset({"data"})  # a path on this node's disk: never consensus
+LOCAL_FIELDS = frozenset({"data", "init_from"})  # paths on this node's disk: never consensus
 NO_SPEC = bytes(32)
 
 
@@ -53,8 +53,10 @@ def write_run_file(spec: RunSpec, path: Path) -> bytes:
     return spec_sha256(spec)
 
 
-def read_run_file(path: Path, data: Path | None = None) -> RunSpec:
-    """The `RunSpec` a file names, with this node's shard folder `data`."""
+def read_run_file(path: Path, data: Path | None = None, init_from: Path | None = None
+                  ) -> RunSpec:
+    """The `RunSpec` a file names, with this node's shard folder `data` and starting
+    weights `init_from`."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -66,20 +68,23 @@ def read_run_file(path: Path, data: Path | None = None) -> RunSpec:
     if unknown:
         raise RunFileError(f"run spec {path}: unknown settings {', '.join(unknown)}")
     try:
-        return RunSpec(**raw, data=data)
+        return RunSpec(**raw, data=data, init_from=init_from)
     except TypeError as exc:
         raise RunFileError(f"run spec {path}: {exc}") from exc
 
 
 def pin_data(spec: RunSpec) -> RunSpec:
-    """With prepared shards, pin the spec to them: their tokenizer's and manifest's
-    hashes (the vocabulary follows the tokenizer when unset)."""
-    if spec.data is None:
-        return spec
-    manifest = read_manifest(spec.data)
-    return dataclasses.replace(spec, tokenizer_sha256=spec.tokenizer_sha256
-                               or manifest.tokenizer.sha256,
-                               data_sha256=spec.data_sha256 or manifest.manifest_sha256)
+    """Pin the spec to this node's files: the shards' tokenizer and manifest hashes (the
+    vocabulary follows the tokenizer when unset) and the starting weights' θ digest."""
+    if spec.data is not None:
+        manifest = read_manifest(spec.data)
+        spec = dataclasses.replace(spec, tokenizer_sha256=spec.tokenizer_sha256
+                                   or manifest.tokenizer.sha256,
+                                   data_sha256=spec.data_sha256 or manifest.manifest_sha256)
+    if spec.init_from is not None and not spec.init_sha256:
+        digest = RunAssets(spec).engine().digest()
+        spec = dataclasses.replace(spec, init_sha256=digest.hex())
+    return spec
 
 
 def check_recorded(spec: RunSpec, recorded: bytes) -> None:

@@ -54,6 +54,8 @@ class RunSpec:
     vocab_size: int | None = None  # the model's vocabulary (None: the tokenizer's, padded)
     tokenizer_sha256: str | None = None  # when set, the data must be tokenized by exactly this
     data_sha256: str | None = None  # when set, the shard manifest must hash to exactly this
+    init_from: Path | None = None  # a Hugging Face Llama folder to start from (local path)
+    init_sha256: str | None = None  # when set, θ_init from `init_from` must digest to this
 
     def __post_init__(self) -> None:
         get_config(self.model)
@@ -92,7 +94,8 @@ class RunSpec:
     def engine_spec(self) -> EngineSpec:
         """The engine's share of the run: model, seed, inner and outer optimizer."""
         return EngineSpec(model=self.model, seed=self.seed, vocab_size=self.vocab_size,
-                          inner=self.inner_config(), outer=self.outer_config())
+                          init_from=self.init_from, inner=self.inner_config(),
+                          outer=self.outer_config())
 
 
 class RunMismatchError(ConfigError):
@@ -114,6 +117,18 @@ def check_corpus(spec: RunSpec, corpus: Corpus, vocab_size: int) -> None:
     if corpus.vocab_size > vocab_size:
         raise RunMismatchError(f"the tokenizer of {corpus.source} has {corpus.vocab_size} ids "
                                f"but model {spec.model!r} only {vocab_size} (set vocab_size)")
+
+
+def check_init(spec: RunSpec, digest: bytes) -> None:
+    """Refuse a starting point (--init-from) other than the one the run spec pins."""
+    if spec.init_from is None:
+        if spec.init_sha256:
+            raise RunMismatchError(f"run {spec.run!r} starts from weights with θ digest "
+                                   f"{spec.init_sha256}: give --init-from DIR")
+        return
+    if spec.init_sha256 and digest.hex() != spec.init_sha256:
+        raise RunMismatchError(f"the weights in {spec.init_from} (θ digest {digest.hex()}) "
+                               f"are not the run's starting point ({spec.init_sha256})")
 
 
 VOCAB_MULTIPLE = 128  # embedding rows padded for efficient matmuls (and sharding)
@@ -147,7 +162,9 @@ class RunAssets:
         """A fresh engine at θ_init (identical on every node), keeping local checkpoints
         in `checkpoints` when given, computing as the operator's `config` says."""
         store = CheckpointStore(checkpoints) if checkpoints is not None else None
-        return LocalEngine(self.spec.engine_spec(), store, config)
+        engine = LocalEngine(self.spec.engine_spec(), store, config)
+        check_init(self.spec, engine.digest())
+        return engine
 
     @property
     def limits(self) -> Limits:

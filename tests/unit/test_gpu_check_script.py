@@ -14,10 +14,10 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 def test_gpu_check_runs_on_the_cpu() -> None:
     out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--model", "tiny",
                           "--steps", "2", "--rows", "2", "--seq-len", "32",
-                          "--codec-side", "256"],
+                          "--codec-side", "256", "--no-compile"],  # compile: docs/engine.md
                          capture_output=True, text=True, timeout=600, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["outer_step"]["identical"] is True
-    assert set(result["inner_loop"]) == {"fp32", "bf16", "bf16+compile", "bf16_vs_fp32"}
+    assert set(result["inner_loop"]) == {"fp32", "bf16", "bf16_vs_fp32"}
     assert result["codec"]["encode_gb_s"] > 0
     assert result["validator"]["bf16"]["evaluations_per_min"] > 0

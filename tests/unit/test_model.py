@@ -42,12 +42,14 @@ def test_param_count_matches_real_model(name: str) -> None:
 def test_param_counts_of_named_configs() -> None:
     assert param_count(get_config("tiny")) == 885_888
     assert 20.5e6 < param_count(get_config("small")) < 20.7e6
+    assert 0.13e9 < param_count(get_config("150m")) < 0.16e9
     assert 0.95e9 < param_count(get_config("1b")) < 1.15e9
+    assert 7.0e9 < param_count(get_config("8b")) < 8.1e9
     assert 65e9 < param_count(get_config("72b")) < 80e9
 
 
 def test_dims_are_multiples_of_64() -> None:
-    for name in ("tiny", "small", "1b"):
+    for name in ("tiny", "small", "150m", "1b", "8b", "72b"):
         cfg = MODEL_CONFIGS[name]
         dims = (cfg.vocab_size, cfg.d_model, cfg.ffn_dim, cfg.qkv_dim)
         assert all(d % 64 == 0 for d in dims), (name, dims)
