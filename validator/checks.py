@@ -69,7 +69,7 @@ class Refused:
     arrival: Arrival
 
 
-def claimed_signer(data: bytes, limits: Limits) -> bytes | None:
+def _claimed_signer(data: bytes, limits: Limits) -> bytes | None:
     """The envelope's signer when its signature verifies (without any other check)."""
     try:
         header, signature, _ = read_unverified(data, limits)
@@ -126,7 +126,7 @@ def check_window(arrivals: Sequence[Arrival], ctx: CheckContext
         try:
             item = check_contribution(arrival, ctx)
         except Rejection as exc:
-            refused.append(Refused(claimed_signer(arrival.data, ctx.limits), exc, arrival))
+            refused.append(Refused(_claimed_signer(arrival.data, ctx.limits), exc, arrival))
             continue
         first = accepted.setdefault(item.uid, item)
         if first.payload_hash != item.payload_hash and item.uid not in equivocated:

@@ -24,13 +24,14 @@ from chain.errors import ChainError, ChainUnavailableError
 from node.engine.data import derive_seed
 from node.engine.evaluator import Evaluator
 from node.outer.aggregate import aggregate_sparse, median_norms
-from protocol.envelope import BaseModel, Expectation
+from protocol.envelope import BaseModel, Expectation, read_unverified
+from protocol.errors import ProtocolError
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.sparse import SparseTensor, compress
 from protocol.spec import CodecSpec
 from protocol.window import Schedule
 from validator import rating, scoring
-from validator.checks import Accepted, CheckContext, check_window, claimed_signer, scale_check
+from validator.checks import Accepted, CheckContext, check_window, scale_check
 from validator.copying import (
     CopyFlag,
     Fingerprint,
@@ -82,6 +83,14 @@ class GlobalView:
 
 HELPFUL_FRACTION = 0.1
 GLOBAL_STEP = -1  # the uid that copy flags name when an update echoes the last outer step
+
+
+def _named_signer(data: bytes, limits: Limits) -> bytes | None:
+    """The signer an envelope's header names (unverified: `check_window` verifies)."""
+    try:
+        return read_unverified(data, limits)[0].signer
+    except ProtocolError:
+        return None
 
 
 def helpful_uids(gains: dict[int, float]) -> list[int]:
@@ -211,8 +220,8 @@ class Validator:
         phase, or when the chain cannot tell (then no honest miner is refused for it)."""
         if self.cfg.commit_phase == 0.0:
             return None
-        signers = {s for s in (claimed_signer(a.data, self.cfg.limits) for a in arrivals)
-                   if s in miners}
+        signers = {s for s in (_named_signer(a.data, self.cfg.limits) for a in arrivals)
+                   if s in miners}  # a forged name costs one read at most: checks verify
         try:
             schedule = self._schedule()
             out: dict[bytes, bytes] = {}

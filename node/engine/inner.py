@@ -69,12 +69,17 @@ def row_partials(g: Tensor) -> Tensor:
     return (x * x).sum(dim=1)
 
 
+def all_row_partials(grads: Sequence[Tensor]) -> Tensor:
+    """Every row partial of every gradient, one flat fp64 tensor."""
+    return torch.cat([row_partials(g).reshape(-1) for g in grads])
+
+
 def exact_norm(grads: Sequence[Tensor],
-               partials: Callable[[Tensor], Tensor] = row_partials) -> float:
-    """The global L2 norm from the rows' fp64 partial sums, added exactly (math.fsum): the
-    same number for any layout of the same gradients, so every rank and a single process
-    clip alike."""
-    return math.sqrt(math.fsum(v for g in grads for v in partials(g).tolist()))
+               partials: Callable[[Sequence[Tensor]], Tensor] = all_row_partials) -> float:
+    """The global L2 norm from the rows' fp64 partial sums, added exactly (math.fsum, so
+    their order does not matter): the same number for any layout of the same gradients,
+    so every rank and a single process clip alike."""
+    return math.sqrt(math.fsum(partials(grads).tolist()))
 
 
 @dataclass
@@ -92,7 +97,7 @@ class InnerTrainer:
         self.model = model
         self.cfg = cfg
         self.engine = engine or EngineConfig()
-        self.partials = row_partials  # a sharded engine gathers its ranks' partials
+        self.partials = all_row_partials  # a sharded engine gathers its ranks' partials
         self.params = list(model.parameters())
         self.step = 0
         self.skipped_steps = 0

@@ -33,14 +33,14 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from node.engine.config import EngineConfig
 from node.engine.device import resolve_device
 from node.engine.evaluator import Evaluator
-from node.engine.inner import InnerTrainer, evaluate, row_partials
+from node.engine.inner import InnerTrainer, all_row_partials, evaluate
 from node.engine.local import EngineSpec, initial_params
 from node.engine.model import build_model, get_config, model_manifest
 from node.engine.sharded_codec import ShardedSparseLoCo
 from node.engine.store import CheckpointStore, LocalCheckpoint, MetaValue
 from node.errors import EngineError
 from node.outer.aggregate import AggregateStats
-from node.outer.optimizers import make_outer
+from node.outer.optimizers import OuterOptimizer, make_outer
 from node.outer.step import Selected, params_digest, values_at
 from protocol.spec import CodecSpec, Manifest
 
@@ -81,12 +81,17 @@ class ShardedEngine:
         self._trainer = InnerTrainer(self._model, spec.inner, self.config)
         self._trainer.partials = self._gathered_partials
         state_device = "cpu" if self.config.offload_error_feedback else self.device
-        self._outer = make_outer(spec.outer, self._manifest, state_device=state_device)
+        # SparseLoCo keeps its error feedback in the shards; the dense baselines (DiLoCo)
+        # keep the whole, replicated outer state of node/outer
         self._sparse: ShardedSparseLoCo | None = None
-        if spec.outer.optimizer == "sparseloco":  # the error feedback lives in the shards
-            self._sparse = ShardedSparseLoCo(spec.outer, self._manifest, self.rank, self.world,
-                                             state_device)
-            self._outer.error = []  # type: ignore[attr-defined]  # only `apply` is used
+        self._dense: OuterOptimizer | None = None
+        self._state: ShardedSparseLoCo | OuterOptimizer  # what a restart keeps
+        if spec.outer.optimizer == "sparseloco":
+            self._sparse = self._state = ShardedSparseLoCo(spec.outer, self._manifest,
+                                                           self.rank, self.world, state_device)
+        else:
+            self._dense = self._state = make_outer(spec.outer, self._manifest,
+                                                   state_device=state_device)
         self._store = store if self.rank == 0 else None  # rank 0 writes, every rank reads
         self._reader = store
         self._pending: list[Tensor] | None = None
@@ -97,18 +102,20 @@ class ShardedEngine:
 
     @property
     def codec(self) -> CodecSpec:
-        return self._outer.codec
+        return self.spec.outer.codec
 
     @property
     def per_step(self) -> bool:
-        return self._outer.per_step
+        return self._dense is not None and self._dense.per_step
 
     # --- collectives ----------------------------------------------------------------------
-    def _gathered_partials(self, g: Tensor) -> Tensor:
-        """Row partials of a sharded gradient, every rank's rows in rank (= row) order."""
-        if not isinstance(g, DTensor):
-            return row_partials(g)
-        mine = row_partials(g.to_local()).cpu()
+    def _gathered_partials(self, grads: Sequence[Tensor]) -> Tensor:
+        """Every rank's row partials of its gradient shards, in one collective (their
+        order is free: `exact_norm` adds them exactly)."""
+        local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+        mine = all_row_partials(local).cpu()
+        if not any(isinstance(g, DTensor) for g in grads):
+            return mine
         parts: list[Tensor | None] = [None] * self.world
         dist.all_gather_object(parts, mine)
         return torch.cat([p for p in parts if p is not None])
@@ -136,16 +143,18 @@ class ShardedEngine:
         local, self._pending = self._pending, None
         if self._sparse is not None:
             return self._sparse.encode(local) or b""  # the payload is rank 0's to publish
-        return self._outer.encode(local)
+        assert self._dense is not None
+        return self._dense.encode(local)
 
     def apply(self, chosen: Sequence[Selected]) -> AggregateStats:
         if not chosen:
             return AggregateStats(peers=0, clipped=0, skipped=0)
         contributions = [(c.signer, c.tensors) for c in chosen]
         if self._sparse is None:
-            return self._outer.apply(self._params, contributions, self._trainer.apply_grads,
+            assert self._dense is not None
+            return self._dense.apply(self._params, contributions, self._trainer.apply_grads,
                                      place=self._place)
-        steps, stats = self._sparse.aggregate(contributions, self._outer.config.effective_lr)
+        steps, stats = self._sparse.aggregate(contributions, self.spec.outer.effective_lr)
         with torch.no_grad():
             for p, step, sharded in zip(self._params, steps, self._sparse.sharded, strict=True):
                 if isinstance(p, DTensor) and sharded:  # this rank's rows, decoded alone
@@ -187,15 +196,10 @@ class ShardedEngine:
 
     # --- what only this node has ------------------------------------------------------------
     def local_state(self) -> dict[str, Tensor]:
-        if self._sparse is not None:
-            return self._sparse.local_state()
-        return self._outer.local_state()
+        return self._state.local_state()
 
     def load_local_state(self, state: Mapping[str, Tensor]) -> None:
-        if self._sparse is not None:
-            self._sparse.load_local_state(state)
-        else:
-            self._outer.load_local_state(state)
+        self._state.load_local_state(state)
 
     def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
         if self._reader is None:

@@ -35,20 +35,21 @@ class RunFileError(ConfigError):
 
 
 def consensus_fields(spec: RunSpec) -> dict[str, Any]:
-    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(RunSpec)
-            if f.name not in LOCAL_FIELDS}
+    """The file's content: its version and every setting but the local paths."""
+    return {"gradmesh_run_spec": VERSION, **{f.name: getattr(spec, f.name)
+                                             for f in dataclasses.fields(RunSpec)
+                                             if f.name not in LOCAL_FIELDS}}
 
 
 def spec_sha256(spec: RunSpec) -> bytes:
     """sha256 over the canonical JSON of the consensus settings (sorted keys, no spaces)."""
-    body = {"gradmesh_run_spec": VERSION, **consensus_fields(spec)}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
-                          .encode()).digest()
+    return hashlib.sha256(json.dumps(consensus_fields(spec), sort_keys=True,
+                                     separators=(",", ":")).encode()).digest()
 
 
 def write_run_file(spec: RunSpec, path: Path) -> bytes:
     """Write the spec (human-readable JSON); returns its sha256."""
-    body = {"gradmesh_run_spec": VERSION, **consensus_fields(spec)}
+    body = consensus_fields(spec)
     path.write_text(json.dumps(body, sort_keys=True, indent=2) + "\n", encoding="utf-8")
     return spec_sha256(spec)
 

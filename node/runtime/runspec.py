@@ -9,6 +9,7 @@ as rejected envelopes rather than silent divergence.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -163,10 +164,11 @@ class RunAssets:
         in `checkpoints` when given, computing as the operator's `config` says."""
         store = CheckpointStore(checkpoints) if checkpoints is not None else None
         engine = LocalEngine(self.spec.engine_spec(), store, config)
-        check_init(self.spec, engine.digest())
+        if self.spec.init_from is not None or self.spec.init_sha256:  # θ is hashed only then
+            check_init(self.spec, engine.digest())
         return engine
 
-    @property
+    @cached_property
     def limits(self) -> Limits:
         """The run's wire caps: envelopes no larger than the model's largest valid one."""
         manifest = tuple(TensorSpec(name, shape, "float32")
