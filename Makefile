@@ -76,10 +76,10 @@ torch: venv ## torch==2.13.0 in the venv (skipped when it imports at that versio
 	rm -f $(VENV)/.stamp-torch-*
 	touch $(TORCH_STAMP)
 
-pydeps: torch ## pip install -e '.[dev]' (redone when pyproject.toml changes)
+pydeps: torch ## pip install -e '.[dev,eval]' (redone when pyproject.toml changes)
 	@if [ -e $(PYDEPS_STAMP) ]; then echo "pydeps: up to date with pyproject.toml"; exit 0; fi
-	echo "pydeps: pip install -e '.[dev]' (a few minutes on a fresh venv)"
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	echo "pydeps: pip install -e '.[dev,eval]' (a few minutes on a fresh venv)"
+	$(VENV)/bin/pip install --quiet -e '.[dev,eval]'
 	rm -f $(VENV)/.stamp-pyproject-*
 	touch $(PYDEPS_STAMP)
 

@@ -1,12 +1,17 @@
-"""Validator throughput: LossScore evaluations per minute on CPU.
+"""Validator throughput: evaluations per minute on CPU, per proof of assigned data.
 
 One evaluation = what `Validator._evaluate` spends per miner: the own batches'
-loss before, the update applied alone (own + random batches after), and the
-leave-one-out reference update (aggregate of the other helpful miners, applied
-and evaluated on own + random). Measured twice in the same run: "plain" (the
-update as sent) and "median_norm" (rescaled to the window's median norms first,
-what the validator does now); `cost_vs_plain` is their ratio. Random compressed
-updates stand in for miners' (the cost does not depend on the values). Prints JSON.
+loss before and the update applied alone at the window's median norms (own +
+random batches after), then the proof of assigned data, measured both ways in
+the same run:
+* "loss" (runs that keep the inner optimizer state): the leave-one-out
+  reference update (aggregate of the other miners, applied and evaluated on
+  own + random);
+* "replay" (runs that reset it each window, the default): the miner's H inner
+  steps replayed from θ_global, its share of the one unassigned replay per
+  window, and the alignments of every update with every replay.
+`replay_vs_loss` is their ratio. Random compressed updates stand in for miners'
+(the cost does not depend on the values). Prints JSON.
 
     .venv/bin/python benchmarks/validator_bench.py --models tiny small --window-s 60 300
 """
@@ -20,6 +25,7 @@ import time
 import torch
 
 from node.engine.data import stdlib_corpus
+from node.engine.inner import InnerConfig
 from node.engine.model import build_model, get_config, model_manifest
 from node.outer.aggregate import aggregate_sparse, median_norms
 from protocol.sparse import compress
@@ -45,25 +51,43 @@ def bench(model_name: str, miners: int, batch_size: int, seq_len: int,
     rand = scoring.random_batches(tokens, scfg, 1, 0)
     ev.load(theta, None, 0.0)
     rand_before = ev.loss(rand)
+    norms = median_norms(updates)
     timing = {}
-    for mode in ("plain", "median_norm"):  # before / after scoring at the median norms
+    for proof in ("loss", "replay"):
         start = time.perf_counter()
-        norms = median_norms(updates) if mode == "median_norm" else None
         for uid, upd in enumerate(updates):
             own = scoring.own_batches(tokens, scfg, 1, 0, uid)
             ev.load(theta, None, 0.0)
             before = ev.loss(own)
             scoring.loss_score(ev, theta, upd, own, before, rand, rand_before, scfg, norms)
-            others = [(bytes([i]), u) for i, u in enumerate(updates) if i != uid]
-            ref, _ = aggregate_sparse(others, manifest, spec)
-            scoring.reference_score(ev, theta, ref, own, before, rand, rand_before, scfg)
-        timing[mode] = (time.perf_counter() - start) / miners
-    per_eval = timing["median_norm"]
+            if proof == "loss":
+                others = [(bytes([i]), u) for i, u in enumerate(updates) if i != uid]
+                ref, _ = aggregate_sparse(others, manifest, spec)
+                scoring.reference_score(ev, theta, ref, own, before, rand, rand_before, scfg)
+        if proof == "replay":
+            replay_all(ev, theta, tokens, scfg, updates)
+        timing[proof] = (time.perf_counter() - start) / miners
+    per_eval = timing["replay"]
     return {"model": model_name, "threads": torch.get_num_threads(), "batch_size": batch_size,
             "seq_len": seq_len, "own_batches": steps, "rand_batches": steps,
-            "seconds_per_eval_plain": round(timing["plain"], 4),
+            "inner_steps_replayed": steps,
+            "seconds_per_eval_loss_proof": round(timing["loss"], 4),
             "seconds_per_eval": round(per_eval, 4), "evals_per_minute": round(60 / per_eval, 1),
-            "cost_vs_plain": round(per_eval / timing["plain"], 3)}
+            "replay_vs_loss": round(per_eval / timing["loss"], 3)}
+
+
+def replay_all(ev: scoring.Evaluator, theta: list[torch.Tensor], tokens: object,
+               scfg: scoring.ScoringConfig, updates: list[list[object]]) -> None:
+    """What `Validator._replay_bits` does for one window."""
+    inner = InnerConfig(lr=2e-3, warmup_steps=2, total_steps=1000, reset_each_window=True)
+    sent = [scoring.sent_values(u, ev.manifest, ev.spec) for u in updates]  # type: ignore[arg-type]
+    assignments = [scoring.assigned_batches(tokens, scfg, 0, u)  # type: ignore[arg-type]
+                   for u in range(len(updates))]
+    assignments.append(scoring.unassigned_batches(tokens, scfg, 1, 0))  # type: ignore[arg-type]
+    for batches in assignments:
+        replay = ev.replay(theta, batches, inner, first_step=0)
+        for s in sent:
+            scoring.alignment(s, replay)
 
 
 def main() -> None:

@@ -109,6 +109,11 @@ class Evaluated:
     score: scoring.LossScore
     sync: float
     bit: float  # proof-of-assigned-data bit
+    evidence: float | None = None  # the replay evidence behind the bit (replay proofs)
+
+    def reason(self) -> str:
+        return f"b={self.bit:+.0f}" + ("" if self.evidence is None
+                                       else f" e={self.evidence:+.2f}")
 
 
 @dataclass
@@ -259,7 +264,7 @@ class Validator:
             # least HELPFUL_FRACTION of the median gain) earns nothing this window
             helped = 1.0 if uid in helpful else 0.0
             st.score = rating.final_score(st.mu, st.sigma, data, e.sync) * helped
-            rows.append(ResultRow(window, uid, "scored", f"b={e.bit:+.0f}", e.score.own,
+            rows.append(ResultRow(window, uid, "scored", e.reason(), e.score.own,
                                   e.score.rand, e.sync, st.score))
         return rows
 
@@ -330,9 +335,22 @@ class Validator:
                                                        view.params, self.manifest):
                 sync = 0.0  # names the current θ without holding it
             done[uid] = Evaluated(ls, sync, 0.0)
+        if self.cfg.scoring.replays:
+            if cfg.proof_of_data:  # replays cost training steps: only when they count
+                self._replay_bits(window, view, accepted, done)
+        else:
+            self._loss_bits(view, accepted, done, owns, own_before, rand, rand_before)
+        return rows, done
+
+    def _loss_bits(self, view: GlobalView, accepted: dict[int, Accepted],
+                   done: dict[int, Evaluated], owns: dict[int, list[torch.Tensor]],
+                   own_before: dict[int, float], rand: list[torch.Tensor],
+                   rand_before: float) -> None:
+        """Proof bits by loss: each update's own/random gain ratio against a leave-one-out
+        reference (the other helpful updates, clipped to the median, mean)."""
+        cfg, ev = self.cfg.scoring, self.evaluator
         helpful = helpful_uids({u: e.score.rand for u, e in done.items()})
         for uid, e in done.items():
-            # leave-one-out reference: the other helpful updates, clipped to median, mean
             others = [(accepted[u].signer, accepted[u].tensors) for u in helpful if u != uid]
             ref = None
             if len(others) >= 2:
@@ -340,7 +358,30 @@ class Validator:
                 ref = scoring.reference_score(ev, view.params, reference, owns[uid],
                                               own_before[uid], rand, rand_before, cfg)
             e.bit = scoring.proof_bit(e.score, ref)
-        return rows, done
+
+    def _replay_bits(self, window: int, view: GlobalView, accepted: dict[int, Accepted],
+                     done: dict[int, Evaluated]) -> None:
+        """Proof bits by replay: every evaluated miner's assignment, and one nobody holds,
+        replayed from θ_global; each update's alignment with its own replay against its
+        alignments with the others (validator/scoring.py)."""
+        cfg = self.cfg.scoring
+        assert cfg.inner is not None
+        sent = {u: scoring.sent_values(accepted[u].tensors, self.manifest, self.cfg.codec)
+                for u in done}
+        assignments: dict[int, list[torch.Tensor]] = {
+            u: scoring.assigned_batches(self.tokens, cfg, window, u) for u in sorted(done)}
+        assignments[scoring.RANDOM_UID] = scoring.unassigned_batches(
+            self.tokens, cfg, self.cfg.validator_seed, window)
+        aligned: dict[int, dict[int, float]] = {u: {} for u in done}
+        first = window * cfg.inner_steps
+        for v, batches in assignments.items():  # one replayed Δ in memory at a time
+            replay = self.evaluator.replay(view.params, batches, cfg.inner, first)
+            for u in done:
+                aligned[u][v] = scoring.alignment(sent[u], replay)
+        for u, e in done.items():
+            others = [a for v, a in aligned[u].items() if v != u]
+            e.evidence = scoring.replay_evidence(aligned[u][u], others)
+            e.bit = scoring.replay_bit(e.evidence, cfg)
 
     # --- weights ----------------------------------------------------------------------
     def _epoch_to_plan(self, window: int) -> int | None:

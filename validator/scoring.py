@@ -11,7 +11,18 @@ Reference values (Covenant-72B's Gauntlet) and what we use on `tiny`:
   miner gains nothing by multiplying its update (issue: scaling stole weights);
 * s = (L_before − L_after) / L_before on `own_steps` sampled steps of the
   miner's own assignment and on `rand_batches` batches nobody was assigned;
-* proof of assigned data, adapted: on `tiny` early in training an update
+* proof of assigned data by replay (runs whose miners reset their inner
+  optimizer every window, `ScoringConfig.inner`): the validator replays the
+  miner's first `replay_steps` inner steps on its assigned batches from
+  θ_global, and replays of every other evaluated miner's assignment and of one
+  assignment nobody holds. `alignment` is the cosine between the update's sent
+  values and a replay at the update's positions; with m the median alignment
+  with the other replays, the evidence e = (a_own − m)/(1 − m) is the share of
+  the gap to a perfect match that the update's own assignment explains, and
+  b = +1 iff e ≥ `replay_threshold` (measured on `tiny`: honest 0.65–1.00, also
+  for a bf16 miner replayed in fp32; an update trained on other data ≤ 0.34);
+* proof of assigned data by loss (runs that keep the inner optimizer state):
+  on `tiny` early in training an update
   generalises almost perfectly, and which batch happens to be easier dominates
   s_own − s_rand (measured: honest miners got b = +1 in about half the windows,
   so the reference rule zeroed them). We therefore compare each miner's
@@ -19,9 +30,10 @@ Reference values (Covenant-72B's Gauntlet) and what we use on `tiny`:
   mean of this window's positively scoring updates) on the same two batches:
   b = +1 iff s_own > 0, s_rand > 0 and s_own/s_rand > r_own/r_rand. Batch
   difficulty cancels out; what is left is "helped its own data more than a
-  generic update does". BMA ← 0.95·BMA + 0.05·b. A miner earns nothing in its
-  first `warmup_windows` scored windows; after that BMA < 0.1 zeroes the score
-  and a higher BMA scales it (`data_factor`).
+  generic update does" (a weak signal on small models: docs/validator.md);
+* either way BMA ← 0.95·BMA + 0.05·b. A miner earns nothing in its first
+  `warmup_windows` scored windows; after that its score counts only while
+  BMA > `bma_threshold` (`data_factor`, a gate: equal work, equal pay).
 """
 
 from __future__ import annotations
@@ -35,12 +47,13 @@ import torch
 
 from node.engine.data import derive_seed, sample_offsets, window_batch
 from node.engine.evaluator import Evaluator
+from node.engine.inner import InnerConfig
 from node.outer.aggregate import scale_values, sparse_norm
 from node.outer.step import values_at
 from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel
-from protocol.sparse import SparseTensor
-from protocol.spec import Manifest
+from protocol.sparse import SparseTensor, decompress
+from protocol.spec import CodecSpec, Manifest
 
 RANDOM_UID = 2**32 + 7  # a uid no miner can hold: the "random batch" assignment
 
@@ -56,11 +69,20 @@ class ScoringConfig:
     outer_lr: float = 1.0
     lr_factor: float = 0.2
     bma_decay: float = 0.95
-    bma_threshold: float = 0.1
+    bma_threshold: float = 0.0  # the gate: BMA must be above it
     proof_of_data: bool = True  # whether the BMA scales (and gates) the score
     rank_tolerance: float = 0.25  # scores this close (× the median) share a rank
     warmup_windows: int = 3
     sync_max_lag: int = 2
+    # the run's inner optimizer when it resets every window: the proof replays it
+    inner: InnerConfig | None = None
+    replay_steps: int | None = None  # inner steps replayed (None: all H)
+    replay_threshold: float = 0.5  # evidence a replayed update must reach for b = +1
+
+    @property
+    def replays(self) -> bool:
+        """Whether the proof of data is by replay (else by loss)."""
+        return self.inner is not None and self.inner.reset_each_window
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,73 @@ def random_batches(tokens: np.ndarray, cfg: ScoringConfig, validator_seed: int,
     return [window_batch(tokens, seed=seed, window=window, uid=RANDOM_UID, step=i,
                          batch_size=cfg.batch_size, seq_len=cfg.seq_len)
             for i in range(cfg.rand_batches)]
+
+
+def assigned_batches(tokens: np.ndarray, cfg: ScoringConfig, window: int,
+                     uid: int) -> list[torch.Tensor]:
+    """The first `replay_steps` batches of `uid`'s assignment, in training order."""
+    n = cfg.inner_steps if cfg.replay_steps is None else min(cfg.replay_steps, cfg.inner_steps)
+    return [window_batch(tokens, seed=cfg.data_seed, window=window, uid=uid, step=s,
+                         batch_size=cfg.batch_size, seq_len=cfg.seq_len) for s in range(n)]
+
+
+def unassigned_batches(tokens: np.ndarray, cfg: ScoringConfig, validator_seed: int,
+                       window: int) -> list[torch.Tensor]:
+    """Batches of an assignment nobody holds, as many as a replay takes: the reference
+    replay that is there even when a window has a single miner."""
+    seed = derive_seed("val-replay", validator_seed)
+    return [window_batch(tokens, seed=seed, window=window, uid=RANDOM_UID, step=s,
+                         batch_size=cfg.batch_size, seq_len=cfg.seq_len)
+            for s in range(len(assigned_batches(tokens, cfg, window, 0)))]
+
+
+@dataclass(frozen=True)
+class SentValues:
+    """An update's nonzero positions (flat, per tensor) and its values there."""
+
+    positions: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
+def sent_values(update: Sequence[SparseTensor], manifest: Manifest,
+                codec: CodecSpec) -> SentValues:
+    positions, values = [], []
+    for st, spec in zip(update, manifest, strict=True):
+        dense = decompress(st, tuple(spec.shape), codec).reshape(-1)
+        idx = torch.nonzero(dense, as_tuple=True)[0]
+        positions.append(idx)
+        values.append(dense[idx].to(torch.float64))
+    return SentValues(positions, values)
+
+
+def alignment(sent: SentValues, replay: Sequence[torch.Tensor]) -> float:
+    """Cosine between the sent values and `replay` (a dense Δ) at the sent positions,
+    from fp64 per-tensor sums added exactly; 0 when either side is zero."""
+    dots, own, other = [], [], []
+    for idx, vals, r in zip(sent.positions, sent.values, replay, strict=True):
+        at = r.reshape(-1)[idx].to(torch.float64)
+        dots.append(float(vals @ at))
+        own.append(float(vals @ vals))
+        other.append(float(at @ at))
+    denom = math.sqrt(math.fsum(own) * math.fsum(other))
+    cos = math.fsum(dots) / denom if denom > 0.0 else 0.0
+    return cos if math.isfinite(cos) else 0.0
+
+
+def replay_evidence(own: float, others: Sequence[float]) -> float:
+    """How much better the update matches its own assignment's replay than the others'
+    (their lower median m): (own − m)/(1 − m); −1 without a reference or a gap."""
+    if not others:
+        return -1.0
+    ref = sorted(others)[(len(others) - 1) // 2]
+    if not ref < 1.0:
+        return -1.0
+    return (own - ref) / (1.0 - ref)
+
+
+def replay_bit(evidence: float, cfg: ScoringConfig) -> float:
+    """+1 when the replay evidence reaches `replay_threshold`."""
+    return 1.0 if evidence >= cfg.replay_threshold else -1.0
 
 
 def relative_gain(before: float, after: float) -> float:
@@ -149,14 +238,15 @@ def reference_score(ev: Evaluator, theta: Sequence[torch.Tensor],
 
 def data_factor(bma: float, windows_seen: int, cfg: ScoringConfig) -> float:
     """0 until the miner has been scored in `warmup_windows` windows (a new key earns
-    nothing while its rating and BMA are unproven); then max(0, BMA), and 0 when the BMA
-    is below `bma_threshold`. With `proof_of_data` off (models too small for the proof
-    to carry a signal, see docs/validator.md) it is 1 after the warm-up."""
+    nothing while its rating and BMA are unproven); then 1 while the BMA of its proof
+    bits is above `bma_threshold` and 0 otherwise: a gate, so that miners doing equal
+    work are paid alike, whatever their history's length. With `proof_of_data` off it
+    is 1 after the warm-up."""
     if windows_seen < cfg.warmup_windows:
         return 0.0
     if not cfg.proof_of_data:
         return 1.0
-    return 0.0 if bma < cfg.bma_threshold else max(0.0, bma)
+    return 1.0 if bma > cfg.bma_threshold else 0.0
 
 
 def base_proven(base: BaseModel, payload_hash: bytes, theta: Sequence[torch.Tensor],

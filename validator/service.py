@@ -72,14 +72,14 @@ class ValidatorService(NodeCore):
                  mesh: Mesh, chain: AsyncChain, *, stake: int, validator_seed: int,
                  db_path: Path, eval_batches: int = 4) -> None:
         super().__init__(config, spec, assets, identity, mesh, chain, stake=stake)
-        # bma_threshold 0 on small models: see docs/validator.md (deviations)
         scoring = ScoringConfig(data_seed=spec.seed, inner_steps=spec.inner_steps,
                                 batch_size=spec.batch_size, seq_len=assets.seq_len,
                                 own_steps=min(eval_batches, spec.inner_steps),
                                 rand_batches=eval_batches,
-                                outer_lr=spec.effective_outer_lr, bma_threshold=0.0,
+                                outer_lr=spec.effective_outer_lr,
                                 warmup_windows=spec.score_warmup,
-                                proof_of_data=spec.proof_of_data)
+                                proof_of_data=spec.proof_of_data,
+                                inner=spec.inner_config())
         vcfg = ValidatorConfig(run_id=spec.run, validator_seed=validator_seed, scoring=scoring,
                                codec=spec.codec, commit_phase=spec.commit_phase,
                                limits=assets.limits)

@@ -126,8 +126,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     add_flag(g, "--score-warmup", env="SCORE_WARMUP", type=int,
              help="windows a miner is scored before it earns (default 3; devnet 1)")
     add_flag(g, "--proof-of-data", env="PROOF_OF_DATA", choices=["on", "off"],
-             help="let the proof-of-data BMA scale scores (default on; devnet off: on "
-                  "the tiny model the proof bit is noise, see docs/validator.md)")
+             help="let the proof of assigned data gate scores (default on; it needs "
+                  "--inner-reset on to be strong, see docs/validator.md)")
+    add_flag(g, "--inner-reset", env="INNER_RESET", choices=["on", "off"],
+             help="fresh inner AdamW state every window, so validators can replay a "
+                  "miner's training to prove its data (default on; off keeps the state, "
+                  "trains faster early on and leaves only the weak loss-based proof)")
     add_flag(g, "--commit-phase", env="COMMIT_PHASE", type=float,
              help="share of each window in which miners commit to their envelope's hash "
                   "on the chain before releasing it (default 0.5; 0: publish at once, "
@@ -160,7 +164,9 @@ def build_spec(args: argparse.Namespace) -> Any:
                    **({} if args.score_warmup is None else {"score_warmup": args.score_warmup}),
                    **({} if args.commit_phase is None else {"commit_phase": args.commit_phase}),
                    **({} if args.proof_of_data is None
-                      else {"proof_of_data": args.proof_of_data == "on"}))
+                      else {"proof_of_data": args.proof_of_data == "on"}),
+                   **({} if args.inner_reset is None
+                      else {"inner_reset": args.inner_reset == "on"}))
 
 
 def add_node_flags(p: argparse.ArgumentParser) -> None:

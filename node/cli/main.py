@@ -14,6 +14,7 @@ from node.cli.chain import add_chain_commands
 from node.cli.common import add_flag, add_key_flag
 from node.cli.daemons import add_service_commands
 from node.cli.data import add_data_commands
+from node.cli.evaluate import add_eval_commands
 from node.cli.export import add_export_commands
 from node.cli.network import add_network_commands
 from node.cli.plan import add_plan_commands
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_service_commands(sub)
     add_network_commands(sub)
     add_export_commands(sub)
+    add_eval_commands(sub)
     add_plan_commands(sub)
     add_run_commands(sub)
     return parser

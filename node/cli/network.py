@@ -110,8 +110,6 @@ def devnet_spec(args: argparse.Namespace) -> Any:
         return spec
     if args.score_warmup is None:  # a devnet runs a few windows: pay from the second one
         spec = dataclasses.replace(spec, score_warmup=1)
-    if args.proof_of_data is None:  # `tiny`: the proof bit is noise and would set honest pay
-        spec = dataclasses.replace(spec, proof_of_data=False)
     if args.data is None:
         if args.tokenizer is not None:
             raise ConfigError("--tokenizer names the tokenizer of --data shards: give --data")

@@ -29,8 +29,10 @@ class Engine(Protocol):
     * `manifest` names the parameters in wire order; `codec` is how this engine's
       contributions are encoded; `per_step` is True when contributions are one
       inner step's gradients (the DDP baseline), False for a window's Δ.
-    * `train(batches)` runs the inner steps and returns their losses; θ is left
-      exactly as it was (bit for bit), the result is kept for `encode`.
+    * `train(batches, first_step)` runs the inner steps and returns their losses;
+      θ is left exactly as it was (bit for bit), the result is kept for `encode`.
+      `first_step` (window × H) numbers the steps for the learning-rate schedule
+      when the run resets the inner optimizer each window; otherwise it is unused.
       `gradient(batch)` does the same for one batch's gradient (per-step engines).
     * `encode()` turns the pending result into payload bytes, updating the error
       feedback; it raises `EngineStateError` when nothing is pending.
@@ -66,7 +68,8 @@ class Engine(Protocol):
     @property
     def per_step(self) -> bool: ...
 
-    def train(self, batches: Sequence[Tensor]) -> list[float]: ...
+    def train(self, batches: Sequence[Tensor], first_step: int | None = None
+              ) -> list[float]: ...
 
     def gradient(self, batch: Tensor) -> float: ...
 

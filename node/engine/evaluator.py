@@ -1,7 +1,8 @@
 """A scratch model for scoring updates: θ_global minus one update, evaluated.
 
 Validators apply each miner's update alone to a copy of θ_global and measure the
-loss; this is the only place that writes such a copy. It never touches the
+loss, and replay a miner's inner steps from θ_global (the proof of assigned
+data); this is the only place that writes such a copy. It never touches the
 engine's own θ.
 """
 
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
 from node.engine.config import EngineConfig
 from node.engine.device import autocast
+from node.engine.inner import InnerConfig, InnerTrainer
 from node.engine.model import Decoder
 from protocol.sparse import SparseTensor, decompress
 from protocol.spec import CodecSpec, Manifest
@@ -68,3 +71,13 @@ class Evaluator:
 
     def loss(self, batches: Sequence[torch.Tensor]) -> float:
         return mean_loss(self.model, batches, self.config)
+
+    def replay(self, theta: Sequence[torch.Tensor], batches: Sequence[torch.Tensor],
+               inner: InnerConfig, first_step: int) -> list[torch.Tensor]:
+        """A miner's window replayed: AdamW steps from θ on `batches` with fresh state,
+        numbered from `first_step`, as a miner of a run that resets its inner optimizer
+        each window trains; returns Δ = θ − θ_after (fp32, on the CPU)."""
+        self.load(theta, None, 0.0)
+        trainer = InnerTrainer(self.model, replace(inner, reset_each_window=True), self.config)
+        result = trainer.run(batches, first_step)
+        return [d.cpu() for d in result.delta]

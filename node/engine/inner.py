@@ -3,7 +3,13 @@
 Each window a miner takes H AdamW steps from the shared parameters θ_start and
 reports the pseudo-gradient Δ = θ_start − θ_after. The model is put back to
 θ_start afterwards: only the outer step (applied identically by every peer) may
-move the shared parameters. AdamW state persists across windows.
+move the shared parameters.
+
+AdamW state either persists across windows (`reset_each_window=False`) or starts
+fresh every window with the learning rate of the window's own step numbers
+(`run(batches, first_step=window × H)`): then a window's Δ depends only on
+θ_global and the window's batches, so a validator can replay it (the proof of
+assigned data, validator/scoring.py).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class InnerConfig:
     warmup_steps: int = 20
     total_steps: int = 1000
     min_lr_ratio: float = 0.1
+    reset_each_window: bool = False  # fresh AdamW state, lr from the window's step numbers
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -160,8 +167,20 @@ class InnerTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-    def run(self, batches: Iterable[Tensor]) -> InnerResult:
-        """Inner steps over `batches`; returns Δ = θ_start − θ_after and restores θ_start."""
+    def restart(self, first_step: int) -> None:
+        """Forget the AdamW moments and count steps from `first_step`."""
+        if first_step < 0:
+            raise ConfigError(f"first_step must be >= 0, got {first_step}")
+        self.optimizer.state.clear()
+        self.step = first_step
+
+    def run(self, batches: Iterable[Tensor], first_step: int | None = None) -> InnerResult:
+        """Inner steps over `batches`; returns Δ = θ_start − θ_after and restores θ_start.
+        With `reset_each_window`, the window starts fresh at `first_step` (required)."""
+        if self.cfg.reset_each_window:
+            if first_step is None:
+                raise ConfigError("a trainer that resets each window needs first_step")
+            self.restart(first_step)
         start = [p.detach().clone() for p in self.params]
         losses: list[float] = []
         for batch in batches:

@@ -91,8 +91,8 @@ class LocalEngine:
         return self._outer.per_step
 
     # --- training and the outer step ----------------------------------------------------
-    def train(self, batches: Sequence[Tensor]) -> list[float]:
-        result = self._trainer.run(batches)
+    def train(self, batches: Sequence[Tensor], first_step: int | None = None) -> list[float]:
+        result = self._trainer.run(batches, first_step)
         self._pending = result.delta
         return result.losses
 

@@ -106,8 +106,8 @@ class Leader:
     def per_step(self) -> bool:
         return self.engine.per_step
 
-    def train(self, batches: Sequence[Tensor]) -> list[float]:
-        return list(self._call("train", list(batches)))
+    def train(self, batches: Sequence[Tensor], first_step: int | None = None) -> list[float]:
+        return list(self._call("train", list(batches), first_step))
 
     def gradient(self, batch: Tensor) -> float:
         return float(self._call("gradient", batch))

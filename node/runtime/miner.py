@@ -69,7 +69,8 @@ class MinerService(NodeCore):
         self.state = "training"
         began = time.time()
         batches = [self.assets.batch(window, self.uid, s) for s in range(self.spec.inner_steps)]
-        losses = await asyncio.to_thread(self.engine.train, batches)
+        losses = await asyncio.to_thread(self.engine.train, batches,
+                                          self.spec.first_step(window))
         payload = await asyncio.to_thread(self.engine.encode)
         proof = await asyncio.to_thread(prove_base, self.engine, payload)
         wire = seal(self.identity, run_id=self.spec.run, window=window,

@@ -46,7 +46,11 @@ class RunSpec:
     outer_lr: float | None = None  # None: the optimizer's default (SparseLoCo 1.0, DiLoCo 0.7)
     eval_batches: int = 4
     score_warmup: int = 3  # windows a miner is scored before its score earns anything
-    proof_of_data: bool = True  # whether the proof-of-data BMA scales validators' scores
+    proof_of_data: bool = True  # whether the proof of assigned data gates validators' scores
+    # fresh inner AdamW state every window (lr from the window's step numbers): a window's
+    # Δ is then a function of θ_global and its batches, which validators replay to prove
+    # the assigned data was trained on (docs/validator.md); False keeps the state
+    inner_reset: bool = True
     # two-phase publication: miners commit to their envelope's sha256 on the chain in this
     # share of each window and release it after; 0 = publish at once, nothing committed
     commit_phase: float = 0.5
@@ -90,7 +94,12 @@ class RunSpec:
 
     def inner_config(self) -> InnerConfig:
         return InnerConfig(lr=self.inner_lr, warmup_steps=self.warmup_steps,
-                           total_steps=max(self.total_steps, self.warmup_steps))
+                           total_steps=max(self.total_steps, self.warmup_steps),
+                           reset_each_window=self.inner_reset)
+
+    def first_step(self, window: int) -> int:
+        """The number of `window`'s first inner step: window × H."""
+        return window * self.inner_steps
 
     def engine_spec(self) -> EngineSpec:
         """The engine's share of the run: model, seed, inner and outer optimizer."""

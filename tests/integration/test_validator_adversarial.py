@@ -35,12 +35,11 @@ def _run(tmp_path: Path, windows: int) -> tuple[Harness, Harness]:
     return attacked, honest
 
 
-# Kinds that do honest training and earn like honest miners, by design or by limit:
-# "scaled" sends its own honest update ×3 (inside the norm gate): scored at the median
-# norm it earns what an honest miner earns, no more; "wrongdata" trains honestly on
-# unassigned data, which on `tiny` the proof of assigned data cannot tell (see
-# docs/validator.md), so it is reported, not asserted.
-HONEST_WORK = ("scaled", "wrongdata")
+# A kind that does honest training and earns like an honest miner, by design: "scaled"
+# sends its own honest update ×3 (inside the norm gate); scored at the median norm it
+# earns what an honest miner earns, no more. ("wrongdata", honest training on data it
+# was not assigned, fails the replayed proof of assigned data and is asserted.)
+HONEST_WORK = ("scaled",)
 
 
 def _table(attacked: Harness) -> dict[str, dict[str, float]]:
@@ -89,8 +88,15 @@ def _check(attacked: Harness, honest: Harness, windows: int) -> None:
     assert all(r.sync == 0.0 for w in range(1, windows)  # names θ_global, holds θ_{w-1}
                for r in attacked.validator.state.results(w) if r.uid == stale_base)
     echo = next(m.uid for m in attacked.miners if m.kind == "echo")
-    assert all(r.reason == "copy" for w in range(1, windows)
-               for r in attacked.validator.state.results(w) if r.uid == echo)
+    echo_rows = [r for w in range(1, windows) for r in attacked.validator.state.results(w)
+                 if r.uid == echo]
+    # window 1's last step (warm-up lr) may already fail the norm gate; later ones are copies
+    assert all(r.reason in ("copy", "scale") for r in echo_rows), echo_rows
+    assert all(r.reason == "copy" for r in echo_rows[1:]), echo_rows
+    # training on data it was not assigned fails the replayed proof in every window
+    wrong = next(m.uid for m in attacked.miners if m.kind == "wrongdata")
+    assert all(r.reason.startswith("b=-1") for w in range(windows)
+               for r in attacked.validator.state.results(w) if r.uid == wrong)
     stale = next(m.uid for m in attacked.miners if m.kind == "stalecopy")
     stale_rows = [r for w in range(1, 4) for r in attacked.validator.state.results(w)
                   if r.uid == stale]

@@ -70,7 +70,8 @@ class HarnessConfig:
     corpus_bytes: int = 4 * 2**20
     windows_per_epoch: int = 2
     aggregation_size: int = 4  # the contract's top-K set that miners aggregate
-    proof_of_data: bool = False
+    proof_of_data: bool = True  # by replay while inner_reset, by loss (weak) otherwise
+    inner_reset: bool = True  # miners start each window's AdamW afresh (replayable)
     commit_phase: float = 0.5  # two-phase publication (0: announce at once, no commitments)
 
 
@@ -115,9 +116,7 @@ class Harness:
                 Role.MINER, b"peer-" + m.name.encode(), 10**18)
             if kind in TRAINED:
                 m.model = build_model(mcfg, seed=cfg.seed)
-                total = 1000
-                m.trainer = InnerTrainer(m.model, InnerConfig(lr=cfg.inner_lr, warmup_steps=2,
-                                                              total_steps=total))
+                m.trainer = InnerTrainer(m.model, self.inner_config())
                 m.outer = SparseLoCo(self.outer_cfg, self.manifest)
             self.miners.append(m)
         self.vkey = key("validator")
@@ -135,13 +134,15 @@ class Harness:
         self.in_set: dict[bytes, int] = {}  # signer -> windows aggregated
         self.previous_theta: list[torch.Tensor] | None = None  # θ before the last step
 
+    def inner_config(self) -> InnerConfig:
+        return InnerConfig(lr=self.cfg.inner_lr, warmup_steps=2, total_steps=1000,
+                           reset_each_window=self.cfg.inner_reset)
+
     # --- validator -------------------------------------------------------------------------
     def scoring_config(self) -> ScoringConfig:
-        # no proof-of-data factor on `tiny`: its bit is close to a coin flip there (see
-        # docs/validator.md), so it would set honest pay by noise; the BMA is still kept
         return ScoringConfig(data_seed=self.cfg.seed, inner_steps=self.cfg.inner_steps,
                              batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
-                             bma_threshold=0.0, proof_of_data=self.cfg.proof_of_data)
+                             proof_of_data=self.cfg.proof_of_data, inner=self.inner_config())
 
     def make_validator(self, chain_client: object | None = None) -> Validator:
         vcfg = ValidatorConfig(run_id=RUN, validator_seed=self.vseed,
@@ -171,7 +172,7 @@ class Harness:
         batches = [window_batch(self.tokens, seed=self.cfg.seed, window=window, uid=data_uid,
                                 step=s, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len)
                    for s in range(self.cfg.inner_steps)]
-        return m.trainer.run(batches).delta
+        return m.trainer.run(batches, first_step=window * self.cfg.inner_steps).delta
 
     def _seal(self, m: Miner, window: int, payload: bytes) -> bytes:
         """Sealed on the current base, with the base proof from the θ the miner holds

@@ -118,3 +118,33 @@ def test_evaluate_restores_mode_and_training_helps() -> None:
     assert not m.training
     with pytest.raises(DataError):
         evaluate(m, [])
+
+
+RESET = InnerConfig(lr=3e-3, warmup_steps=2, total_steps=20, reset_each_window=True)
+
+
+def test_a_resetting_trainer_forgets_its_history() -> None:
+    """With reset_each_window a window's Δ depends on θ, its batches and first_step only:
+    a trainer with two windows behind it and a brand-new one give the same bits."""
+    seasoned = InnerTrainer(model(), RESET)
+    seasoned.run(batches(2, seed=1), first_step=0)
+    seasoned.run(batches(2, seed=2), first_step=2)
+    late = seasoned.run(batches(2, seed=3), first_step=4)
+    fresh = InnerTrainer(model(), RESET).run(batches(2, seed=3), first_step=4)
+    assert all(torch.equal(a, b) for a, b in zip(late.delta, fresh.delta, strict=True))
+    # the lr follows the window's step numbers, not the trainer's own count
+    other = InnerTrainer(model(), RESET).run(batches(2, seed=3), first_step=0)
+    assert not torch.equal(other.delta[0], fresh.delta[0])
+    # without the reset, the same history changes the result (the moments carry over)
+    keeping = InnerTrainer(model(), INNER)
+    keeping.run(batches(2, seed=1))
+    keeping.run(batches(2, seed=2))
+    assert not torch.equal(keeping.run(batches(2, seed=3)).delta[0], fresh.delta[0])
+
+
+def test_a_resetting_trainer_needs_the_first_step() -> None:
+    trainer = InnerTrainer(model(), RESET)
+    with pytest.raises(ConfigError, match="first_step"):
+        trainer.run(batches(1))
+    with pytest.raises(ConfigError, match="first_step"):
+        trainer.run(batches(1), first_step=-1)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from node.engine.data import stdlib_corpus
+from node.engine.data import stdlib_corpus, window_batch
+from node.engine.inner import InnerConfig, InnerTrainer
 from node.engine.model import Decoder, build_model, get_config, model_manifest
 from node.outer.aggregate import median_norms, sparse_norm
 from protocol.envelope import BaseModel
@@ -64,13 +67,15 @@ def test_proof_bits_and_bma() -> None:
         bma = scoring.proof_step(bma, 1.0)
     assert abs(bma - (1 - 0.95**3)) < 1e-12
     ref = ScoringConfig(data_seed=0, inner_steps=1, batch_size=1, seq_len=2)
-    assert scoring.data_factor(0.05, 5, ref) == 0.0  # after warm-up, below 0.1
     assert scoring.data_factor(0.5, 2, ref) == 0.0  # in the warm-up a new key earns nothing
-    assert scoring.data_factor(0.5, 3, ref) == 0.5
-    lenient = ScoringConfig(data_seed=0, inner_steps=1, batch_size=1, seq_len=2,
-                            bma_threshold=0.0)
-    assert scoring.data_factor(0.05, 5, lenient) == 0.05
-    assert scoring.data_factor(-0.3, 5, lenient) == 0.0
+    assert scoring.data_factor(0.5, 3, ref) == 1.0  # a gate: equal work, equal pay
+    assert scoring.data_factor(0.05, 5, ref) == 1.0
+    assert scoring.data_factor(0.0, 5, ref) == 0.0
+    assert scoring.data_factor(-0.3, 5, ref) == 0.0
+    strict = ScoringConfig(data_seed=0, inner_steps=1, batch_size=1, seq_len=2,
+                           bma_threshold=0.1)
+    assert scoring.data_factor(0.05, 5, strict) == 0.0
+    assert scoring.data_factor(0.15, 5, strict) == 1.0
     off = ScoringConfig(data_seed=0, inner_steps=1, batch_size=1, seq_len=2,
                         proof_of_data=False)
     assert scoring.data_factor(-0.3, 5, off) == 1.0
@@ -118,3 +123,63 @@ def test_at_norms_leaves_zero_and_hits_the_target() -> None:
     out = scoring.at_norms([st, zero], [2.5, 7.0])
     assert abs(sparse_norm(out[0]) - 2.5) < 1e-5
     assert sparse_norm(out[1]) == 0.0
+
+
+def _sent(values: dict[int, float], numel: int = 8) -> scoring.SentValues:
+    idx = torch.tensor(sorted(values), dtype=torch.long)
+    vals = torch.tensor([values[i] for i in sorted(values)], dtype=torch.float64)
+    return scoring.SentValues([idx], [vals])
+
+
+def test_alignment_is_the_cosine_at_the_sent_positions() -> None:
+    sent = _sent({1: 1.0, 4: -2.0})
+    replay = [torch.tensor([9.0, 1.0, 9.0, 9.0, -2.0, 9.0, 9.0, 9.0])]
+    assert abs(scoring.alignment(sent, replay) - 1.0) < 1e-12  # elsewhere does not count
+    assert abs(scoring.alignment(sent, [-replay[0]]) + 1.0) < 1e-12
+    orthogonal = [torch.tensor([0.0, 2.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])]
+    assert abs(scoring.alignment(sent, orthogonal)) < 1e-12
+    assert scoring.alignment(sent, [torch.zeros(8)]) == 0.0
+    assert scoring.alignment(sent, [torch.full((8,), float("nan"))]) == 0.0
+
+
+def test_replay_evidence_and_bit() -> None:
+    # own replay explains 3/4 of the gap the others leave: (0.95 − 0.8) / (1 − 0.8)
+    assert abs(scoring.replay_evidence(0.95, [0.8, 0.7, 0.9]) - 0.75) < 1e-12
+    assert scoring.replay_evidence(0.8, [0.8, 0.85]) == 0.0  # no better than the others
+    assert scoring.replay_evidence(0.9, []) == -1.0  # nothing to compare with
+    assert scoring.replay_evidence(1.0, [1.0]) == -1.0  # no gap to explain
+    assert scoring.replay_bit(0.5, CFG) == 1.0
+    assert scoring.replay_bit(0.49, CFG) == -1.0
+    assert not CFG.replays  # no inner config: the proof is by loss
+    replaying = ScoringConfig(**{**CFG.__dict__, "inner": InnerConfig(reset_each_window=True)})
+    assert replaying.replays
+    keeping = ScoringConfig(**{**CFG.__dict__, "inner": InnerConfig()})
+    assert not keeping.replays  # a kept AdamW state cannot be replayed
+
+
+def test_assigned_and_unassigned_batches() -> None:
+    tokens = stdlib_corpus(2**20).train
+    short = ScoringConfig(**{**CFG.__dict__, "replay_steps": 2})
+    a = scoring.assigned_batches(tokens, CFG, 3, 1)
+    assert len(a) == CFG.inner_steps
+    assert len(scoring.assigned_batches(tokens, short, 3, 1)) == 2
+    first = window_batch(tokens, seed=CFG.data_seed, window=3, uid=1, step=0,
+                         batch_size=CFG.batch_size, seq_len=CFG.seq_len)
+    assert torch.equal(a[0], first)  # what the miner trained on first
+    u = scoring.unassigned_batches(tokens, CFG, 7, 3)
+    assert len(u) == len(a)
+    assert not torch.equal(u[0], a[0])
+
+
+def test_the_evaluator_replays_a_miner_bit_for_bit() -> None:
+    """The validator's replay of a window is the miner's own Δ, whatever the miner's
+    history: what the proof of assigned data compares the sent update with."""
+    _model, manifest, theta, own, _ = _window()
+    inner = InnerConfig(lr=2e-3, warmup_steps=2, total_steps=100, reset_each_window=True)
+    miner = InnerTrainer(build_model(get_config("tiny"), seed=0), inner)
+    miner.run(own[:1], first_step=0)  # an earlier window: its moments must not matter
+    sent = miner.run(own, first_step=8).delta
+    ev = scoring.Evaluator(build_model(get_config("tiny"), seed=1), manifest, SPEC)
+    replay = ev.replay(theta, own, replace(inner, reset_each_window=False), first_step=8)
+    assert all(torch.equal(a, b) for a, b in zip(sent, replay, strict=True))
+    assert all(torch.equal(p, t) for p, t in zip(ev.params, theta, strict=True))  # θ kept

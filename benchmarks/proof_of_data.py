@@ -1,0 +1,90 @@
+"""The proof of assigned data by replay: how far apart honest and wrong-data miners are,
+and what resetting the inner optimizer each window costs the model.
+
+Part 1 runs the validator harness (tests/support/attackers.py: the real validator,
+MemoryChain, the daemons' outer step) with honest miners — the last one training
+under bf16 autocast while the validator replays in fp32 — and one miner that trains
+honestly on another uid's batches ("wrongdata"). It prints every miner's replay
+evidence per window (the `e=` of the validator's result rows) and the margins.
+
+Part 2 (`--compare-keep`) trains honest-only networks twice for the same windows,
+inner AdamW state reset each window (what the replay needs) and kept, and prints
+both held-out losses and their ratio.
+
+    .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the harness
+
+from node.engine.config import EngineConfig
+from node.engine.inner import InnerTrainer
+from tests.support.attackers import HONEST, Harness, HarnessConfig
+
+EVIDENCE = re.compile(r"e=([+-][0-9.]+)")
+
+
+def evidence_run(windows: int, honest: int, inner_steps: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(HarnessConfig(inner_steps=inner_steps), [HONEST] * honest + ["wrongdata"],
+                    Path(tmp) / "v.db")
+        bf16 = h.miners[honest - 1]
+        assert bf16.model is not None
+        bf16.trainer = InnerTrainer(bf16.model, h.inner_config(), EngineConfig(precision="bf16"))
+        names = {m.uid: m.name + (" (bf16)" if m is bf16 else "") for m in h.miners}
+        per_miner: dict[str, list[float]] = {n: [] for n in names.values()}
+        for w in range(windows):
+            for row in h.run_window(w).rows:
+                found = EVIDENCE.search(row.reason)
+                if found:
+                    per_miner[names[row.uid]].append(float(found.group(1)))
+            print(f"window {w}: " + "  ".join(f"{n} {v[-1]:+.2f}" for n, v in per_miner.items()
+                                               if v), flush=True)
+    honest_e = [e for n, v in per_miner.items() if n.startswith(HONEST) for e in v]
+    wrong_e = [e for n, v in per_miner.items() if n.startswith("wrongdata") for e in v]
+    return {"windows": windows, "inner_steps": inner_steps,
+            "honest_min": round(min(honest_e), 3), "honest_max": round(max(honest_e), 3),
+            "wrongdata_min": round(min(wrong_e), 3), "wrongdata_max": round(max(wrong_e), 3),
+            "threshold": h.scoring_config().replay_threshold}
+
+
+def heldout_after(windows: int, inner_steps: int, reset: bool) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(HarnessConfig(inner_steps=inner_steps, inner_reset=reset,
+                                  proof_of_data=reset), [HONEST] * 4, Path(tmp) / "v.db")
+        for w in range(windows):
+            h.run_window(w, post=False)
+        return h.heldout()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--windows", type=int, default=14)
+    ap.add_argument("--honest", type=int, default=4)
+    ap.add_argument("--inner-steps", type=int, default=6)
+    ap.add_argument("--compare-keep", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = evidence_run(args.windows, args.honest, args.inner_steps)
+    print(json.dumps(out), flush=True)
+    if args.compare_keep:
+        reset = heldout_after(args.windows, args.inner_steps, True)
+        kept = heldout_after(args.windows, args.inner_steps, False)
+        print(json.dumps({"windows": args.windows, "inner_steps": args.inner_steps,
+                          "heldout_reset": round(reset, 4), "heldout_kept": round(kept, 4),
+                          "reset_vs_kept": round(reset / kept, 4)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The proof of assigned data by replay, with the real validator (tests/support/attackers).
+
+Miners of a run with `inner_reset` start each window's AdamW afresh, so the validator
+can replay their inner steps from θ_global; an update trained on other batches does
+not match the replay of its own assignment better than the replays of others'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from node.engine.config import EngineConfig
+from node.engine.inner import InnerTrainer
+from tests.support.attackers import HONEST, Harness, HarnessConfig
+
+
+def _evidence(reason: str) -> float:
+    return float(reason.split("e=")[1])
+
+
+def test_the_replayed_proof_tells_assigned_data(tmp_path: Path) -> None:
+    h = Harness(HarnessConfig(), [HONEST] * 3 + ["wrongdata"], tmp_path / "v.db")
+    bf16 = h.miners[2]  # trains under bf16 autocast; the validator replays in fp32
+    assert bf16.model is not None
+    bf16.trainer = InnerTrainer(bf16.model, h.inner_config(), EngineConfig(precision="bf16"))
+    honest = {m.uid for m in h.miners if m.kind == HONEST}
+    for w in range(3):
+        rows = {r.uid: r for r in h.run_window(w).rows}
+        for uid, row in rows.items():
+            assert row.status == "scored", row
+            if uid in honest:
+                assert row.reason.startswith("b=+1"), row
+                assert _evidence(row.reason) >= 0.5, row
+            else:
+                assert row.reason.startswith("b=-1"), row
+                assert _evidence(row.reason) < 0.5, row
+    states = h.validator.state.miners()
+    assert all(states[u].bma > 0 for u in honest)
+    wrong = next(m.uid for m in h.miners if m.kind == "wrongdata")
+    assert states[wrong].bma < 0
+    assert states[wrong].score == 0.0  # the gate: no pay without the proof
+
+
+def test_a_run_that_keeps_the_inner_state_proves_by_loss(tmp_path: Path) -> None:
+    """Kept AdamW moments hold a miner's private history: nothing to replay, so the
+    validator falls back to the loss-based bit (no replay evidence in its rows)."""
+    h = Harness(HarnessConfig(inner_reset=False), [HONEST] * 3, tmp_path / "v.db")
+    assert not h.validator.cfg.scoring.replays
+    rows = h.run_window(0).rows
+    assert rows
+    assert all(r.status == "scored" and "e=" not in r.reason for r in rows), rows
