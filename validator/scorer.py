@@ -361,25 +361,31 @@ class Validator:
 
     def _replay_bits(self, window: int, view: GlobalView, accepted: dict[int, Accepted],
                      done: dict[int, Evaluated]) -> None:
-        """Proof bits by replay: every evaluated miner's assignment, and one nobody holds,
-        replayed from θ_global; each update's alignment with its own replay against its
-        alignments with the others (validator/scoring.py)."""
+        """Proof bits by replay: the assignment of every evaluated miner that built on
+        θ_global, and one nobody holds, replayed from θ_global; each update's alignment
+        with its own replay against its alignments with the others (validator/scoring.py).
+        An update that names an older base cannot be replayed from θ_global: its bit is
+        0, neither proof nor disproof (its sync score already halves its score)."""
         cfg = self.cfg.scoring
         assert cfg.inner is not None
+        current = sorted(u for u in done if accepted[u].header.base.step == view.base.step)
+        if not current:
+            return
         sent = {u: scoring.sent_values(accepted[u].tensors, self.manifest, self.cfg.codec)
-                for u in done}
+                for u in current}
         assignments: dict[int, list[torch.Tensor]] = {
-            u: scoring.assigned_batches(self.tokens, cfg, window, u) for u in sorted(done)}
+            u: scoring.assigned_batches(self.tokens, cfg, window, u) for u in current}
         assignments[scoring.RANDOM_UID] = scoring.unassigned_batches(
             self.tokens, cfg, self.cfg.validator_seed, window)
-        aligned: dict[int, dict[int, float]] = {u: {} for u in done}
+        aligned: dict[int, dict[int, float]] = {u: {} for u in current}
         first = window * cfg.inner_steps
         for v, batches in assignments.items():  # one replayed Δ in memory at a time
             replay = self.evaluator.replay(view.params, batches, cfg.inner, first)
-            for u in done:
+            for u in current:
                 aligned[u][v] = scoring.alignment(sent[u], replay)
-        for u, e in done.items():
+        for u in current:
             others = [a for v, a in aligned[u].items() if v != u]
+            e = done[u]
             e.evidence = scoring.replay_evidence(aligned[u][u], others)
             e.bit = scoring.replay_bit(e.evidence, cfg)
 

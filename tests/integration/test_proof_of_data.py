@@ -11,7 +11,9 @@ from pathlib import Path
 
 from node.engine.config import EngineConfig
 from node.engine.inner import InnerTrainer
-from tests.support.attackers import HONEST, Harness, HarnessConfig
+from node.outer.step import params_digest
+from protocol.envelope import BaseModel, seal
+from tests.support.attackers import HONEST, RUN, Harness, HarnessConfig, Miner
 
 
 def _evidence(reason: str) -> float:
@@ -49,3 +51,27 @@ def test_a_run_that_keeps_the_inner_state_proves_by_loss(tmp_path: Path) -> None
     rows = h.run_window(0).rows
     assert rows
     assert all(r.status == "scored" and "e=" not in r.reason for r in rows), rows
+
+
+def test_an_update_on_an_older_base_is_neither_proven_nor_disproven(tmp_path: Path) -> None:
+    """A miner one window behind builds on θ_{w−1}: its steps cannot be replayed from
+    θ_global, so its bit is 0 (no evidence) rather than a −1 that would punish lag."""
+    h = Harness(HarnessConfig(), [HONEST] * 4, tmp_path / "v.db")
+    h.run_window(0)
+    lagging = h.miners[3]
+    plain_seal = h._seal
+
+    def seal_on_older_base(m: Miner, window: int, payload: bytes) -> bytes:
+        if m is not lagging:
+            return plain_seal(m, window, payload)
+        assert h.previous_theta is not None
+        base = BaseModel(h.step - 1, params_digest(h.previous_theta))
+        return seal(m.identity, run_id=RUN, window=window, base=base, codec=h.codec,
+                    manifest=h.manifest, payload=payload)
+
+    h._seal = seal_on_older_base  # type: ignore[method-assign]
+    rows = {r.uid: r for r in h.run_window(1).rows}
+    assert rows[lagging.uid].status == "scored"
+    assert rows[lagging.uid].sync == 0.5
+    assert rows[lagging.uid].reason == "b=+0", rows[lagging.uid]
+    assert all(r.reason.startswith("b=+1 e=") for u, r in rows.items() if u != lagging.uid)
