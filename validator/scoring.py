@@ -54,6 +54,7 @@ from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel
 from protocol.sparse import SparseTensor, decompress
 from protocol.spec import CodecSpec, Manifest
+from validator.errors import ConfigError
 
 RANDOM_UID = 2**32 + 7  # a uid no miner can hold: the "random batch" assignment
 
@@ -78,6 +79,12 @@ class ScoringConfig:
     inner: InnerConfig | None = None
     replay_steps: int | None = None  # inner steps replayed (None: all H)
     replay_threshold: float = 0.5  # evidence a replayed update must reach for b = +1
+
+    def __post_init__(self) -> None:
+        if self.replay_steps is not None and self.replay_steps < 1:
+            raise ConfigError(f"replay_steps must be >= 1, got {self.replay_steps}")
+        if not 0.0 < self.replay_threshold <= 1.0:
+            raise ConfigError(f"replay_threshold must lie in (0, 1], got {self.replay_threshold}")
 
     @property
     def replays(self) -> bool:

@@ -70,7 +70,8 @@ class ValidatorService(NodeCore):
 
     def __init__(self, config: NodeConfig, spec: RunSpec, assets: RunAssets, identity: Identity,
                  mesh: Mesh, chain: AsyncChain, *, stake: int, validator_seed: int,
-                 db_path: Path, eval_batches: int = 4) -> None:
+                 db_path: Path, eval_batches: int = 4, replay_steps: int | None = None
+                 ) -> None:
         super().__init__(config, spec, assets, identity, mesh, chain, stake=stake)
         scoring = ScoringConfig(data_seed=spec.seed, inner_steps=spec.inner_steps,
                                 batch_size=spec.batch_size, seq_len=assets.seq_len,
@@ -79,7 +80,7 @@ class ValidatorService(NodeCore):
                                 outer_lr=spec.effective_outer_lr,
                                 warmup_windows=spec.score_warmup,
                                 proof_of_data=spec.proof_of_data,
-                                inner=spec.inner_config())
+                                inner=spec.inner_config(), replay_steps=replay_steps)
         vcfg = ValidatorConfig(run_id=spec.run, validator_seed=validator_seed, scoring=scoring,
                                codec=spec.codec, commit_phase=spec.commit_phase,
                                limits=assets.limits)

@@ -65,7 +65,8 @@ def _run_service(args: argparse.Namespace) -> int:
             seed = int.from_bytes(os.urandom(4), "big")
         service = ValidatorService(config, spec, assets, identity, mesh, chain, stake=args.stake,
                                    validator_seed=seed,
-                                   db_path=args.data_dir / "validator.sqlite")
+                                   db_path=args.data_dir / "validator.sqlite",
+                                   replay_steps=args.replay_steps)
 
     async def main(stop: asyncio.Event) -> int:
         from node.dashboard.server import stop_server
@@ -101,4 +102,8 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         if name == "validator":
             add_flag(p, "--validator-seed", env="VALIDATOR_SEED", type=int,
                      help="seeds the held-out batches (keep it private; default: random)")
+            add_flag(p, "--replay-steps", env="REPLAY_STEPS", type=int,
+                     help="inner steps replayed per miner for the proof of assigned data "
+                          "(default: all H; fewer cost less and leave a smaller margin, "
+                          "docs/validator.md)")
         p.set_defaults(func=_run_service)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from node.engine.data import stdlib_corpus, window_batch
@@ -14,6 +15,7 @@ from protocol.envelope import BaseModel
 from protocol.sparse import SparseTensor, compress
 from protocol.spec import CodecSpec, Manifest
 from validator import scoring
+from validator.errors import ConfigError
 from validator.scoring import LossScore, ScoringConfig
 
 CFG = ScoringConfig(data_seed=0, inner_steps=4, batch_size=2, seq_len=32, own_steps=2,
@@ -183,3 +185,10 @@ def test_the_evaluator_replays_a_miner_bit_for_bit() -> None:
     replay = ev.replay(theta, own, replace(inner, reset_each_window=False), first_step=8)
     assert all(torch.equal(a, b) for a, b in zip(sent, replay, strict=True))
     assert all(torch.equal(p, t) for p, t in zip(ev.params, theta, strict=True))  # θ kept
+
+
+def test_replay_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="replay_steps"):
+        ScoringConfig(**{**CFG.__dict__, "replay_steps": 0})
+    with pytest.raises(ConfigError, match="replay_threshold"):
+        ScoringConfig(**{**CFG.__dict__, "replay_threshold": 0.0})
