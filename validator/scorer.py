@@ -23,14 +23,14 @@ from chain.client import ChainClient
 from chain.errors import ChainError, ChainUnavailableError
 from node.engine.data import derive_seed
 from node.engine.evaluator import Evaluator
-from node.outer.aggregate import aggregate_sparse, median_norms
+from node.outer.aggregate import median_norms
 from protocol.envelope import BaseModel, Expectation, read_unverified
 from protocol.errors import ProtocolError
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.sparse import SparseTensor, compress
 from protocol.spec import CodecSpec
 from protocol.window import Schedule
-from validator import rating, scoring
+from validator import proof, rating, scoring
 from validator.checks import Accepted, CheckContext, check_window, scale_check
 from validator.copying import (
     CopyFlag,
@@ -335,59 +335,32 @@ class Validator:
                                                        view.params, self.manifest):
                 sync = 0.0  # names the current θ without holding it
             done[uid] = Evaluated(ls, sync, 0.0)
-        if self.cfg.scoring.replays:
-            if cfg.proof_of_data:  # replays cost training steps: only when they count
-                self._replay_bits(window, view, accepted, done)
-        else:
-            self._loss_bits(view, accepted, done, owns, own_before, rand, rand_before)
+        self._prove(window, view, accepted, done,
+                    proof.LossBatches(owns, own_before, rand, rand_before))
         return rows, done
 
-    def _loss_bits(self, view: GlobalView, accepted: dict[int, Accepted],
-                   done: dict[int, Evaluated], owns: dict[int, list[torch.Tensor]],
-                   own_before: dict[int, float], rand: list[torch.Tensor],
-                   rand_before: float) -> None:
-        """Proof bits by loss: each update's own/random gain ratio against a leave-one-out
-        reference (the other helpful updates, clipped to the median, mean)."""
-        cfg, ev = self.cfg.scoring, self.evaluator
-        helpful = helpful_uids({u: e.score.rand for u, e in done.items()})
-        for uid, e in done.items():
-            others = [(accepted[u].signer, accepted[u].tensors) for u in helpful if u != uid]
-            ref = None
-            if len(others) >= 2:
-                reference, _ = aggregate_sparse(others, self.manifest, self.cfg.codec)
-                ref = scoring.reference_score(ev, view.params, reference, owns[uid],
-                                              own_before[uid], rand, rand_before, cfg)
-            e.bit = scoring.proof_bit(e.score, ref)
-
-    def _replay_bits(self, window: int, view: GlobalView, accepted: dict[int, Accepted],
-                     done: dict[int, Evaluated]) -> None:
-        """Proof bits by replay: the assignment of every evaluated miner that built on
-        θ_global, and one nobody holds, replayed from θ_global; each update's alignment
-        with its own replay against its alignments with the others (validator/scoring.py).
-        An update that names an older base cannot be replayed from θ_global: its bit is
-        0, neither proof nor disproof (its sync score already halves its score)."""
+    def _prove(self, window: int, view: GlobalView, accepted: dict[int, Accepted],
+               done: dict[int, Evaluated], batches: proof.LossBatches) -> None:
+        """The proof-of-assigned-data bit of every evaluated update (validator/proof.py):
+        by replay when the run's miners reset their inner optimizer, else by loss.
+        Replays cost training steps: they run only when the proof counts."""
         cfg = self.cfg.scoring
-        assert cfg.inner is not None
-        current = sorted(u for u in done if accepted[u].header.base.step == view.base.step)
-        if not current:
+        updates = {u: proof.Update(accepted[u].signer, accepted[u].header.base.step,
+                                   accepted[u].tensors) for u in done}
+        if cfg.replays and not cfg.proof_of_data:
             return
-        sent = {u: scoring.sent_values(accepted[u].tensors, self.manifest, self.cfg.codec)
-                for u in current}
-        assignments: dict[int, list[torch.Tensor]] = {
-            u: scoring.assigned_batches(self.tokens, cfg, window, u) for u in current}
-        assignments[scoring.RANDOM_UID] = scoring.unassigned_batches(
-            self.tokens, cfg, self.cfg.validator_seed, window)
-        aligned: dict[int, dict[int, float]] = {u: {} for u in current}
-        first = window * cfg.inner_steps
-        for v, batches in assignments.items():  # one replayed Δ in memory at a time
-            replay = self.evaluator.replay(view.params, batches, cfg.inner, first)
-            for u in current:
-                aligned[u][v] = scoring.alignment(sent[u], replay)
-        for u in current:
-            others = [a for v, a in aligned[u].items() if v != u]
-            e = done[u]
-            e.evidence = scoring.replay_evidence(aligned[u][u], others)
-            e.bit = scoring.replay_bit(e.evidence, cfg)
+        if cfg.replays:
+            found = proof.replay_proofs(self.evaluator, cfg, self.tokens,
+                                        self.cfg.validator_seed,
+                                        proof.Window(window, view.params, view.base.step),
+                                        updates, self.cfg.codec)
+        else:
+            helpful = helpful_uids({u: e.score.rand for u, e in done.items()})
+            found = proof.loss_proofs(self.evaluator, cfg, view.params, updates,
+                                      {u: e.score for u, e in done.items()}, helpful,
+                                      batches, self.manifest, self.cfg.codec)
+        for u, p in found.items():
+            done[u].bit, done[u].evidence = p.bit, p.evidence
 
     # --- weights ----------------------------------------------------------------------
     def _epoch_to_plan(self, window: int) -> int | None:

@@ -37,7 +37,7 @@ from node.engine.model import ModelConfig, parameter_shapes
 from node.errors import NodeError
 
 __all__ = ["ExportError", "byte_level_alphabet", "byte_tokenizer_json", "export_model",
-           "from_hf_state", "hf_config", "import_model", "to_hf_state"]
+           "from_hf_state", "hf_config", "import_model", "read_config", "to_hf_state"]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -351,7 +351,8 @@ def export_model(params: Sequence[Tensor], cfg: ModelConfig, out_dir: Path, *,
     return out_dir
 
 
-def _read_config(hf_dir: Path) -> dict[str, Any]:
+def read_config(hf_dir: Path) -> dict[str, Any]:
+    """config.json of a Hugging Face folder as a dict (`ExportError` when unreadable)."""
     try:
         found = json.loads((hf_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -376,6 +377,6 @@ def _read_weights(hf_dir: Path) -> dict[str, Tensor]:
 def import_model(hf_dir: Path, cfg: ModelConfig) -> list[Tensor]:
     """Our tensors (manifest order) from a folder `export_model` (or HF) wrote."""
     hf_dir = Path(hf_dir)
-    check_config(_read_config(hf_dir), cfg)
+    check_config(read_config(hf_dir), cfg)
     return from_hf_state(_read_weights(hf_dir), cfg)
 

@@ -20,7 +20,6 @@ the install command.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import sys
@@ -31,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from node.engine.hf import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, byte_tokenizer_json
+from node.engine.hf import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    ExportError,
+    byte_tokenizer_json,
+    read_config,
+)
 from node.engine.shards import load_shards
 from node.engine.tokenizer import BYTE_TOKENIZER_SHA256
 from node.errors import DataError, NodeError
@@ -96,11 +102,9 @@ def check_model_dir(model_dir: Path) -> dict[str, Any]:
         raise EvalError(f"{model_dir}: not a Hugging Face model folder (no {CONFIG_FILE} "
                         f"and {WEIGHTS_FILE}; `gradmesh export` writes one)")
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvalError(f"{folder / CONFIG_FILE}: unreadable: {exc}") from exc
-    if not isinstance(config, dict):
-        raise EvalError(f"{folder / CONFIG_FILE}: not a JSON object")
+        config = read_config(folder)
+    except ExportError as exc:
+        raise EvalError(str(exc)) from exc
     return config
 
 

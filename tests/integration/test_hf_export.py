@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from node.engine.model import Decoder, ModelConfig, build_model, get_config, par
 from node.engine.store import CheckpointStore
 from node.errors import CheckpointError
 from node.outer.step import params_digest
+from tests.support.threads import one_thread  # noqa: F401
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers (the reference implementation) is a dev extra")
@@ -41,13 +41,6 @@ TEXT = "gradmesh trains one model across many machines.\n\nhéllo, wörld ✓ �
 CARD = {"run": "run-7", "windows": 12, "tokens": 1_572_864, "heldout_loss": 3.21,
         "contract": "0x5FbDB2315678afecb367f032d93F642f64180aa3"}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def perturbed(cfg: ModelConfig, seed: int = 0) -> Decoder:

@@ -7,7 +7,6 @@ from the run spec refuses to start."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,12 @@ from node.engine.prepare import prepare_shards
 from node.engine.tokenizer import BPETokenizer, train_bpe
 from node.runtime.runspec import RunAssets, RunMismatchError
 from node.sim.simulate import SimConfig, Swarm
+from tests.support.threads import one_thread  # noqa: F401
 
 transformers = pytest.importorskip("transformers", reason="transformers (dev extra) not installed")
 
 VOCAB = 512
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

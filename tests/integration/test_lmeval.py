@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +53,10 @@ if "--no-lm-eval" in sys.argv:  # as if the eval extra were not installed
     sys.argv.remove("--no-lm-eval")
     sys.modules["lm_eval"] = None
 from node.cli.main import main
+from tests.support.threads import one_thread  # noqa: F401
 sys.exit(main(sys.argv[1:]))
 """
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from protocol.envelope import BaseModel, Expectation, seal
 from protocol.identity import Identity
 from protocol.spec import Manifest, manifest_digest
 from tests.support.keys import identity
+from tests.support.threads import one_thread  # noqa: F401
 
 RUN = "catchup-test"
 MODEL = "tiny"
@@ -57,18 +58,9 @@ def _clock(now: int) -> Callable[[], Awaitable[int]]:
     return window
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The tiny model's kernels are far too small to share out: on a busy machine torch's
-    thread pool makes each training step ~20x slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def theta_init(one_thread: None) -> bytes:
+def theta_init(one_thread: None) -> bytes:  # noqa: F811 (the fixture, first)
     return _engine().digest()
 
 
@@ -204,7 +196,7 @@ class History:
 
 
 @pytest.fixture(scope="module")
-def history(one_thread: None) -> History:
+def history(one_thread: None) -> History:  # noqa: F811 (the fixture, first)
     """Built once (training dominates the file's time); tests only read it. Nothing of a
     MemoryNetwork is bound to an event loop, so each test's loop can read it."""
     network = MemoryNetwork()
