@@ -1,0 +1,53 @@
+"""The optimizer study (benchmarks/optimizer_study.py) on a toy grid: two 1-round,
+2-step, 2-miner runs land in the results file, a second call skips them, and
+--report writes the table and the pictures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "optimizer_study.py"
+TOY = ["--grid", "smoke", "--rounds", "1", "--miners", "2", "--inner-steps", "2"]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("optimizer_study", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = study  # its dataclasses look their module up by name
+    spec.loader.exec_module(study)
+    return study
+
+
+def test_runs_resume_and_report(tmp_path: Path) -> None:
+    study = _load()
+    out, docs = tmp_path / "results.jsonl", tmp_path / "docs"
+    assert study.main([*TOY, "--out", str(out)]) == 0
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["name"] for r in first] == ["SparseLoCo base", "DiLoCo base"]
+    assert all(r["rounds"] == 1 and r["params_identical"] for r in first)
+    assert first[0]["compression_ratio"] > 100 > first[1]["compression_ratio"]
+
+    assert study.main([*TOY, "--out", str(out)]) == 0  # both finished: nothing reruns
+    assert out.read_text().splitlines() == [json.dumps(r) for r in first]
+
+    assert study.main(["--report", "--out", str(out), "--docs", str(docs)]) == 0
+    table = (docs / "table.md").read_text()
+    assert "| SparseLoCo base |" in table
+    assert "| DiLoCo base |" in table
+    assert (docs / "table.csv").read_text().count("\n") == 3
+    assert "<polyline" in (docs / "loss_vs_tokens_gap.svg").read_text()
+    assert (docs / "loss_vs_wallclock_100.svg").exists()
+
+
+def test_a_run_key_ignores_the_label_but_not_the_settings() -> None:
+    study = _load()
+    base = study.grid_runs("full", "tiny", 10_000)[0]
+    assert study.Run("another label", "g", base.settings, "tiny", 10_000).key == base.key
+    other = study.Run(base.name, base.group, {**base.settings, "k": 16}, "tiny", 10_000)
+    assert other.key != base.key
