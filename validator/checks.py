@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from node.outer.aggregate import median, sparse_norm
+from node.outer.aggregate import median, tensor_norm
 from protocol.envelope import Expectation, Header, open_envelope, read_unverified
 from protocol.errors import (
     NonFiniteValueError,
@@ -24,7 +24,7 @@ from protocol.errors import (
 )
 from protocol.identity import keccak256, recover_signer
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.sparse import SparseTensor, decode_payload
+from protocol.sparse import SparsePayload, SparseTensor
 from validator.errors import (
     EnvelopeRejected,
     Equivocation,
@@ -57,7 +57,7 @@ class Accepted:
     signer: bytes
     header: Header
     payload_hash: bytes
-    tensors: list[SparseTensor]
+    tensors: Sequence[SparseTensor]  # a SparsePayload: each tensor decoded when read
     norm: float
     arrival: Arrival
 
@@ -80,7 +80,7 @@ def _claimed_signer(data: bytes, limits: Limits) -> bytes | None:
 
 
 def update_norm(tensors: Sequence[SparseTensor]) -> float:
-    return math.sqrt(math.fsum(sparse_norm(t) ** 2 for t in tensors))
+    return math.sqrt(math.fsum(tensor_norm(tensors, t) ** 2 for t in range(len(tensors))))
 
 
 def check_contribution(arrival: Arrival, ctx: CheckContext) -> Accepted:
@@ -97,8 +97,8 @@ def check_contribution(arrival: Arrival, ctx: CheckContext) -> Accepted:
     if not arrival.at <= ctx.deadline:
         raise LateArrival(f"arrived at {arrival.at:.3f}, deadline {ctx.deadline:.3f}")
     try:
-        tensors = decode_payload(envelope.payload, ctx.expect.manifest, ctx.expect.codec,
-                                 ctx.limits)
+        tensors = SparsePayload(envelope.payload, ctx.expect.manifest, ctx.expect.codec,
+                                ctx.limits)
     except NonFiniteValueError as exc:
         raise NonFiniteUpdate(str(exc)) from exc
     except ProtocolError as exc:

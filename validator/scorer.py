@@ -131,7 +131,7 @@ class WindowReport:
                              if r.status == "scored" and r.s_rand is not None})
 
     def aggregation_inputs(self, allowed: set[int] | None = None
-                           ) -> list[tuple[bytes, list[SparseTensor]]]:
+                           ) -> list[tuple[bytes, Sequence[SparseTensor]]]:
         """(signer, tensors) of the accepted, positively scored miners (∩ `allowed`)."""
         keep = [u for u in self.positive() if allowed is None or u in allowed]
         return [(self.accepted[u].signer, self.accepted[u].tensors) for u in keep

@@ -48,11 +48,11 @@ import torch
 from node.engine.data import derive_seed, sample_offsets, window_batch
 from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerConfig
-from node.outer.aggregate import scale_values, sparse_norm
+from node.outer.aggregate import scale_values
 from node.outer.step import values_at
 from protocol.baseproof import base_proof, proof_positions
 from protocol.envelope import BaseModel
-from protocol.sparse import SparseTensor, decompress
+from protocol.sparse import SparseTensor, decompress, sparse_norm
 from protocol.spec import CodecSpec, Manifest
 from validator.errors import ConfigError
 

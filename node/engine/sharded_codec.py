@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from node.outer.aggregate import AggregateStats, clip_scales, scale_values, sparse_norm
+from node.outer.aggregate import AggregateStats, clip_scales, scale_values, tensor_norm
 from node.outer.optimizers import OuterConfig
 from protocol.sparse import (
     ChunkLayout,
@@ -152,17 +152,17 @@ class ShardedSparseLoCo:
         out: list[Tensor] = []
         clipped = skipped = 0
         for i in range(len(self.manifest)):
-            peers = [tensors[i] for _, tensors in ordered]
-            norms = [sparse_norm(st) for st in peers]
+            peers = [tensors for _, tensors in ordered]
+            norms = [tensor_norm(tensors, i) for tensors in peers]
             shape = self._local_shape(i)
             acc = torch.zeros(shape, dtype=torch.float32)
             used = 0
-            for st, norm, scale in zip(peers, norms, clip_scales(norms), strict=True):
+            for tensors, norm, scale in zip(peers, norms, clip_scales(norms), strict=True):
                 if not math.isfinite(norm):
                     skipped += 1
                     continue
                 clipped += scale < 1.0
-                acc.add_(self._rows_of(i, scale_values(st, scale)))
+                acc.add_(self._rows_of(i, scale_values(tensors[i], scale)))
                 used += 1
             step = acc.div_(used) if used else acc
             out.append(step if lr == 1.0 else step.mul_(lr))

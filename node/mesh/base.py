@@ -170,6 +170,9 @@ class Announcement:
             raise BadAnnouncementError("announcement is not signed by its announcer")
 
 
+DHT_NAMESPACE = "gm"
+
+
 @dataclass(frozen=True)
 class RecordKey:
     run: str
@@ -177,8 +180,16 @@ class RecordKey:
     address: bytes  # 20 bytes: only this address's key may sign the record
 
     def path(self) -> str:
-        """DHT key: `/gradmesh/<run>/<window>/<address hex>`."""
+        """Readable name, for logs and errors: `/gradmesh/<run>/<window>/<address hex>`."""
         return f"/gradmesh/{self.run}/{self.window}/{self.address.hex()}"
+
+    def dht_key(self) -> str:
+        """What the DHT stores and routes: `/gm/<40 hex digits>` (44 bytes), the first 20
+        bytes of SHA-256 over the key's fields. Kademlia peers route keys that are peer
+        ids, multihashes or at most 50 bytes; py-libp2p resets a FIND_NODE stream for
+        anything longer, so a longer key never travels past directly connected peers."""
+        fields = canonical.pack([_RECORD_DOMAIN, self.run, self.window, self.address])
+        return f"/{DHT_NAMESPACE}/{hashlib.sha256(fields).digest()[:20].hex()}"
 
     @classmethod
     def from_path(cls, path: str) -> RecordKey:
@@ -201,30 +212,55 @@ def _record_hash(key: RecordKey, value: bytes, seq: int) -> bytes:
 
 
 def seal_record(identity: Identity, key: RecordKey, value: bytes, seq: int = 0) -> bytes:
-    """Wire form of a record: canonical msgpack [seq, value, signature]."""
+    """Wire form of a record: canonical msgpack [run, window, address, seq, value,
+    signature]. The key's fields travel with it, so a DHT peer that only sees the hashed
+    `dht_key` can still check the signature; what is signed is (key, value, seq)."""
     if key.address != identity.address:
         raise BadRecordError("a record can only be put under the signer's own address")
     if len(value) > MAX_RECORD_BYTES:
         raise BadRecordError(f"record value of {len(value)} bytes exceeds {MAX_RECORD_BYTES}")
-    return canonical.pack([seq, value, identity.sign_hash(_record_hash(key, value, seq))])
+    signature = identity.sign_hash(_record_hash(key, value, seq))
+    return canonical.pack([key.run, key.window, key.address, seq, value, signature])
 
 
-def open_record(key: RecordKey, data: bytes) -> tuple[int, bytes]:
-    """Check a sealed record against its key; returns (seq, value) or raises."""
+def read_record(data: bytes) -> tuple[RecordKey, int, bytes]:
+    """(key, seq, value) of a sealed record whose signature recovers the key's address;
+    raises `BadRecordError` otherwise."""
     try:
         items = canonical.expect_list(
-            canonical.unpack(data, max_bytes=MAX_RECORD_BYTES + 256,
-                             max_bin_len=MAX_RECORD_BYTES, max_array_len=3),
-            3, "record")
-        seq = canonical.expect_int(items[0], "seq", hi=_U63)
-        value = canonical.expect_bytes(items[1], "value", max_len=MAX_RECORD_BYTES)
-        signature = canonical.expect_bytes(items[2], "signature", length=SIGNATURE_LEN)
+            canonical.unpack(data, max_bytes=MAX_RECORD_BYTES + MAX_RUN_LEN + 256,
+                             max_bin_len=MAX_RECORD_BYTES, max_array_len=6),
+            6, "record")
+        key = RecordKey(run=canonical.expect_str(items[0], "run", max_len=MAX_RUN_LEN),
+                        window=canonical.expect_int(items[1], "window", hi=_U63),
+                        address=canonical.expect_bytes(items[2], "address",
+                                                       length=ADDRESS_LEN))
+        seq = canonical.expect_int(items[3], "seq", hi=_U63)
+        value = canonical.expect_bytes(items[4], "value", max_len=MAX_RECORD_BYTES)
+        signature = canonical.expect_bytes(items[5], "signature", length=SIGNATURE_LEN)
         signer = recover_signer(_record_hash(key, value, seq), signature)
     except ProtocolError as exc:
         raise BadRecordError(f"malformed record: {exc}") from exc
     if signer != key.address:
         raise BadRecordError("record is not signed by its key's address")
+    return key, seq, value
+
+
+def open_record(key: RecordKey, data: bytes) -> tuple[int, bytes]:
+    """Check a sealed record against its key; returns (seq, value) or raises."""
+    got, seq, value = read_record(data)
+    if got != key:
+        raise BadRecordError(f"record of {got.path()} under {key.path()}")
     return seq, value
+
+
+def open_dht_record(dht_key: str, data: bytes) -> tuple[RecordKey, int, bytes]:
+    """What a DHT peer checks before storing: a valid record whose key hashes to
+    `dht_key`."""
+    key, seq, value = read_record(data)
+    if key.dht_key() != dht_key:
+        raise BadRecordError(f"record of {key.path()} does not belong under {dht_key[:50]!r}")
+    return key, seq, value
 
 
 def sha256(data: bytes) -> bytes:

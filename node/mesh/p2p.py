@@ -434,7 +434,7 @@ class P2PMesh(BlobTransfers):
         sealed = seal_record(self._identity, key, value, seq)
         self._seqs[key] = seq
         try:
-            await self._call(self._dht.put_value, key.path(), sealed, timeout=20.0)
+            await self._call(self._dht.put_value, key.dht_key(), sealed, timeout=20.0)
         except MeshError:
             raise  # MeshTimeoutError when the deadline passed
         except TimeoutError as exc:
@@ -447,7 +447,7 @@ class P2PMesh(BlobTransfers):
         if not self._running:
             raise MeshStateError("mesh is not running")
         try:
-            sealed = await self._call(self._dht.get_value, key.path(), timeout=timeout)
+            sealed = await self._call(self._dht.get_value, key.dht_key(), timeout=timeout)
         except TimeoutError:
             return None  # nobody answered in time: not found (see `Mesh.get_record`)
         except MeshError:

@@ -25,7 +25,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.transport.tcp.tcp import TCP
 
 from node.mesh.addresses import AddressPolicy
-from node.mesh.base import BadRecordError, RecordKey, open_record
+from node.mesh.base import DHT_NAMESPACE, BadRecordError, open_dht_record
 from node.mesh.p2p_config import P2PConfig
 from protocol.identity import address_from_public_key
 
@@ -61,23 +61,22 @@ class AllowlistTCP(TCP):
 
 
 class RecordValidator(Validator):
-    """DHT validator for `/gradmesh/<run>/<window>/<address>`: signed by that address."""
+    """DHT validator for `/gm/<hash of run, window, address>` (`RecordKey.dht_key`): a
+    record of this run, whose fields hash to the key and whose signer is its address."""
 
     def __init__(self, run: str) -> None:
         self.run = run
 
     def validate(self, key: str, value: bytes) -> None:
-        rk = RecordKey.from_path(key)
+        rk, _, _ = open_dht_record(key, value)
         if rk.run != self.run:
             raise BadRecordError(f"record of run {rk.run!r}, this mesh serves {self.run!r}")
-        open_record(rk, value)
 
     def select(self, key: str, values: list[bytes]) -> int:
-        rk = RecordKey.from_path(key)
         best, best_seq = 0, -1
         for i, v in enumerate(values):
             try:
-                seq, _ = open_record(rk, v)
+                _, seq, _ = open_dht_record(key, v)
             except BadRecordError:
                 continue
             if seq > best_seq:
@@ -114,7 +113,7 @@ def build_pubsub(cfg: P2PConfig, host: Any) -> tuple[Pubsub, GossipSub]:
 
 def build_dht(cfg: P2PConfig, host: Any) -> KadDHT:
     return KadDHT(host, DHTMode.SERVER,
-                  validator=NamespacedValidator({"gradmesh": RecordValidator(cfg.run)},
+                  validator=NamespacedValidator({DHT_NAMESPACE: RecordValidator(cfg.run)},
                                                 strict_validation=True),
                   validator_changed=True, strict_validation=True, enable_providers=False)
 

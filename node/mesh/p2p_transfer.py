@@ -5,7 +5,9 @@ most `per_peer_streams` at once, and `peer_upload_rate` bytes/s), refused for
 banned peers and answered from the given offset. Fetching: announcers are tried
 in turn; a source that dies or stalls mid-blob is resumed at the next one from
 the received offset (a faulting source's own bytes are dropped first), and the
-SHA-256 of the whole blob is checked at the end whoever sent which part.
+SHA-256 of the whole blob is checked at the end whoever sent which part. A source
+that failed transiently is tried again after a backoff (0.25 s, then 0.5 s); a
+connection the swarm still lists after its peer hung up is dropped and redialled.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ FAULT_PENALTY = -50
 SUCCESS_REWARD = 1
 OPEN_TIMEOUT_S = 10.0  # connect + stream open + request write
 ATTEMPTS_PER_PEER = 3  # transient failures (dial, negotiation) are retried
+RETRY_BACKOFF_S = 0.25  # wait before a source's second attempt; doubles for the third
+# py-libp2p's words for "the swarm lists this peer's connections, but none is alive": for
+# about 0.1 s after a peer hangs up it will not dial again on its own
+_DEAD_CONNECTION = ("No valid connections", "No ready connections", "Failed to get a valid")
 TRANSFER_LOG = 256
 
 
@@ -204,6 +210,7 @@ class BlobTransfers:
         dropped, their sources are not asked again for this blob, and it starts over."""
         faulted: set[str] = set()
         attempts: dict[str, int] = {}
+        retry_at: dict[str, float] = {}
         partial = Partial()
         while True:
             candidates = dict.fromkeys([first, *self._sources.get(digest, {})])
@@ -211,7 +218,9 @@ class BlobTransfers:
                        and attempts.get(p, 0) < ATTEMPTS_PER_PEER]
             if not pending:
                 return None
-            peer = min(pending, key=lambda p: attempts.get(p, 0))  # untried sources first
+            # untried sources first, then whoever may be retried soonest
+            peer = min(pending, key=lambda p: (attempts.get(p, 0), retry_at.get(p, 0.0)))
+            await trio.sleep(max(0.0, retry_at.get(peer, 0.0) - trio.current_time()))
             attempts[peer] = attempts.get(peer, 0) + 1
             try:
                 return await self._fetch_from(peer, digest, size, partial)
@@ -239,11 +248,21 @@ class BlobTransfers:
             except Exception as exc:  # dial, negotiation and stream errors: transient
                 failures[peer] = f"{type(exc).__name__}: {exc}"
                 log.debug("fetch %s from %s: %s", digest.hex()[:12], peer, failures[peer])
+                retry_at[peer] = trio.current_time() + RETRY_BACKOFF_S * 2 ** (attempts[peer] - 1)
 
     async def _open_stream(self, peer: str) -> Any:
         pid = ID.from_base58(peer)
         if self._nat is not None and pid not in self._host.get_connected_peers():
             await self._nat.connect(pid, self._circuits.get(peer, []))
+        try:
+            return await self._host.new_stream(pid, [TProtocol(BLOB_PROTOCOL)])
+        except Exception as exc:
+            if not any(words in str(exc) for words in _DEAD_CONNECTION):
+                raise
+        # the swarm still lists a connection the peer hung up: drop it, then dial afresh
+        log.debug("dead connection to %s dropped before a redial", peer)
+        with trio.move_on_after(2), contextlib.suppress(Exception):
+            await self._host.disconnect(pid)
         return await self._host.new_stream(pid, [TProtocol(BLOB_PROTOCOL)])
 
     async def _fetch_from(self, peer: str, digest: bytes, size: int | None,

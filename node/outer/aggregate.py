@@ -5,17 +5,20 @@ contributions, whatever order they arrived in: contributions are sorted by
 signer address, per-peer norms are computed in float64 from integer counts and
 the 4-entry value table (no order-dependent float reductions), and the mean is
 accumulated elementwise in that fixed order.
+
+`sparse_norm` lives in protocol/sparse (a validated `SparsePayload` carries it); it is
+imported here for the callers that took it from this module.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from protocol.sparse import SparseTensor, decompress
+from protocol.sparse import SparsePayload, SparseTensor, decompress, sparse_norm
 from protocol.spec import CodecSpec, Manifest
 
 
@@ -26,11 +29,12 @@ class AggregateStats:
     skipped: int  # peer-tensor pairs dropped as non-finite
 
 
-def sparse_norm(st: SparseTensor) -> float:
-    """L2 norm of a decompressed sparse tensor, reproducible on any hardware."""
-    counts = torch.bincount(st.codes.reshape(-1).to(torch.int64), minlength=4).tolist()
-    table = [float(v) for v in st.table.tolist()]
-    return math.sqrt(math.fsum(c * v * v for c, v in zip(counts, table, strict=True)))
+def tensor_norm(tensors: Sequence[SparseTensor], t: int) -> float:
+    """`sparse_norm` of tensors[t]; a `SparsePayload` answers from its validation pass
+    without decoding the tensor again."""
+    if isinstance(tensors, SparsePayload):
+        return tensors.norms[t]
+    return sparse_norm(tensors[t])
 
 
 def scale_values(st: SparseTensor, scale: float) -> SparseTensor:
@@ -44,7 +48,7 @@ def median_norms(updates: Sequence[Sequence[SparseTensor]]) -> list[float]:
     """Per tensor, the median of the finite norms over `updates` (0.0 when none is)."""
     out = []
     for t in range(len(updates[0]) if updates else 0):
-        finite = [n for n in (sparse_norm(u[t]) for u in updates) if math.isfinite(n)]
+        finite = [n for n in (tensor_norm(u, t) for u in updates) if math.isfinite(n)]
         out.append(median(finite) if finite else 0.0)
     return out
 
@@ -67,31 +71,53 @@ def clip_scales(norms: Sequence[float]) -> list[float]:
             for n in norms]
 
 
+class SparseMean:
+    """Per tensor in manifest order: each peer clipped to the median L2 norm, then the
+    mean over peers, in signer order. Iterating yields one dense fp32 tensor at a time
+    and decodes each peer's tensor only while it is added, so a caller that applies
+    each tensor before taking the next holds one dense tensor beyond θ. `stats` counts
+    what the iterations so far clipped and skipped."""
+
+    def __init__(self, contributions: Sequence[tuple[bytes, Sequence[SparseTensor]]],
+                 manifest: Manifest, spec: CodecSpec,
+                 device: torch.device | str = "cpu") -> None:
+        self._ordered = [tensors for _, tensors in sorted(contributions, key=lambda c: c[0])]
+        self._manifest, self._spec, self._device = manifest, spec, device
+        self.clipped = self.skipped = 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for t, tensor_spec in enumerate(self._manifest):
+            yield self._mean(t, tensor_spec.shape)
+
+    def _mean(self, t: int, shape: tuple[int, ...]) -> torch.Tensor:
+        norms = [tensor_norm(tensors, t) for tensors in self._ordered]
+        acc = torch.zeros(shape, dtype=torch.float32, device=self._device)
+        used = 0
+        for tensors, norm, scale in zip(self._ordered, norms, clip_scales(norms), strict=True):
+            if not math.isfinite(norm):
+                self.skipped += 1
+                continue
+            self.clipped += scale < 1.0
+            st = scale_values(tensors[t], scale)
+            acc.add_(decompress(st, shape, self._spec).to(self._device))
+            used += 1
+        return acc.div_(used) if used else acc
+
+    @property
+    def stats(self) -> AggregateStats:
+        return AggregateStats(peers=len(self._ordered), clipped=self.clipped,
+                              skipped=self.skipped)
+
+
 def aggregate_sparse(
     contributions: Sequence[tuple[bytes, Sequence[SparseTensor]]],
     manifest: Manifest,
     spec: CodecSpec,
     device: torch.device | str = "cpu",
 ) -> tuple[list[torch.Tensor], AggregateStats]:
-    """Per tensor: clip each peer to the median L2 norm, then mean over peers."""
-    ordered = sorted(contributions, key=lambda item: item[0])
-    out: list[torch.Tensor] = []
-    clipped = skipped = 0
-    for t, tensor_spec in enumerate(manifest):
-        peers = [tensors[t] for _, tensors in ordered]
-        norms = [sparse_norm(st) for st in peers]
-        scales = clip_scales(norms)
-        acc = torch.zeros(tensor_spec.shape, dtype=torch.float32, device=device)
-        used = 0
-        for st, norm, scale in zip(peers, norms, scales, strict=True):
-            if not math.isfinite(norm):
-                skipped += 1
-                continue
-            clipped += scale < 1.0
-            acc.add_(decompress(scale_values(st, scale), tensor_spec.shape, spec).to(device))
-            used += 1
-        out.append(acc.div_(used) if used else acc)
-    return out, AggregateStats(peers=len(ordered), clipped=clipped, skipped=skipped)
+    """Every tensor of `SparseMean` at once, with its stats."""
+    mean = SparseMean(contributions, manifest, spec, device)
+    return list(mean), mean.stats
 
 
 def aggregate_mean(

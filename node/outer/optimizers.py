@@ -17,10 +17,10 @@ from typing import Any, Literal
 import torch
 
 from node.errors import ConfigError
-from node.outer.aggregate import AggregateStats, aggregate_mean, aggregate_sparse
+from node.outer.aggregate import AggregateStats, SparseMean, aggregate_mean
 from protocol.dense import decode_dense, encode_dense
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.sparse import SparseTensor, compress, decode_payload, decompress, encode_payload
+from protocol.sparse import SparsePayload, SparseTensor, compress, decompress, encode_payload
 from protocol.spec import CodecSpec, IndexCoding, Manifest
 
 OptimizerName = Literal["sparseloco", "diloco", "ddp"]
@@ -134,7 +134,7 @@ class SparseLoCo(OuterOptimizer):
         return encode_payload(compressed(), self.manifest, self.codec)
 
     def decode(self, payload: bytes) -> Contribution:
-        return decode_payload(payload, self.manifest, self.codec, self.limits)
+        return SparsePayload(payload, self.manifest, self.codec, self.limits)
 
     def apply(self, params: Sequence[torch.Tensor],
               contributions: Sequence[tuple[bytes, Contribution]],
@@ -142,13 +142,14 @@ class SparseLoCo(OuterOptimizer):
         # The determinism contract (docs/protocol.md): decode, clip, mean and the lr
         # product in fp32 on the CPU, in signer order; the device only subtracts, which
         # rounds the same everywhere (a CUDA scalar division multiplies by a reciprocal).
-        update, stats = aggregate_sparse(contributions, self.manifest, self.codec, "cpu")
+        # One tensor at a time: decoded, averaged and subtracted before the next.
+        mean = SparseMean(contributions, self.manifest, self.codec, "cpu")
         lr = self.config.effective_lr
         with torch.no_grad():
-            for p, u in zip(params, update, strict=True):
+            for p, u in zip(params, mean, strict=True):
                 step = u if lr == 1.0 else u.mul_(lr)
                 p.sub_(place(p, step))
-        return stats
+        return mean.stats
 
 
 class DiLoCo(OuterOptimizer):

@@ -19,12 +19,11 @@ from typing import Any
 
 import torch
 
-from node.outer.aggregate import sparse_norm
 from protocol.dense import decode_dense
 from protocol.envelope import Expectation, open_envelope
 from protocol.errors import ProtocolError
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.sparse import SparseTensor, decode_payload
+from protocol.sparse import SparsePayload, SparseTensor, sparse_norm
 from protocol.spec import CodecSpec, Manifest
 
 
@@ -32,7 +31,7 @@ from protocol.spec import CodecSpec, Manifest
 class Selected:
     signer: bytes
     sha256: bytes  # of the whole envelope: what peers fetch to replay the window
-    tensors: list[Any]  # list[SparseTensor] (sparseloco) or list[Tensor] (dense)
+    tensors: Sequence[Any]  # SparsePayload (sparseloco) or list[Tensor] (dense)
     base_digest: bytes = b""  # the θ digest the signer says it trained from
 
 
@@ -44,22 +43,20 @@ class Skipped:
 
 
 def decode_contribution(payload: bytes, manifest: Manifest, codec: CodecSpec,
-                        limits: Limits = DEFAULT_LIMITS) -> list[Any]:
-    """A payload's tensors under the run's codec (raises `ProtocolError`)."""
+                        limits: Limits = DEFAULT_LIMITS) -> Sequence[Any]:
+    """A payload's tensors under the run's codec (raises `ProtocolError`): dense tensors,
+    or a validated `SparsePayload` that decodes each tensor when it is read."""
     if codec.name == "dense":
         return decode_dense(payload, manifest, limits)
-    return decode_payload(payload, manifest, codec, limits)
+    return SparsePayload(payload, manifest, codec, limits)
 
 
 def all_finite(tensors: Sequence[Any]) -> bool:
     """Every value finite: sparse norms from exact code counts, dense tensors directly."""
-    for t in tensors:
-        if isinstance(t, SparseTensor):
-            if not math.isfinite(sparse_norm(t)):
-                return False
-        elif not bool(torch.isfinite(t).all()):
-            return False
-    return True
+    if isinstance(tensors, SparsePayload):
+        return all(math.isfinite(n) for n in tensors.norms)
+    return all(math.isfinite(sparse_norm(t)) if isinstance(t, SparseTensor)
+               else bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def select(envelopes: Iterable[bytes], expect: Expectation, allowed: set[bytes] | None,

@@ -1,8 +1,9 @@
 """Collects a window's contributions from the mesh as announcements arrive.
 
 One background task per node subscribes to announcements, fetches each
-announced envelope (bounded concurrency, per-fetch timeout) and files it by
-window with the time *this* node first heard of it. Only announcers the
+announced envelope (bounded concurrency, per-fetch timeout, a failed fetch tried
+again with backoff) and files it by window with the time *this* node first heard
+of it. Only announcers the
 caller allows (registered miners) are fetched, and only for windows near the
 current one, so strangers cannot make a node download at will.
 """
@@ -15,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from node.mesh.base import Announcement, Mesh, MeshError
+from node.mesh.base import Announcement, BlobTooLargeError, FetchError, Mesh, MeshError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class Gatherer:
                  current_window: Callable[[], int], max_bytes: int,
                  clock: Callable[[], float] = time.time, fetch_timeout: float = 20.0,
                  concurrency: int = 8, horizon: int = 2,
-                 refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+                 refresh: Callable[[], Awaitable[None]] | None = None,
+                 retries: int = 2, retry_backoff: float = 1.0) -> None:
         self.mesh = mesh
         self.run_id = run
         self.allowed = allowed
@@ -50,6 +52,8 @@ class Gatherer:
         self.fetch_timeout = fetch_timeout
         self.horizon = horizon  # accept announcements for current ± horizon windows
         self.refresh = refresh  # re-reads the registered set (a newcomer's first window)
+        self.retries = retries  # a failed fetch is tried again this often ...
+        self.retry_backoff = retry_backoff  # ... after this many seconds, doubling
         self._windows: dict[int, _Window] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._changed = asyncio.Event()
@@ -101,8 +105,7 @@ class Gatherer:
 
     async def _fetch(self, ann: Announcement, w: _Window) -> None:
         try:
-            async with self._slots:
-                w.data[ann.sha256] = await self.mesh.fetch(ann, timeout=self.fetch_timeout)
+            w.data[ann.sha256] = await self._fetch_with_retries(ann)
         except MeshError as exc:  # any refusal of the mesh: this envelope only, never the loop
             w.failed[ann.sha256] = f"{type(exc).__name__}: {exc}"
             log.info("window %d: fetch from 0x%s failed: %s", ann.window, ann.announcer.hex(),
@@ -110,6 +113,25 @@ class Gatherer:
         finally:
             w.pending.discard(ann.sha256)
             self._changed.set()
+
+    async def _fetch_with_retries(self, ann: Announcement) -> bytes:
+        """The mesh's fetch, tried again after a backoff while the window is still near:
+        one reset stream must not lose an envelope, or validators would count its miner
+        as missing. A blob over the mesh's cap is not retried."""
+        for attempt in range(self.retries + 1):
+            try:
+                async with self._slots:
+                    return await self.mesh.fetch(ann, timeout=self.fetch_timeout)
+            except BlobTooLargeError:
+                raise
+            except FetchError as exc:
+                near = abs(ann.window - self.current_window()) <= self.horizon
+                if attempt == self.retries or not near:
+                    raise
+                log.info("window %d: fetch from 0x%s failed (%s); trying again",
+                         ann.window, ann.announcer.hex(), exc)
+            await asyncio.sleep(self.retry_backoff * 2**attempt)
+        raise AssertionError("unreachable")
 
     def received(self, window: int) -> list[Received]:
         """Fetched envelopes of `window`, in the order their announcements arrived."""

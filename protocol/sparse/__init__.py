@@ -7,6 +7,7 @@ from protocol.sparse.codec import (
     decompress,
     encode_payload,
     payload_cap,
+    sparse_norm,
 )
 from protocol.sparse.layout import (
     ChunkLayout,
@@ -17,9 +18,11 @@ from protocol.sparse.layout import (
     to_chunks,
 )
 from protocol.sparse.quant import dequantize, quantize
+from protocol.sparse.view import SparsePayload
 
 __all__ = [
     "ChunkLayout",
+    "SparsePayload",
     "SparseTensor",
     "chunk_layout",
     "chunk_magnitudes",
@@ -32,5 +35,6 @@ __all__ = [
     "from_chunks",
     "payload_cap",
     "quantize",
+    "sparse_norm",
     "to_chunks",
 ]

@@ -18,7 +18,8 @@ sent: framing for the 38-tensor `small` model is ~12 bytes plus 608 of tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -280,53 +281,83 @@ def _decode_params(raw: bytes, n_tensors: int, spec: CodecSpec) -> list[int]:
     return params
 
 
-def _decode_all_indices(raw: bytes, layouts: list[ChunkLayout], params: list[int],
-                        spec: CodecSpec) -> list[torch.Tensor]:
-    data = _u8(raw)
-    out: list[torch.Tensor] = []
-    if spec.index_coding == "fixed12":
-        sizes = [bits.packed_len(lay.n_entries, lay.index_bits) for lay in layouts]
-        if sum(sizes) != len(raw):
-            raise WrongKError(f"{len(raw)} index bytes, expected {sum(sizes)}")
-        for section, lay in zip(torch.split(data, sizes), layouts, strict=True):
-            out.append(_decode_fixed(section, lay))
-        return out
-    offset = 0
-    for lay, r in zip(layouts, params, strict=True):
-        indices, offset = _decode_gap(data, offset, lay, r)
-        out.append(indices)
-    if offset != len(raw):
-        raise WrongKError("bytes left over after the last index section")
-    return out
+@dataclass(frozen=True)
+class Frame:
+    """A payload's four sections, checked as far as their lengths go: what decoding one
+    tensor at a time starts from."""
+
+    layouts: list[ChunkLayout]
+    spec: CodecSpec
+    tables: torch.Tensor  # [T, 4] float32, finite
+    params: list[int]  # one Rice parameter per tensor ("gap"), empty otherwise
+    indices: torch.Tensor  # uint8: the index sections, back to back
+    values: torch.Tensor  # uint8: the value sections, back to back
+    value_offsets: list[int]  # T + 1 offsets into `values`
 
 
-def _decode_all_codes(raw: bytes, layouts: list[ChunkLayout]) -> list[torch.Tensor]:
-    sizes = [bits.packed_len(lay.n_entries, VALUE_BITS) for lay in layouts]
-    if sum(sizes) != len(raw):
-        raise WrongKError(f"{len(raw)} value bytes, expected {sum(sizes)}")
-    sections = torch.split(_u8(raw), sizes)
-    return [
-        bits.unpack_uint(section, VALUE_BITS, lay.n_entries)
-        .to(torch.uint8).reshape(lay.n_chunks, lay.k)
-        for section, lay in zip(sections, layouts, strict=True)
-    ]
-
-
-def decode_payload(payload: bytes, manifest: Manifest, spec: CodecSpec,
-                   limits: Limits = DEFAULT_LIMITS) -> list[SparseTensor]:
-    """Parse and fully validate a payload; raise a `ProtocolError` on any defect.
-
-    Returned tensors are on the CPU.
-    """
+def open_frame(payload: bytes, manifest: Manifest, spec: CodecSpec,
+               limits: Limits = DEFAULT_LIMITS) -> Frame:
+    """Unpack and check the frame, tables and section lengths (raises `ProtocolError`)."""
     _check_spec(spec)
     layouts = _layouts(manifest, spec, limits)
     raw_tables, raw_params, raw_indices, raw_values = _unpack_frame(payload, layouts, spec,
                                                                     limits)
     tables = _decode_tables(raw_tables, len(layouts))
     params = _decode_params(raw_params, len(layouts), spec)
-    codes = _decode_all_codes(raw_values, layouts)
-    indices = _decode_all_indices(raw_indices, layouts, params, spec)
-    return [
-        SparseTensor(indices=idx, codes=c, table=tables[i].clone())
-        for i, (idx, c) in enumerate(zip(indices, codes, strict=True))
-    ]
+    value_sizes = [bits.packed_len(lay.n_entries, VALUE_BITS) for lay in layouts]
+    if sum(value_sizes) != len(raw_values):
+        raise WrongKError(f"{len(raw_values)} value bytes, expected {sum(value_sizes)}")
+    if spec.index_coding == "fixed12":
+        want = sum(bits.packed_len(lay.n_entries, lay.index_bits) for lay in layouts)
+        if want != len(raw_indices):
+            raise WrongKError(f"{len(raw_indices)} index bytes, expected {want}")
+    offsets = [0]
+    for size in value_sizes:
+        offsets.append(offsets[-1] + size)
+    return Frame(layouts, spec, tables, params, _u8(raw_indices), _u8(raw_values), offsets)
+
+
+def read_tensor(frame: Frame, t: int, offset: int) -> tuple[SparseTensor, int]:
+    """Decode and validate tensor t, whose index section starts at `offset`; return it and
+    where the next index section starts."""
+    lay = frame.layouts[t]
+    if frame.spec.index_coding == "fixed12":
+        end = offset + bits.packed_len(lay.n_entries, lay.index_bits)
+        indices = _decode_fixed(frame.indices[offset:end], lay)
+    else:
+        indices, end = _decode_gap(frame.indices, offset, lay, frame.params[t])
+    first, last = frame.value_offsets[t], frame.value_offsets[t + 1]
+    codes = bits.unpack_uint(frame.values[first:last], VALUE_BITS, lay.n_entries)
+    st = SparseTensor(indices=indices, codes=codes.to(torch.uint8).reshape(lay.n_chunks, lay.k),
+                      table=frame.tables[t].clone())
+    return st, end
+
+
+def read_all(frame: Frame) -> Iterator[tuple[int, SparseTensor]]:
+    """Every tensor in manifest order with its index offset, one at a time; the index
+    sections must end exactly where the last one does."""
+    offset = 0
+    for t in range(len(frame.layouts)):
+        st, end = read_tensor(frame, t, offset)
+        yield offset, st
+        offset = end
+    if offset != frame.indices.numel():
+        raise WrongKError("bytes left over after the last index section")
+
+
+def decode_payload(payload: bytes, manifest: Manifest, spec: CodecSpec,
+                   limits: Limits = DEFAULT_LIMITS) -> list[SparseTensor]:
+    """Parse and fully validate a payload; raise a `ProtocolError` on any defect.
+
+    Returned tensors are on the CPU. `SparsePayload` (protocol/sparse/view.py) validates
+    the same way but keeps only the packed bytes.
+    """
+    return [st for _, st in read_all(open_frame(payload, manifest, spec, limits))]
+
+
+def sparse_norm(st: SparseTensor) -> float:
+    """L2 norm of a decompressed sparse tensor, reproducible on any hardware: exact
+    integer counts of each 2-bit code and the 4-entry table, summed with `math.fsum`."""
+    counts = torch.bincount(st.codes.reshape(-1).to(torch.int64), minlength=4).tolist()
+    table = [float(v) for v in st.table.tolist()]
+    return math.sqrt(math.fsum(c * v * v for c, v in zip(counts, table, strict=True)))

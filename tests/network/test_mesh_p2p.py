@@ -225,11 +225,84 @@ def test_record_validator_rejects_forgeries() -> None:
     v = _RecordValidator("r")
     key = RecordKey("r", 3, identity(1).address)
     good = seal_record(identity(1), key, b"v")
-    v.validate(key.path(), good)
+    v.validate(key.dht_key(), good)
     forged = seal_record(identity(2), RecordKey("r", 3, identity(2).address), b"v")
+    with pytest.raises(BadRecordError):  # a valid record, but of another key
+        v.validate(key.dht_key(), forged)
     with pytest.raises(BadRecordError):
-        v.validate(key.path(), forged)
+        v.validate(RecordKey("r", 4, identity(1).address).dht_key(), good)
+    other_run = RecordKey("other", 3, identity(1).address)
     with pytest.raises(BadRecordError):
-        v.validate(RecordKey("other", 3, identity(1).address).path(), good)
+        v.validate(other_run.dht_key(), seal_record(identity(1), other_run, b"v"))
     newer = seal_record(identity(1), key, b"w", seq=5)
-    assert v.select(key.path(), [good, forged, newer]) == 2
+    assert v.select(key.dht_key(), [good, forged, newer]) == 2
+    assert len(key.dht_key().encode()) <= 50 < len(key.path().encode())
+
+
+async def test_a_record_travels_along_a_line_of_four_hosts() -> None:
+    """A-B-C-D, each host dialling only the one before it: a record put at A is read
+    at D, which reaches it through DHT lookups (keys longer than 50 bytes stopped at B)."""
+    from node.mesh import RecordKey
+
+    nodes: list[P2PMesh] = []
+    try:
+        for i in range(4):
+            boot = nodes[-1].dial_addrs if nodes else ()
+            node = P2PMesh(identity(300 + i), P2PConfig(run="line", bootstrap=boot))
+            await node.start()
+            nodes.append(node)
+        a, d = nodes[0], nodes[-1]
+        assert a.peer_id not in d.connected_peers()
+        assert d.peer_id not in a.connected_peers()
+        key = RecordKey("line", 7, a.address)
+        await a.put_record(key, b"theta digest")
+        # one lookup, no retries: given minutes, routing-table refreshes would connect
+        # D to A directly, and then any key would do
+        assert await d.get_record(key, timeout=20.0) == b"theta digest"
+    finally:
+        await asyncio.gather(*(n.stop() for n in nodes), return_exceptions=True)
+
+
+async def test_a_restarted_source_is_redialled_not_given_up(cluster: Cluster) -> None:
+    """B restarts on the same port with the same key; A's swarm may still list the dead
+    connection. A fetch right after the restart redials (with backoff) and gets the blob."""
+    a, b = await cluster.add(2)
+    blob = os.urandom(200_000)
+    digest = await b.hold(1, blob)
+    assert await a.fetch((b.peer_id, digest), timeout=20) == blob
+    port = int(b.dial_addrs[0].split("/tcp/")[1].split("/")[0])
+    ident = b._identity
+    await b.stop()
+    again = P2PMesh(ident, P2PConfig(run=cluster.run, port=port))
+    await again.start()
+    cluster.nodes.append(again)
+    blob2 = os.urandom(200_000)
+    digest2 = await again.hold(1, blob2)
+    assert await a.fetch((again.peer_id, digest2), timeout=30) == blob2
+
+
+async def test_a_dead_listed_connection_is_dropped_and_redialled(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the swarm answers "No valid connections" (a hung-up connection still
+    listed), the fetcher drops the peer's connections and dials again."""
+    a, b = await cluster.add(2)
+    blob = os.urandom(50_000)
+    digest = await b.hold(1, blob)
+    host = a._host
+    dead = {"on": True, "hits": 0}
+    real_new_stream, real_disconnect = host.new_stream, host.disconnect
+
+    async def new_stream(pid: Any, protocols: Any) -> Any:
+        if dead["on"]:
+            dead["hits"] += 1
+            raise RuntimeError(f"No valid connections available for peer {pid}")
+        return await real_new_stream(pid, protocols)
+
+    async def disconnect(pid: Any) -> None:
+        dead["on"] = False
+        await real_disconnect(pid)
+
+    monkeypatch.setattr(host, "new_stream", new_stream)
+    monkeypatch.setattr(host, "disconnect", disconnect)
+    assert await a.fetch((b.peer_id, digest), timeout=20) == blob
+    assert dead == {"on": False, "hits": 1}

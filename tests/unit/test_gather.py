@@ -33,7 +33,7 @@ class Rig:
 
     def __init__(self, *, latency: float = 0.0, window: int = 5, horizon: int = 2,
                  max_bytes: int = 1 << 20, fetch_timeout: float = 5.0, concurrency: int = 8,
-                 mesh_cap: int = DEFAULT_MAX_BLOB_BYTES,
+                 mesh_cap: int = DEFAULT_MAX_BLOB_BYTES, retries: int = 2,
                  refresh: Callable[[Rig], Awaitable[None]] | None = None) -> None:
         self.net = MemoryNetwork(latency=latency)
         self.me: MemoryMesh = self.net.node(identity(1), RUN, max_blob_bytes=mesh_cap)
@@ -47,7 +47,8 @@ class Rig:
             self.me, RUN, allowed=lambda a: a in self.allowed,
             current_window=lambda: self.window, max_bytes=max_bytes,
             clock=lambda: float(next(ticks)), fetch_timeout=fetch_timeout,
-            concurrency=concurrency, horizon=horizon, refresh=self._on_refresh)
+            concurrency=concurrency, horizon=horizon, refresh=self._on_refresh,
+            retries=retries, retry_backoff=0.05)
         self.task: asyncio.Task[None] | None = None
 
     async def _on_refresh(self) -> None:
@@ -322,3 +323,47 @@ async def test_a_fetch_refused_by_the_mesh_itself_does_not_crash_the_gatherer(
     await r.peers[0].announce(5, os.urandom(2000))
     await r.marker()  # fails at once if the gatherer died
     r.alive()
+
+
+async def test_a_failed_fetch_is_tried_again_without_a_new_announcement(rig: Any) -> None:
+    r = await rig(fetch_timeout=0.3, retries=3)
+    flaky = r.peers[0]
+    r.net.set_fault(flaky.peer_id, "refuse")
+    fetches = []
+    real_fetch = r.me.fetch
+
+    async def fetch(target: Any, *, timeout: float) -> bytes:
+        fetches.append(target.sha256)
+        if len(fetches) == 3:
+            r.net.set_fault(flaky.peer_id, None)  # the source is back for the third try
+        return await real_fetch(target, timeout=timeout)
+
+    r.me.fetch = fetch  # type: ignore[method-assign]
+    blob = os.urandom(300)
+    await flaky.announce(5, blob)
+    await r.until(lambda: r.gatherer.envelopes(5) == [blob], "the retried fetch")
+    assert fetches == [sha256(blob)] * 3
+    assert sha256(blob) not in r.gatherer._windows[5].failed
+
+
+async def test_retries_stop_once_the_window_is_past(rig: Any) -> None:
+    r = await rig(fetch_timeout=0.3, retries=5)
+    r.net.set_fault(r.peers[0].peer_id, "refuse")
+    fetches = []
+    real_fetch = r.me.fetch
+
+    async def fetch(target: Any, *, timeout: float) -> bytes:
+        fetches.append(target.sha256)
+        r.window = 9  # window 5 leaves the horizon while the first fetch runs
+        return await real_fetch(target, timeout=timeout)
+
+    r.me.fetch = fetch  # type: ignore[method-assign]
+    blob = os.urandom(300)
+    await r.peers[0].announce(5, blob)
+
+    def gave_up() -> bool:
+        w = r.gatherer._windows.get(5)
+        return w is not None and sha256(blob) in w.failed
+
+    await r.until(gave_up, "the give-up")
+    assert len(fetches) == 1

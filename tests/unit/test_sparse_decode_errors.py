@@ -1,5 +1,6 @@
 """Every defect of a sparse payload raises its own ProtocolError subclass; fuzzing
-never produces any other exception."""
+never produces any other exception. Every test runs against both decoders: the eager
+`decode_payload` and the lazy `SparsePayload` (validated at construction)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import protocol.sparse as sparse
 from protocol import canonical
 from protocol.errors import (
     CodecMismatchError,
@@ -24,8 +26,23 @@ from protocol.errors import (
     WrongTypeError,
 )
 from protocol.limits import Limits
-from protocol.sparse import bits, chunk_layout, compress, decode_payload, encode_payload
+from protocol.sparse import SparsePayload, bits, chunk_layout, compress, encode_payload
 from protocol.spec import CodecSpec, TensorSpec
+
+
+def decode_payload(*args: object, **kwargs: object) -> list[sparse.SparseTensor]:
+    return DECODER(*args, **kwargs)  # type: ignore[operator]
+
+
+DECODER: object = sparse.decode_payload
+
+
+@pytest.fixture(autouse=True, params=["eager", "lazy"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    lazy = lambda *a, **k: list(SparsePayload(*a, **k))  # noqa: E731
+    monkeypatch.setitem(globals(), "DECODER",
+                        sparse.decode_payload if request.param == "eager" else lazy)
+
 
 FIXED = CodecSpec(index_coding="fixed12")
 GAP = CodecSpec(index_coding="gap")
