@@ -105,7 +105,9 @@ class HashMismatchError(FetchError):
 
 @dataclass(frozen=True)
 class Announcement:
-    """Signed statement: `announcer` holds a blob of `size` bytes hashing to `sha256`."""
+    """Signed statement: `announcer` holds a blob of `size` bytes hashing to `sha256`,
+    cut into 1 MiB pieces whose hash list hashes to `pieces` (empty: not offered piece
+    by piece; node/mesh/pieces.py)."""
 
     run: str
     window: int
@@ -114,20 +116,23 @@ class Announcement:
     size: int
     peer_id: str
     addrs: tuple[str, ...]
+    pieces: bytes = b""  # SHA-256 over the pieces' SHA-256s, or b""
     signature: bytes = field(default=b"", repr=False)
 
     def _fields(self) -> list[canonical.WireValue]:
         return [self.run, self.window, self.announcer, self.sha256, self.size,
-                self.peer_id, list(self.addrs)]  # fmt: skip
+                self.peer_id, list(self.addrs), self.pieces]  # fmt: skip
 
     def signing_hash(self) -> bytes:
         return keccak256(canonical.pack([_ANNOUNCE_DOMAIN, *self._fields()]))
 
     @classmethod
     def create(cls, identity: Identity, *, run: str, window: int, blob_sha256: bytes,
-               size: int, peer_id: str, addrs: tuple[str, ...]) -> Announcement:
+               size: int, peer_id: str, addrs: tuple[str, ...],
+               pieces: bytes = b"") -> Announcement:
         unsigned = cls(run=run, window=window, announcer=identity.address,
-                       sha256=blob_sha256, size=size, peer_id=peer_id, addrs=tuple(addrs))
+                       sha256=blob_sha256, size=size, peer_id=peer_id, addrs=tuple(addrs),
+                       pieces=pieces)
         signature = identity.sign_hash(unsigned.signing_hash())
         signed = cls(**{**unsigned.__dict__, "signature": signature})
         signed.verify()
@@ -141,8 +146,8 @@ class Announcement:
         """Parse and verify (shape, caps, signature); raise `BadAnnouncementError`."""
         try:
             value = canonical.unpack(data, max_bytes=MAX_ANNOUNCEMENT_BYTES, max_bin_len=65,
-                                     max_array_len=MAX_ADDRS, max_str_len=MAX_ADDR_LEN)
-            items = canonical.expect_list(value, 8, "announcement")
+                                     max_array_len=max(MAX_ADDRS, 9), max_str_len=MAX_ADDR_LEN)
+            items = canonical.expect_list(value, 9, "announcement")
             addrs = items[6]
             if not isinstance(addrs, list) or len(addrs) > MAX_ADDRS:
                 raise BadAnnouncementError("announcement: bad address list")
@@ -154,10 +159,13 @@ class Announcement:
                 size=canonical.expect_int(items[4], "size", hi=_U63),
                 peer_id=canonical.expect_str(items[5], "peer_id", max_len=MAX_PEER_ID_LEN),
                 addrs=tuple(canonical.expect_str(a, "addr", max_len=MAX_ADDR_LEN) for a in addrs),
-                signature=canonical.expect_bytes(items[7], "signature", length=SIGNATURE_LEN),
+                pieces=canonical.expect_bytes(items[7], "pieces", max_len=32),
+                signature=canonical.expect_bytes(items[8], "signature", length=SIGNATURE_LEN),
             )
         except ProtocolError as exc:
             raise BadAnnouncementError(f"malformed announcement: {exc}") from exc
+        if len(ann.pieces) not in (0, 32):
+            raise BadAnnouncementError("announcement: pieces root is not 32 bytes")
         ann.verify()
         return ann
 

@@ -40,6 +40,7 @@ from node.mesh.base import (
     seal_record,
     sha256,
 )
+from node.mesh.pieces import piece_hashes, pieces_root
 from protocol.identity import Identity
 
 Fault = Literal["corrupt", "stall", "refuse"]
@@ -159,7 +160,7 @@ class MemoryMesh:
         digest = self._blobs.add(window, blob)
         ann = Announcement.create(self._identity, run=self._run, window=window,
                                   blob_sha256=digest, size=len(blob), peer_id=self._peer_id,
-                                  addrs=self.listen_addrs)
+                                  addrs=self.listen_addrs, pieces=pieces_root(piece_hashes(blob)))
         wire = ann.encode()
         for node in list(self._net.nodes.values()):
             if node is not self:

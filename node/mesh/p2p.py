@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import multiaddr
+import numpy as np
 import trio
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.custom_types import TProtocol
@@ -52,6 +53,7 @@ from node.mesh.base import (
 )
 from node.mesh.p2p_blob import (
     BLOB_PROTOCOL,
+    ByteBucket,
     ReadLimits,
 )
 from node.mesh.p2p_config import P2PConfig
@@ -66,7 +68,9 @@ from node.mesh.p2p_host import (
     listen_multiaddr,
     peer_address,
 )
+from node.mesh.p2p_swarm import PIECE_PROTOCOL, Partial, PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
+from node.mesh.pieces import UPLOAD_SLOTS, piece_hashes, pieces_root
 from protocol.identity import Identity
 
 __all__ = ["P2PConfig", "P2PMesh", "Transfer"]
@@ -80,7 +84,7 @@ log = logging.getLogger(__name__)
 
 
 
-class P2PMesh(BlobTransfers):
+class P2PMesh(PieceTransfers, BlobTransfers):
     """A `Mesh` over py-libp2p. Construct freely; `start()` opens sockets."""
 
     def __init__(self, identity: Identity, config: P2PConfig) -> None:
@@ -91,6 +95,11 @@ class P2PMesh(BlobTransfers):
         self._peer_id = ID.from_pubkey(self._key_pair.public_key)
         self._topic = f"/gradmesh/{config.run}/announce/1"
         self._blobs = BlobStore()
+        self._partials: dict[bytes, Partial] = {}  # blobs being fetched piece by piece
+        self._seeding: dict[bytes, np.ndarray] = {}  # pieces sent per blob held whole
+        self._upload_slots: trio.Semaphore | None = None
+        rate = config.upload_rate
+        self._uplink: ByteBucket | None = ByteBucket(rate, rate / 4) if rate > 0 else None
         self._sources: dict[bytes, dict[str, Announcement]] = defaultdict(dict)
         self._circuits: dict[str, list[str]] = {}  # peer id -> its circuit addrs (with /p2p/)
         self._peers: dict[str, _PeerState] = defaultdict(_PeerState)
@@ -247,6 +256,8 @@ class P2PMesh(BlobTransfers):
         dht = build_dht(cfg, host)
         self._pubsub, self._dht = pubsub, dht
         host.set_stream_handler(TProtocol(BLOB_PROTOCOL), self._guarded_blob_handler)
+        host.set_stream_handler(TProtocol(PIECE_PROTOCOL), self._guarded_piece_handler)
+        self._upload_slots = trio.Semaphore(UPLOAD_SLOTS)
         async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery, \
                 contextlib.AsyncExitStack() as stack:
             self._nursery = nursery
@@ -407,9 +418,17 @@ class P2PMesh(BlobTransfers):
         digest = self._blobs.add(window, blob)
         ann = Announcement.create(self._identity, run=self._cfg.run, window=window,
                                   blob_sha256=digest, size=len(blob), peer_id=self.peer_id,
-                                  addrs=self.advertised_addrs)
+                                  addrs=self.advertised_addrs,
+                                  pieces=pieces_root(piece_hashes(blob)))
         await self._call(self._pubsub.publish, self._topic, ann.encode(), timeout=10.0)
         return ann
+
+    async def _announce_serving(self, ann: Announcement) -> None:
+        """Gossip (trio side) that this node serves the pieces of `ann`'s blob."""
+        own = Announcement.create(self._identity, run=ann.run, window=ann.window,
+                                  blob_sha256=ann.sha256, size=ann.size, peer_id=self.peer_id,
+                                  addrs=self.advertised_addrs, pieces=ann.pieces)
+        await self._pubsub.publish(self._topic, own.encode())
 
     async def hold(self, window: int, blob: bytes) -> bytes:
         if not self._running:
@@ -419,7 +438,12 @@ class P2PMesh(BlobTransfers):
         return self._blobs.add(window, blob)
 
     def forget(self, before_window: int) -> int:
-        return self._blobs.forget(before_window)
+        for digest in [d for d, p in self._partials.items() if p.window < before_window]:
+            del self._partials[digest]
+        dropped = self._blobs.forget(before_window)
+        for digest in [d for d in self._seeding if d not in self._blobs]:
+            del self._seeding[digest]
+        return dropped
 
     def subscribe(self) -> Subscription:
         if not self._running:

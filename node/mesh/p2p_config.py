@@ -28,6 +28,11 @@ class P2PConfig:
     # blob bytes/s served to each requesting peer (0 = unlimited); burst = 1/4 s of it.
     # Keep it above the fetchers' `min_rate` or they cut this node off as too slow.
     peer_upload_rate: float = 0.0
+    # blob and piece bytes/s served to everyone together (0 = unlimited): the uplink
+    upload_rate: float = 0.0
+    # --- swarming (node/mesh/p2p_swarm.py) ---------------------------------------------
+    swarm: bool = True  # fetch announced blobs piece by piece from every holder
+    piece_requests_per_second: float = 100.0  # piece, list and bitfield requests per peer
     # --- NAT traversal (all off by default: a loopback node runs none of it) --------------
     relay_service: bool = False  # serve circuit relay v2 (hop) and AutoNAT dial-backs
     relays: tuple[str, ...] = ()  # relay multiaddrs with /p2p/<relay id>: reserve when private
@@ -40,8 +45,8 @@ class P2PConfig:
     autonat_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.peer_upload_rate < 0:
-            raise MeshError("peer_upload_rate must be >= 0 (0 = unlimited)")
+        if self.peer_upload_rate < 0 or self.upload_rate < 0:
+            raise MeshError("upload rates must be >= 0 (0 = unlimited)")
         if self.hole_punch_after < 0:
             raise MeshError("hole_punch_after must be >= 0")
 

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -83,6 +83,7 @@ class _PeerState:
     score: int = 0
     streams: int = 0
     bucket: TokenBucket | None = None
+    piece_bucket: TokenBucket | None = None
     upload: ByteBucket | None = None
     last_fault: str = ""
 
@@ -101,6 +102,7 @@ class BlobTransfers:
     _out: int
     _served: int
     _fetched: int
+    _uplink: ByteBucket | None
     transfers: deque[Transfer]
     limits: ReadLimits
 
@@ -116,6 +118,10 @@ class BlobTransfers:
 
     async def _call(self, fn: Any, *args: Any, timeout: float) -> Any:
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # from the swarming mixin (node/mesh/p2p_swarm.py)
+        async def _swarm_fetch(self, ann: Announcement,
+                               failures: dict[str, str]) -> bytes | None: ...
 
     # ---- blobs: serving -------------------------------------------------------------
     async def _guarded_blob_handler(self, stream: Any) -> None:
@@ -164,17 +170,39 @@ class BlobTransfers:
             state.streams -= 1
 
     async def _send_body(self, stream: Any, state: _PeerState, view: memoryview) -> None:
-        rate = self._cfg.peer_upload_rate
-        if rate > 0 and state.upload is None:
-            state.upload = ByteBucket(rate, rate / 4)
-        bucket = state.upload
-        step = bucket.piece_size() if bucket is not None else 1 << 20
+        buckets = self._upload_buckets(state)
+        step = min([b.piece_size() for b in buckets], default=1 << 20)
         for start in range(0, len(view), step):
             piece = bytes(view[start:start + step])
-            if bucket is not None:
+            for bucket in buckets:
                 await bucket.spend(len(piece))
             await stream.write(piece)
             self._out += len(piece)
+
+    def _upload_buckets(self, state: _PeerState) -> list[ByteBucket]:
+        """The byte budgets a send spends: this peer's share and the node's uplink."""
+        rate = self._cfg.peer_upload_rate
+        if rate > 0 and state.upload is None:
+            state.upload = ByteBucket(rate, rate / 4)
+        return [b for b in (state.upload, self._uplink) if b is not None]
+
+    async def _spend_upload(self, peer: str, n: int) -> None:
+        for bucket in self._upload_buckets(self._peers[peer]):
+            await bucket.spend(n)
+
+    async def _admit(self, stream: Any) -> str | None:
+        """The peer asking for a piece, or None after answering REFUSED (banned, or over
+        its piece request rate)."""
+        peer = str(stream.muxed_conn.peer_id.to_base58())
+        state = self._peers[peer]
+        if state.piece_bucket is None:
+            rate = self._cfg.piece_requests_per_second
+            state.piece_bucket = TokenBucket(rate, 2 * rate)
+        if self.banned(peer) or not state.piece_bucket.take():
+            await stream.write(bytes([REFUSED]) + bytes(4))
+            await stream.close()
+            return None
+        return peer
 
     # ---- blobs: fetching ---------------------------------------------------------------
     async def fetch(self, target: FetchTarget, *, timeout: float) -> bytes:
@@ -192,8 +220,11 @@ class BlobTransfers:
             return held
         failures: dict[str, str] = {}
         try:
-            data = await self._call(self._fetch_any, digest, first, size, failures,
-                                    timeout=timeout)
+            if isinstance(target, Announcement) and target.pieces and self._cfg.swarm:
+                data = await self._call(self._swarm_fetch, target, failures, timeout=timeout)
+            else:
+                data = await self._call(self._fetch_any, digest, first, size, failures,
+                                        timeout=timeout)
         except TimeoutError:
             raise FetchTimeoutError(f"no source delivered {digest.hex()[:16]} "
                                     f"within {timeout}s", failures) from None
@@ -251,11 +282,14 @@ class BlobTransfers:
                 retry_at[peer] = trio.current_time() + RETRY_BACKOFF_S * 2 ** (attempts[peer] - 1)
 
     async def _open_stream(self, peer: str) -> Any:
+        return await self._open(peer, BLOB_PROTOCOL)
+
+    async def _open(self, peer: str, protocol: str) -> Any:
         pid = ID.from_base58(peer)
         if self._nat is not None and pid not in self._host.get_connected_peers():
             await self._nat.connect(pid, self._circuits.get(peer, []))
         try:
-            return await self._host.new_stream(pid, [TProtocol(BLOB_PROTOCOL)])
+            return await self._host.new_stream(pid, [TProtocol(protocol)])
         except Exception as exc:
             if not any(words in str(exc) for words in _DEAD_CONNECTION):
                 raise
@@ -263,7 +297,7 @@ class BlobTransfers:
         log.debug("dead connection to %s dropped before a redial", peer)
         with trio.move_on_after(2), contextlib.suppress(Exception):
             await self._host.disconnect(pid)
-        return await self._host.new_stream(pid, [TProtocol(BLOB_PROTOCOL)])
+        return await self._host.new_stream(pid, [TProtocol(protocol)])
 
     async def _fetch_from(self, peer: str, digest: bytes, size: int | None,
                           partial: Partial) -> bytes:

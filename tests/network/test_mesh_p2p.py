@@ -18,14 +18,37 @@ from node.mesh import LOOPBACK, AddressNotAllowedError, FetchError
 from node.mesh.base import Announcement, NoSourceError, sha256
 from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
 from node.mesh.p2p_blob import OK, REQUEST_LEN, response_header
+from node.mesh.p2p_swarm import HAVE, piece_header
 from tests.support.keys import identity
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
 
 class EvilMesh(P2PMesh):
-    """A peer that announces honestly-signed hashes and then serves them badly."""
+    """A peer that announces honestly-signed hashes and then serves them badly, whole
+    or piece by piece (its bitfields claim every piece; its hash lists and pieces are
+    bad)."""
 
     mode = "garbage"
+
+    async def _serve_piece(self, stream: Any) -> None:
+        request = await stream.read(36)
+        digest, index = bytes(request[:32]), int.from_bytes(request[32:36], "big")
+        body = self._piece_body(digest, index) or b""
+        if index == HAVE and self.mode != "stall":
+            await stream.write(piece_header(OK, len(body)) + body)
+        elif self.mode == "garbage":
+            await stream.write(os.urandom(4096))
+        elif self.mode == "oversize":
+            await stream.write(piece_header(OK, 1 << 31) + b"\0" * 1024)
+        elif self.mode == "wrong-hash":
+            await stream.write(piece_header(OK, len(body)) + os.urandom(len(body)))
+        elif self.mode in ("drip", "stall"):
+            await stream.write(piece_header(OK, len(body)))
+            for _ in range(600):
+                if self.mode == "drip":
+                    await stream.write(b"\0")
+                await trio.sleep(0.05)
+        await stream.close()
 
     async def _serve_blob(self, stream: Any) -> None:
         digest = await stream.read(REQUEST_LEN)
@@ -306,3 +329,23 @@ async def test_a_dead_listed_connection_is_dropped_and_redialled(
     monkeypatch.setattr(host, "disconnect", disconnect)
     assert await a.fetch((b.peer_id, digest), timeout=20) == blob
     assert dead == {"on": False, "hits": 1}
+
+
+@pytest.mark.parametrize("swarm", [True, False])
+async def test_swarming_spends_the_authors_upload_about_once(cluster: Cluster,
+                                                             swarm: bool) -> None:
+    """One author with a 4 MiB/s uplink, six fetchers: piece by piece, the fetchers
+    serve each other and the author sends each byte about once; fetched whole from the
+    author (swarm off), it sends the blob six times."""
+    (author,) = await cluster.add(1, upload_rate=4 * 2**20, swarm=swarm)
+    fetchers = await cluster.add(6, swarm=swarm)
+    blob = os.urandom(8 * 2**20 + 12345)  # 9 pieces, the last one short
+    ann = await announce_until_seen(author, [Collector(f) for f in fetchers], 1, blob)
+    results = await asyncio.gather(*(f.fetch(ann, timeout=90) for f in fetchers))
+    assert all(r == blob for r in results)
+    sent = author.stats().bytes_out / len(blob)
+    if swarm:
+        assert sent < 2.0, f"the author sent the blob {sent:.2f} times"
+        assert sum(f.stats().bytes_out for f in fetchers) > 2 * len(blob)
+    else:
+        assert sent >= 6.0

@@ -1,0 +1,433 @@
+"""Swarming for `P2PMesh`: announced blobs move piece by piece, and every holder of a
+piece serves it (a mixin; trio side of the bridge).
+
+`/gradmesh/piece/1`. Request: the blob's 32-byte SHA-256 and a 4-byte big-endian
+index: a piece (0..n-1), `LIST` (the pieces' SHA-256s, back to back) or `HAVE` (a
+bitfield of the pieces held, MSB first). Response: one status byte (`p2p_blob`'s OK,
+NOT_FOUND, BUSY, REFUSED), a 4-byte length and that many bytes. A node answers from
+whole blobs it holds and from the pieces of the blobs it is fetching, each request
+under the per-peer request bucket, the per-peer stream cap and the node's upload
+slots (`UPLOAD_SLOTS`; BUSY beyond them).
+
+A fetch (`_swarm_fetch`) first gets the hash list from any holder and checks it
+against the announcement's signed `pieces` root, and announces the blob under its
+own name (same hash, size and root: "I serve its pieces"), so that the other
+fetchers learn of it; then it keeps `IN_FLIGHT` piece
+requests open, each for the rarest piece it lacks (node/mesh/pieces.py) from the
+least-used source that has it, learning who has what from the holders' bitfields,
+asked again every `HAVE_EVERY_S`. Every piece is checked against its hash, so a
+wrong piece names its sender exactly: that source is penalised and not asked again.
+The whole blob's SHA-256 is checked at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+
+from node.mesh.base import Announcement, BlobStore
+from node.mesh.p2p_blob import (
+    BUSY,
+    NOT_FOUND,
+    OK,
+    REFUSED,
+    PeerFault,
+    PeerUnavailable,
+    ReadLimits,
+    read_exact,
+)
+from node.mesh.pieces import (
+    IN_FLIGHT,
+    PIECE_BYTES,
+    least_served,
+    piece_count,
+    piece_hashes,
+    piece_span,
+    pieces_root,
+    rarest_wanted,
+)
+
+log = logging.getLogger("node.mesh.p2p")
+
+PIECE_PROTOCOL = "/gradmesh/piece/1"
+LIST = 0xFFFFFFFF
+HAVE = 0xFFFFFFFE
+REQUEST_LEN = 36
+HAVE_EVERY_S = 0.5
+HAVE_PEERS = 16  # holders asked for their bitfield per round
+PIECE_TIMEOUT_S = 30.0
+ATTEMPTS_PER_SOURCE = 3  # failures in a row (busy aside) before a source is dropped
+GIVE_UP_S = 3.0  # nothing on its way and no source offering a wanted piece this long
+_HEADER = 5
+
+
+def piece_request(digest: bytes, index: int) -> bytes:
+    return digest + index.to_bytes(4, "big")
+
+
+def piece_header(status: int, length: int = 0) -> bytes:
+    return bytes([status]) + length.to_bytes(4, "big")
+
+
+def bitfield(held: np.ndarray) -> bytes:
+    return np.packbits(held.astype(np.uint8)).tobytes()
+
+
+def read_bitfield(data: bytes, n: int) -> np.ndarray:
+    if len(data) != -(-n // 8):
+        raise PeerFault(f"bitfield of {len(data)} bytes for {n} pieces")
+    return np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n].astype(bool)
+
+
+@dataclass
+class Partial:
+    """A blob being fetched piece by piece: what it is, and the pieces held so far."""
+
+    window: int
+    size: int
+    root: bytes
+    hashes: list[bytes] | None = None
+    pieces: dict[int, bytes] = field(default_factory=dict)
+    whole: bytes | None = None  # once complete: the blob, shared with the caller
+
+    @property
+    def count(self) -> int:
+        return piece_count(self.size)
+
+    def held(self) -> np.ndarray:
+        if self.whole is not None:
+            return np.ones(self.count, dtype=bool)
+        out = np.zeros(self.count, dtype=bool)
+        out[list(self.pieces)] = True
+        return out
+
+    def piece(self, index: int) -> bytes | None:
+        if self.whole is not None:
+            start, length = piece_span(index, self.size) if index < self.count else (0, 0)
+            return self.whole[start:start + length] if length else None
+        return self.pieces.get(index)
+
+    def complete(self, blob: bytes) -> None:
+        """Keep the finished blob itself (the caller's object) instead of its pieces."""
+        self.whole = blob
+        self.pieces = {}
+
+    def accept_list(self, data: bytes) -> None:
+        if len(data) != 32 * self.count or pieces_root(
+                [data[i:i + 32] for i in range(0, len(data), 32)]) != self.root:
+            raise PeerFault("piece list does not hash to the announced root")
+        self.hashes = [data[i:i + 32] for i in range(0, len(data), 32)]
+
+    def accept(self, index: int, data: bytes) -> None:
+        assert self.hashes is not None
+        if len(data) != piece_span(index, self.size)[1]:
+            raise PeerFault(f"piece {index}: {len(data)} bytes")
+        if hashlib.sha256(data).digest() != self.hashes[index]:
+            raise PeerFault(f"piece {index} does not hash to its listed SHA-256")
+        self.pieces[index] = data
+
+    def blob(self) -> bytes:
+        return b"".join(self.pieces[i] for i in range(self.count))
+
+
+@dataclass
+class _Fetch:
+    """One swarm fetch's view: who has what, what is on its way, and from whom."""
+
+    partial: Partial
+    ann: Announcement
+    failures: dict[str, str]
+    views: dict[str, np.ndarray] = field(default_factory=dict)
+    asked: dict[int, str] = field(default_factory=dict)  # piece -> source
+    load: Counter[str] = field(default_factory=Counter)
+    faulted: set[str] = field(default_factory=set)
+    resting: dict[str, float] = field(default_factory=dict)  # source -> usable again at
+    strikes: Counter[str] = field(default_factory=Counter)  # failures in a row, not busy
+    stuck_since: float | None = None
+
+    def sources(self, now: float) -> list[str]:
+        return [p for p in self.views if p not in self.faulted
+                and self.resting.get(p, 0.0) <= now and self.load[p] < 1]
+
+    def choose(self, now: float, rng: np.random.Generator) -> tuple[int, str] | None:
+        """The next (piece, source), or None when nothing can be asked for now."""
+        usable = self.sources(now)
+        if not usable:
+            return None
+        wanted = ~self.partial.held()
+        wanted[list(self.asked)] = False
+        offered = np.zeros_like(wanted)
+        for p in usable:
+            offered |= self.views[p]
+        copies = sum((v.astype(int) for v in self.views.values()), np.zeros(len(wanted), int))
+        piece = rarest_wanted(wanted & offered, copies, rng)
+        if piece is None:
+            return None
+        holders = [i for i, p in enumerate(usable) if self.views[p][piece]]
+        # least used by us first; among those, whoever holds the fewest pieces, so the
+        # author's upload is kept for the pieces only it has
+        loads = np.array([self.load[p] * (self.partial.count + 1) + int(self.views[p].sum())
+                          for p in usable])
+        return piece, usable[least_served(holders, loads, rng)]
+
+
+class PieceTransfers:
+    """The piece half of `P2PMesh`; the attributes below are the mesh's."""
+
+    _blobs: BlobStore
+    _partials: dict[bytes, Partial]
+    _sources: dict[bytes, dict[str, Announcement]]
+    _host: Any
+    _in: int
+    _out: int
+    _served: int
+    _seeding: dict[bytes, np.ndarray]
+    limits: ReadLimits
+    _upload_slots: trio.Semaphore | None
+
+    if TYPE_CHECKING:  # from the blob mixin (node/mesh/p2p_transfer.py)
+        async def _admit(self, stream: Any) -> str | None: ...
+        async def _spend_upload(self, peer: str, n: int) -> None: ...
+        async def _penalize(self, peer: str, why: str) -> None: ...
+        async def _open(self, peer: str, protocol: str) -> Any: ...
+        async def _announce_serving(self, ann: Announcement) -> None: ...
+
+    # ---- serving ----------------------------------------------------------------------
+    async def _guarded_piece_handler(self, stream: Any) -> None:
+        try:
+            await self._serve_piece(stream)
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:  # never let a handler error reach py-libp2p
+            log.debug("piece handler: %r", exc)
+            with contextlib.suppress(BaseException):
+                await stream.reset()
+
+    async def _serve_piece(self, stream: Any) -> None:
+        peer = await self._admit(stream)
+        if peer is None:
+            return
+        request = await read_exact(stream, REQUEST_LEN, 5.0)
+        digest, index = request[:32], int.from_bytes(request[32:], "big")
+        body = self._piece_body(digest, index)
+        if body is None:
+            await stream.write(piece_header(NOT_FOUND))
+        elif index < HAVE and not self._seed_allows(digest, index):
+            await stream.write(piece_header(BUSY))
+        elif index == LIST:  # one per fetcher and blob: counted as a blob served
+            self._served += 1
+            await self._send_piece(stream, peer, body)
+        elif index >= HAVE or self._upload_slots is None:
+            await self._send_piece(stream, peer, body)
+        else:
+            try:
+                self._upload_slots.acquire_nowait()
+            except trio.WouldBlock:
+                await stream.write(piece_header(BUSY))
+            else:
+                try:
+                    await self._send_piece(stream, peer, body)
+                finally:
+                    self._upload_slots.release()
+        await stream.close()
+
+    async def _send_piece(self, stream: Any, peer: str, body: bytes) -> None:
+        await self._spend_upload(peer, len(body))
+        await stream.write(piece_header(OK, len(body)) + body)
+        self._out += len(body)
+
+    def _seed_allows(self, digest: bytes, index: int) -> bool:
+        """Super-seeding, for a blob this node holds whole: each piece is sent once
+        before any is sent twice (a piece already out is BUSY meanwhile), so the first
+        copies of every piece leave the author before its upload goes to duplicates."""
+        blob = self._blobs.get(digest)
+        if blob is None:
+            return True
+        sent = self._seeding.setdefault(digest, np.zeros(piece_count(len(blob)), dtype=int))
+        if sent[index] > sent.min():
+            return False
+        sent[index] += 1
+        return True
+
+    def _piece_body(self, digest: bytes, index: int) -> bytes | None:
+        """What to answer `index` of `digest` with, from a whole blob or a partial one."""
+        blob = self._blobs.get(digest)
+        if blob is not None:
+            n = piece_count(len(blob))
+            if index == LIST:
+                return b"".join(piece_hashes(blob))
+            if index == HAVE:
+                return bitfield(np.ones(n, dtype=bool))
+            if index < n:
+                start, length = piece_span(index, len(blob))
+                return blob[start:start + length]
+            return None
+        partial = self._partials.get(digest)
+        if partial is None or partial.hashes is None:
+            return None
+        if index == LIST:
+            return b"".join(partial.hashes)
+        if index == HAVE:
+            return bitfield(partial.held())
+        return partial.piece(index)
+
+    # ---- fetching ------------------------------------------------------------------------
+    async def _ask(self, peer: str, digest: bytes, index: int, cap: int) -> bytes:
+        """One request; PeerUnavailable for an honest no, PeerFault for a broken answer."""
+        stream = await self._open(peer, PIECE_PROTOCOL)
+        try:
+            await stream.write(piece_request(digest, index))
+            header = await read_exact(stream, _HEADER, 5.0)
+            status, length = header[0], int.from_bytes(header[1:], "big")
+            if status in (NOT_FOUND, BUSY, REFUSED) and length == 0:
+                raise PeerUnavailable({NOT_FOUND: "not found", BUSY: "busy",
+                                       REFUSED: "refused"}[status])
+            if status != OK or length > cap:
+                raise PeerFault(f"bad piece header (status {status}, length {length})")
+            # the fetch's minimum rate, after its grace period, bounds every answer
+            with trio.move_on_after(self.limits.grace + length / self.limits.min_rate) as cs:
+                body = await read_exact(stream, length, self.limits.idle_timeout)
+            if cs.cancelled_caught:
+                raise PeerFault(f"too slow: {length} bytes not sent in time")
+            self._in += length
+            return body
+        finally:
+            with trio.move_on_after(2), contextlib.suppress(Exception):
+                await stream.close()
+
+    async def _swarm_fetch(self, ann: Announcement, failures: dict[str, str]) -> bytes | None:
+        """Gather `ann`'s blob piece by piece from everyone who has pieces of it; None
+        when no source can make progress for `GIVE_UP_S` (why, per peer, in `failures`)."""
+        partial = self._partials.setdefault(
+            ann.sha256, Partial(ann.window, ann.size, ann.pieces))
+        job = _Fetch(partial, ann, failures)
+        rng = np.random.default_rng()
+        if not await self._get_list(job):
+            return None
+        with contextlib.suppress(Exception):  # others learn that we serve its pieces
+            await self._announce_serving(ann)
+        send, recv = trio.open_memory_channel[tuple[int, str, Any]](math.inf)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_haves, job)
+            while partial.whole is None and len(partial.pieces) < partial.count:
+                self._launch(job, rng, nursery, send)
+                if self._stuck(job):
+                    nursery.cancel_scope.cancel()
+                    return None
+                with trio.move_on_after(HAVE_EVERY_S):
+                    await self._settle(job, *await recv.receive())
+            nursery.cancel_scope.cancel()
+        blob = partial.whole if partial.whole is not None else partial.blob()
+        if hashlib.sha256(blob).digest() != ann.sha256:  # the announcer signed a bad list
+            failures[ann.peer_id] = "PeerFault: pieces do not make the announced blob"
+            await self._penalize(ann.peer_id, "announced pieces that do not make its blob")
+            del self._partials[ann.sha256]
+            return None
+        partial.complete(blob)  # its pieces are served until the window is forgotten
+        return blob
+
+    def _stuck(self, job: _Fetch) -> bool:
+        now = trio.current_time()
+        if job.asked:
+            job.stuck_since = None
+            return False
+        if job.stuck_since is None:
+            job.stuck_since = now
+        return now - job.stuck_since >= GIVE_UP_S
+
+    async def _get_list(self, job: _Fetch) -> bool:
+        ann = job.ann
+        if job.partial.hashes is not None:
+            return True
+        for peer in dict.fromkeys([ann.peer_id, *self._sources.get(ann.sha256, {})]):
+            try:
+                job.partial.accept_list(await self._ask(peer, ann.sha256, LIST,
+                                                        32 * job.partial.count))
+                return True
+            except PeerFault as exc:
+                job.failures[peer] = f"PeerFault: {exc}"
+                job.faulted.add(peer)
+                await self._penalize(peer, str(exc))
+            except Exception as exc:  # unavailable, dial errors: the next one
+                job.failures[peer] = f"{type(exc).__name__}: {exc}"
+        return False
+
+    def _launch(self, job: _Fetch, rng: np.random.Generator, nursery: trio.Nursery,
+                send: Any) -> None:
+        while len(job.asked) < IN_FLIGHT:
+            choice = job.choose(trio.current_time(), rng)
+            if choice is None:
+                return
+            piece, peer = choice
+            job.asked[piece] = peer
+            job.load[peer] += 1
+            nursery.start_soon(self._one_piece, peer, job.ann.sha256, piece, send)
+
+    async def _one_piece(self, peer: str, digest: bytes, piece: int, send: Any) -> None:
+        try:
+            with trio.fail_after(PIECE_TIMEOUT_S):
+                result: Any = await self._ask(peer, digest, piece, PIECE_BYTES)
+        except Exception as exc:  # reported, judged by `_settle`
+            result = exc
+        await send.send((piece, peer, result))
+
+    async def _settle(self, job: _Fetch, piece: int, peer: str, result: Any) -> None:
+        del job.asked[piece]
+        job.load[peer] -= 1
+        if isinstance(result, bytes):
+            try:
+                job.partial.accept(piece, result)
+                job.strikes[peer] = 0
+                return
+            except PeerFault as exc:
+                result = exc
+        if isinstance(result, PeerFault):
+            job.faulted.add(peer)
+            job.failures[peer] = f"PeerFault: {result}"
+            await self._penalize(peer, str(result))
+            return
+        job.failures[peer] = f"{type(result).__name__}: {result}"
+        if isinstance(result, PeerUnavailable) and str(result) == "not found" \
+                and peer in job.views:
+            job.views[peer][piece] = False
+        job.resting[peer] = trio.current_time() + HAVE_EVERY_S
+        if str(result) != "busy":
+            job.strikes[peer] += 1
+            if job.strikes[peer] >= ATTEMPTS_PER_SOURCE:  # gone: no blame, not asked again
+                job.faulted.add(peer)
+
+    def _candidates(self, job: _Fetch) -> list[str]:
+        """Who may hold pieces: the announcers of the blob, then connected peers."""
+        announced = list(self._sources.get(job.ann.sha256, {}))
+        connected = [p.to_base58() for p in self._host.get_connected_peers()]
+        return [p for p in dict.fromkeys([job.ann.peer_id, *announced, *connected])
+                if p not in job.faulted]
+
+    async def _watch_haves(self, job: _Fetch) -> None:
+        """Ask holders what they have, now and every `HAVE_EVERY_S` (the announcer has
+        signed that it holds everything)."""
+        job.views[job.ann.peer_id] = np.ones(job.partial.count, dtype=bool)
+        while True:
+            peers = [p for p in self._candidates(job) if p != job.ann.peer_id]
+            async with trio.open_nursery() as nursery:
+                for peer in peers[:HAVE_PEERS]:
+                    nursery.start_soon(self._have_of, job, peer)
+            await trio.sleep(HAVE_EVERY_S)
+
+    async def _have_of(self, job: _Fetch, peer: str) -> None:
+        n = job.partial.count
+        with trio.move_on_after(HAVE_EVERY_S * 4):
+            try:
+                got = await self._ask(peer, job.ann.sha256, HAVE, -(-n // 8))
+                job.views[peer] = read_bitfield(got, n)
+            except Exception:  # no pieces there (yet), or gone: ask again next round
+                job.views.pop(peer, None)
+

@@ -1,0 +1,77 @@
+"""The swarming policy: which piece a fetcher asks for next, and from whom (pure).
+
+A contribution is cut into fixed-size pieces. A holder serves at most
+`UPLOAD_SLOTS` requests at once. A fetcher with a free request slot asks for the
+rarest piece it lacks among those some holder has a free upload slot for (fewest
+copies, counting copies already on their way; ties broken by the caller's seeded
+generator, so that fetchers spread out), from the least-served such holder; with
+no such piece it waits. Whoever holds a piece serves it onward, so an author's
+upload is spent about once per piece instead of once per gatherer: its few slots
+go to the pieces nobody else has yet. Time and randomness come from the caller:
+the dissemination simulator (node/sim/dissemination.py) replays the same choices
+the mesh (node/mesh/p2p_swarm.py) makes.
+
+This module decides; it never moves bytes, keeps no state and never blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+PIECE_BYTES = 1 << 20  # the default piece: 1 MiB
+UPLOAD_SLOTS = 8  # requests a holder serves at once
+IN_FLIGHT = 4  # piece requests a fetcher keeps open
+PER_SOURCE = 1  # of which at most this many with any one holder
+
+
+def piece_count(size: int, piece: int = PIECE_BYTES) -> int:
+    """Pieces of a blob of `size` bytes (at least one, the last may be short)."""
+    if piece <= 0:
+        raise ValueError("piece size must be positive")
+    return max(1, -(-size // piece))
+
+
+def piece_span(index: int, size: int, piece: int = PIECE_BYTES) -> tuple[int, int]:
+    """(offset, length) of piece `index` of a blob of `size` bytes."""
+    if not 0 <= index < piece_count(size, piece):
+        raise IndexError(f"piece {index} of a {size}-byte blob")
+    start = index * piece
+    return start, min(piece, size - start)
+
+
+def piece_hashes(blob: bytes, piece: int = PIECE_BYTES) -> list[bytes]:
+    """SHA-256 of every piece of `blob`, in order."""
+    return [hashlib.sha256(blob[i * piece:(i + 1) * piece]).digest()
+            for i in range(piece_count(len(blob), piece))]
+
+
+def pieces_root(hashes: Sequence[bytes]) -> bytes:
+    """What an announcement signs for the pieces: SHA-256 over the hash list."""
+    return hashlib.sha256(b"".join(hashes)).digest()
+
+
+def rarest_wanted(wanted: np.ndarray, copies: np.ndarray,
+                  rng: np.random.Generator) -> int | None:
+    """Index of the rarest piece among `wanted` (bool per piece: lacking, not yet asked
+    for, and obtainable now), by `copies` (holders plus copies on their way), ties
+    broken at random; None when nothing is wanted."""
+    candidates = np.flatnonzero(wanted)
+    if not len(candidates):
+        return None
+    counts = copies[candidates]
+    rarest = candidates[counts == counts.min()]
+    return int(rarest[rng.integers(len(rarest))])
+
+
+def least_served(sources: Sequence[int], serving: np.ndarray,
+                 rng: np.random.Generator) -> int:
+    """The source serving the fewest requests now (`serving`: count per peer), ties
+    broken at random."""
+    if not sources:
+        raise ValueError("no source to choose from")
+    loads = serving[list(sources)]
+    best = [s for s, load in zip(sources, loads, strict=True) if load == loads.min()]
+    return int(best[rng.integers(len(best))])

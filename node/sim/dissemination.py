@@ -1,0 +1,264 @@
+"""One window's dissemination at internet scale: a discrete-event simulation, no sockets.
+
+N peers, each behind a link (upload, download, RTT); the authors of the window's
+selected contributions each publish B bytes, and every peer gathers every selected
+contribution it did not write. Two policies:
+
+* `direct`: what the mesh did before swarming: a gatherer fetches each contribution
+  whole from its author, at most `streams` at once (the gatherer's concurrency).
+* `swarm`: the contribution is cut into pieces; a fetcher keeps `in_flight` piece
+  requests open, each for the rarest piece it lacks from the least-served holder
+  with a free upload slot (`upload_slots` each; node/mesh/pieces.py), and whoever
+  holds a piece serves it onward.
+
+Bytes move at max-min fair rates over every peer's upload and download (how TCP flows
+share links when the core is not the bottleneck), optionally also under a per-peer
+cap on bytes in + out per second (`host_bps`: a CPU-bound protocol stack). A request
+costs one path RTT before its bytes flow. Pure: the clock is simulated and every
+random choice comes from `seed`, so a run replays exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from node.mesh.pieces import (
+    IN_FLIGHT,
+    PER_SOURCE,
+    UPLOAD_SLOTS,
+    least_served,
+    piece_count,
+    rarest_wanted,
+)
+
+Policy = Literal["direct", "swarm"]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A peer's access link. Two peers' path RTT is the mean of their `rtt_s`."""
+
+    up_bps: float
+    down_bps: float
+    rtt_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    links: tuple[Link, ...]  # one per peer
+    authors: tuple[int, ...]  # peers whose contribution is selected, one each
+    size: int  # bytes per contribution
+    policy: Policy = "swarm"
+    piece: int = 1 << 20
+    in_flight: int = IN_FLIGHT  # swarm: piece requests a fetcher keeps open
+    upload_slots: int = UPLOAD_SLOTS  # swarm: requests a holder serves at once
+    per_source: int = PER_SOURCE  # swarm: requests a fetcher has open with one holder
+    streams: int = 8  # direct: whole contributions fetched at once
+    host_bps: float | None = None  # cap on each peer's bytes in + out per second
+
+    def __post_init__(self) -> None:
+        if len(set(self.authors)) != len(self.authors) or not self.authors:
+            raise ValueError("authors must be distinct and at least one")
+        if not all(0 <= a < len(self.links) for a in self.authors):
+            raise ValueError("an author is not a peer")
+        if min(self.size, self.piece, self.in_flight, self.streams, self.upload_slots,
+               self.per_source) < 1:
+            raise ValueError("size, piece, in_flight and streams must be positive")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    finish_s: tuple[float, ...]  # per peer: when it held every selected contribution
+    bound_s: float  # no policy can finish sooner (bandwidth alone)
+    author_upload: float  # mean bytes an author uploaded, in contributions
+    transfers: int
+
+    @property
+    def slowest_s(self) -> float:
+        return max(self.finish_s)
+
+    @property
+    def ratio(self) -> float:
+        return self.slowest_s / self.bound_s
+
+
+def lower_bound(s: Scenario) -> float:
+    """Seconds no policy can beat: each peer downloads what it lacks through its own
+    link; each author uploads its contribution at least once; all those bytes leave
+    through the peers' uploads together."""
+    n = len(s.links)
+    need = [s.size * sum(1 for a in s.authors if a != d) for d in range(n)]
+    down = max(8 * need[d] / s.links[d].down_bps for d in range(n))
+    author = max(8 * s.size / s.links[a].up_bps for a in s.authors)
+    total = 8 * sum(need) / sum(link.up_bps for link in s.links)
+    return max(down, author, total)
+
+
+def maxmin_rates(uses: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Max-min fair rates (progressive filling) of flows, each using the resources in
+    its row of `uses` (flows x k resource indices) under `caps` (bytes/s)."""
+    rates = np.zeros(len(uses))
+    remaining = caps.astype(float).copy()
+    active = np.ones(len(uses), dtype=bool)
+    while active.any():
+        counts = np.bincount(uses[active].ravel(), minlength=len(caps))
+        used = counts > 0
+        step = float((remaining[used] / counts[used]).min())
+        rates[active] += step
+        remaining -= step * counts
+        saturated = remaining <= 1e-9 * caps
+        active &= ~saturated[uses].any(axis=1)
+    return rates
+
+
+class _Flows:
+    """Flows in preallocated arrays; `live` marks the slots in use."""
+
+    def __init__(self, capacity: int) -> None:
+        self.src = np.zeros(capacity, dtype=int)
+        self.dst = np.zeros(capacity, dtype=int)
+        self.piece = np.zeros(capacity, dtype=int)
+        self.left = np.zeros(capacity)
+        self.ready = np.zeros(capacity)  # when its bytes start to flow
+        self.live = np.zeros(capacity, dtype=bool)
+        self._free = list(range(capacity - 1, -1, -1))
+
+    def add(self, src: int, dst: int, piece: int, size: float, ready: float) -> None:
+        i = self._free.pop()
+        self.src[i], self.dst[i], self.piece[i] = src, dst, piece
+        self.left[i], self.ready[i], self.live[i] = size, ready, True
+
+    def remove(self, i: int) -> None:
+        self.live[i] = False
+        self._free.append(i)
+
+
+class _Run:
+    """The simulation state of one scenario."""
+
+    def __init__(self, s: Scenario, seed: int) -> None:
+        self.s, self.rng = s, np.random.default_rng(seed)
+        self.n = len(s.links)
+        whole = s.policy == "direct"
+        self.m = 1 if whole else piece_count(s.size, s.piece)
+        self.piece_bytes = np.full(len(s.authors) * self.m, float(s.size if whole else s.piece))
+        tail = s.size - (self.m - 1) * s.piece
+        if not whole:
+            self.piece_bytes[self.m - 1::self.m] = tail
+        self.owner = np.repeat(np.array(s.authors), self.m)
+        total = len(self.piece_bytes)
+        self.have = np.zeros((self.n, total), dtype=bool)
+        self.have[self.owner, np.arange(total)] = True
+        self.holders = self.have.sum(axis=0)
+        self.asked = np.zeros((self.n, total), dtype=bool)
+        self.coming = np.zeros(total, dtype=int)  # copies of each piece on their way
+        self.serving = np.zeros(self.n, dtype=int)
+        self.pair = np.zeros((self.n, self.n), dtype=int)  # open requests, fetcher x source
+        self.fetching = np.zeros(self.n, dtype=int)
+        self.uploaded = np.zeros(self.n)
+        self.finish = [0.0 if self.have[d].all() else -1.0 for d in range(self.n)]
+        self.flows = _Flows(self.n * self._slots())
+        self.now, self.transfers = 0.0, 0
+        self.caps = self._caps()
+
+    def _caps(self) -> np.ndarray:
+        s = self.s
+        caps = [link.up_bps / 8 for link in s.links] + [link.down_bps / 8 for link in s.links]
+        if s.host_bps is not None:
+            caps += [s.host_bps / 8] * self.n
+        return np.array(caps)
+
+    def _slots(self) -> int:
+        return self.s.streams if self.s.policy == "direct" else self.s.in_flight
+
+    def schedule(self, d: int) -> None:
+        """Fill peer d's free request slots with what can be fetched now."""
+        direct = self.s.policy == "direct"
+        while self.fetching[d] < self._slots():
+            wanted = ~self.have[d] & ~self.asked[d]
+            if not direct:
+                open_ = (self.serving < self.s.upload_slots) & (self.pair[d] < self.s.per_source)
+                open_[d] = False
+                wanted &= (self.have & open_[:, None]).any(axis=0)
+            p = rarest_wanted(wanted, self.holders + self.coming, self.rng)
+            if p is None:
+                return
+            if direct:
+                src = int(self.owner[p])
+            else:
+                sources = [int(x) for x in np.flatnonzero(self.have[:, p] & open_)]
+                src = least_served(sources, self.serving, self.rng)
+            rtt = (self.s.links[d].rtt_s + self.s.links[src].rtt_s) / 2
+            self.flows.add(src, d, p, float(self.piece_bytes[p]), self.now + rtt)
+            self.asked[d, p] = True
+            self.coming[p] += 1
+            self.serving[src] += 1
+            self.pair[d, src] += 1
+            self.fetching[d] += 1
+
+    def rates(self, live: np.ndarray) -> np.ndarray:
+        """Rates of the `live` flows (indices); 0 for those still waiting out their RTT."""
+        f = self.flows
+        rates = np.zeros(len(live))
+        flowing = f.ready[live] <= self.now + 1e-12
+        if flowing.any():
+            src, dst = f.src[live[flowing]], f.dst[live[flowing]]
+            cols = [src, self.n + dst]
+            if self.s.host_bps is not None:
+                cols += [2 * self.n + src, 2 * self.n + dst]
+            rates[flowing] = maxmin_rates(np.stack(cols, axis=1), self.caps)
+        return rates
+
+    def step(self, starved: set[int]) -> None:
+        """Advance to the next event: a flow finishing or one starting to flow."""
+        f = self.flows
+        live = np.flatnonzero(f.live)
+        rates = self.rates(live)
+        left, ready = f.left[live], f.ready[live]
+        waits = np.where(rates > 0, left / np.where(rates > 0, rates, 1.0), np.inf)
+        waits = np.minimum(waits, np.where(ready > self.now + 1e-12, ready - self.now, np.inf))
+        dt = float(waits.min())
+        self.now += dt
+        f.left[live] = left - rates * dt
+        done = (rates > 0) & (f.left[live] <= 1e-6 * self.piece_bytes[f.piece[live]])
+        for i in live[done].tolist():
+            self._complete(i, starved)
+
+    def _complete(self, i: int, starved: set[int]) -> None:
+        f = self.flows
+        src, d, p = int(f.src[i]), int(f.dst[i]), int(f.piece[i])
+        f.remove(i)
+        self.have[d, p], self.asked[d, p] = True, False
+        self.holders[p] += 1
+        self.coming[p] -= 1
+        self.serving[src] -= 1
+        self.pair[d, src] -= 1
+        self.fetching[d] -= 1
+        self.uploaded[src] += self.piece_bytes[p]
+        self.transfers += 1
+        if self.have[d].all():
+            self.finish[d] = self.now
+        # a new copy or a freed upload slot: whoever has a free request slot may go on
+        starved.update(np.flatnonzero(self.fetching < self._slots()).tolist())
+
+
+def simulate(s: Scenario, seed: int = 0) -> Outcome:
+    """Run the scenario until every peer holds every selected contribution."""
+    run = _Run(s, seed)
+    starved = set(range(run.n))
+    while True:
+        for d in sorted(starved):
+            run.schedule(d)
+        starved = set()
+        if not run.flows.live.any():
+            break
+        run.step(starved)
+    if min(run.finish) < 0:
+        raise RuntimeError("a peer could not gather everything")  # a policy defect
+    authors = list(s.authors)
+    return Outcome(finish_s=tuple(run.finish), bound_s=lower_bound(s),
+                   author_upload=float(run.uploaded[authors].mean()) / s.size,
+                   transfers=run.transfers)

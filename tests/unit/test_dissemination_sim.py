@@ -1,0 +1,104 @@
+"""The swarming policy (node/mesh/pieces.py) and the dissemination simulator
+(node/sim/dissemination.py): fair rates, exact answers where theory gives them, the
+lower bound respected, and swarming spending an author's upload about once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.mesh.pieces import least_served, piece_count, piece_span, rarest_wanted
+from node.sim.dissemination import Link, Scenario, lower_bound, maxmin_rates, simulate
+
+MIB = 1 << 20
+
+
+def test_pieces_cover_the_blob_exactly() -> None:
+    assert piece_count(0) == 1
+    assert piece_count(3 * MIB + 1) == 4
+    spans = [piece_span(i, 3 * MIB + 1) for i in range(4)]
+    assert spans[-1] == (3 * MIB, 1)
+    assert sum(length for _, length in spans) == 3 * MIB + 1
+    with pytest.raises(IndexError):
+        piece_span(4, 3 * MIB + 1)
+
+
+def test_rarest_available_piece_and_least_served_source() -> None:
+    rng = np.random.default_rng(0)
+    wanted = np.array([True, True, True, False])
+    holders = np.array([3, 0, 2, 1])  # piece 1 is wanted but nobody has it
+    assert rarest_wanted(wanted & (holders > 0), holders, rng) == 2
+    assert rarest_wanted(np.zeros(4, dtype=bool), holders, rng) is None
+    ties = {rarest_wanted(np.ones(3, dtype=bool), np.array([1, 1, 5]), rng)
+            for _ in range(50)}
+    assert ties == {0, 1}  # ties spread at random, never to the commoner piece
+    serving = np.array([4, 1, 1, 0])
+    assert least_served([0, 1, 2], serving, rng) in {1, 2}
+    assert least_served([0, 3], serving, rng) == 3
+
+
+def test_maxmin_rates_share_fairly_and_fill_what_is_left() -> None:
+    caps = np.array([10.0, 4.0, 100.0])  # an uplink, a slow downlink, a fast downlink
+    # flow 0: uplink -> slow downlink; flow 1: uplink -> fast downlink
+    rates = maxmin_rates(np.array([[0, 1], [0, 2]]), caps)
+    assert rates.tolist() == pytest.approx([4.0, 6.0])  # not min(10/2, .) = 5 for both
+
+
+def symmetric(n: int, rtt: float = 0.0) -> tuple[Link, ...]:
+    return tuple(Link(100e6, 100e6, rtt) for _ in range(n))
+
+
+def test_direct_all_to_all_on_equal_links_meets_the_bound_exactly() -> None:
+    s = Scenario(symmetric(8), tuple(range(8)), 10 * MIB, "direct")
+    out = simulate(s)
+    assert out.bound_s == pytest.approx(7 * 10 * MIB * 8 / 100e6)
+    assert out.slowest_s == pytest.approx(out.bound_s)
+    assert out.author_upload == 7.0
+
+
+def test_an_rtt_costs_at_least_one_rtt() -> None:
+    fast = simulate(Scenario(symmetric(4), (0,), MIB, "direct"))
+    slow = simulate(Scenario(symmetric(4, rtt=0.05), (0,), MIB, "direct"))
+    assert slow.slowest_s >= fast.slowest_s + 0.05 - 1e-9
+
+
+def test_swarming_spends_a_slow_authors_upload_about_once() -> None:
+    links = (Link(10e6, 500e6, 0.02),) + tuple(Link(200e6, 500e6, 0.02) for _ in range(9))
+    s = dict(links=links, authors=(0,), size=8 * MIB, piece=MIB // 2)
+    direct = simulate(Scenario(policy="direct", **s))
+    swarm = simulate(Scenario(policy="swarm", **s))
+    assert direct.author_upload == 9.0
+    assert swarm.author_upload < 2.0
+    assert swarm.slowest_s < direct.slowest_s / 4
+    assert swarm.slowest_s >= swarm.bound_s
+
+
+def test_a_seed_replays_exactly_and_another_may_differ() -> None:
+    s = Scenario(symmetric(6, 0.01), (0, 2, 4), 3 * MIB, "swarm", piece=MIB // 4)
+    assert simulate(s, seed=1) == simulate(s, seed=1)
+
+
+@given(st.integers(2, 6), st.integers(1, 3), st.integers(1, 6), st.integers(0, 2**16),
+       st.sampled_from(["direct", "swarm"]))
+@settings(max_examples=25, deadline=None)
+def test_no_policy_beats_the_lower_bound(n: int, authors: int, pieces: int, seed: int,
+                                         policy: str) -> None:
+    rng = np.random.default_rng(seed)
+    links = tuple(Link(float(rng.uniform(5e6, 100e6)), float(rng.uniform(5e6, 100e6)),
+                       float(rng.uniform(0, 0.05))) for _ in range(n))
+    s = Scenario(links, tuple(range(min(authors, n))), pieces * 100_000, policy,  # type: ignore[arg-type]
+                 piece=100_000, host_bps=None if seed % 2 else 50e6)
+    out = simulate(s, seed)
+    assert out.slowest_s >= lower_bound(s) * (1 - 1e-9)
+    assert all(t >= 0 for t in out.finish_s)
+
+
+def test_bad_scenarios_are_refused() -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        Scenario(symmetric(3), (1, 1), MIB)
+    with pytest.raises(ValueError, match="not a peer"):
+        Scenario(symmetric(3), (5,), MIB)
+    with pytest.raises(ValueError, match="positive"):
+        Scenario(symmetric(3), (0,), 0)

@@ -1,0 +1,60 @@
+"""Pieces of a swarmed blob (node/mesh/p2p_swarm.py): the hash list is bound to the
+announced root, every piece to its listed hash, and bitfields round-trip."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from node.mesh.p2p_blob import PeerFault
+from node.mesh.p2p_swarm import Partial, bitfield, read_bitfield
+from node.mesh.pieces import PIECE_BYTES, piece_hashes, piece_span, pieces_root
+
+
+def partial_of(blob: bytes) -> Partial:
+    return Partial(window=1, size=len(blob), root=pieces_root(piece_hashes(blob)))
+
+
+def test_pieces_reassemble_the_blob_in_any_order() -> None:
+    blob = os.urandom(2 * PIECE_BYTES + 17)
+    p = partial_of(blob)
+    p.accept_list(b"".join(piece_hashes(blob)))
+    for i in (2, 0, 1):
+        start, length = piece_span(i, len(blob))
+        p.accept(i, blob[start:start + length])
+    assert p.blob() == blob
+    assert p.held().tolist() == [True, True, True]
+    p.complete(blob)
+    assert p.piece(2) == blob[2 * PIECE_BYTES:]
+    assert p.piece(3) is None
+
+
+def test_a_list_that_is_not_the_announced_one_is_a_fault() -> None:
+    blob = os.urandom(PIECE_BYTES + 1)
+    p = partial_of(blob)
+    other = piece_hashes(os.urandom(PIECE_BYTES + 1))
+    with pytest.raises(PeerFault, match="root"):
+        p.accept_list(b"".join(other))
+    with pytest.raises(PeerFault, match="root"):
+        p.accept_list(b"".join(piece_hashes(blob))[:-1])
+    assert p.hashes is None
+
+
+def test_a_wrong_or_short_piece_is_a_fault() -> None:
+    blob = os.urandom(PIECE_BYTES + 100)
+    p = partial_of(blob)
+    p.accept_list(b"".join(piece_hashes(blob)))
+    with pytest.raises(PeerFault, match="does not hash"):
+        p.accept(1, os.urandom(100))
+    with pytest.raises(PeerFault, match="bytes"):
+        p.accept(1, blob[PIECE_BYTES:-1])
+    assert p.pieces == {}
+
+
+def test_bitfields_round_trip_and_are_checked() -> None:
+    held = np.array([True, False, True] + [False] * 7 + [True])
+    assert read_bitfield(bitfield(held), 11).tolist() == held.tolist()
+    with pytest.raises(PeerFault):
+        read_bitfield(bitfield(held), 17)
