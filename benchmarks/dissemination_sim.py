@@ -12,6 +12,7 @@ training w+1).
     python benchmarks/dissemination_sim.py                   # the full table
     python benchmarks/dissemination_sim.py --models 1b --peers 20 --profiles covenant
     python benchmarks/dissemination_sim.py --validate runs.jsonl --host-mibps 80
+    python benchmarks/dissemination_sim.py --loopback   # the swarming test's set-up
 
 `--validate` reads JSON lines of `benchmarks/mesh_netns_bench.py dissemination` (peers,
 blob_mib, mbit, rtt, slowest_peer_s) and prints the direct policy's prediction for
@@ -105,6 +106,19 @@ def validate(path: Path, host_mibps: float | None) -> list[dict[str, Any]]:
     return out
 
 
+def loopback() -> list[dict[str, Any]]:
+    """tests/network/test_mesh_p2p.py::test_swarming_spends_the_authors_upload_about_once:
+    one author with a 4 MiB/s uplink, six fetchers, loopback (links far faster)."""
+    fast = Link(1e10, 1e10, 0.0)
+    links = (Link(4 * MIB * 8, 1e10, 0.0),) + (fast,) * 6
+    out = []
+    for policy in ("direct", "swarm"):
+        o = simulate(Scenario(links, (0,), 8 * MIB + 12345, policy))  # type: ignore[arg-type]
+        out.append({"policy": policy, "slowest_s": round(o.slowest_s, 2),
+                    "author_upload": round(o.author_upload, 2), "bound_s": round(o.bound_s, 2)})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["1b", "8b", "72b"])
@@ -113,7 +127,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validate", type=Path)
     p.add_argument("--host-mibps", type=float)
+    p.add_argument("--loopback", action="store_true")
     args = p.parse_args()
+    if args.loopback:
+        for r in loopback():
+            print(json.dumps(r))
+        return
     if args.validate:
         for r in validate(args.validate, args.host_mibps):
             print(json.dumps(r))

@@ -1,8 +1,10 @@
 """Mesh transport figures on loopback, all in one run:
 
 1. raw TCP socket throughput (asyncio streams, both ends in this process): the baseline;
-2. libp2p blob fetch throughput (TCP + Noise + yamux, `/gradmesh/blob/1`, SHA-256 checked)
-   between two `P2PMesh` hosts in this process, and its ratio to the baseline;
+2. libp2p blob fetch throughput (TCP + Noise + yamux, SHA-256 checked) between two
+   `P2PMesh` hosts in this process, whole (`/gradmesh/blob/2`) and piece by piece
+   (`/gradmesh/piece/1`, one source), each with its ratio to the baseline and the CPU
+   seconds per GiB moved (the whole process: both ends, as for the baseline);
 3. the asyncio<->trio bridge: round-trip latency of a no-op call through the dedicated
    trio thread (what `P2PMesh` uses) and through trio guest mode on the asyncio loop;
 4. whether a transfer keeps flowing while the asyncio loop is blocked (thread: yes).
@@ -32,7 +34,7 @@ from protocol.identity import Identity
 CHUNK = 1 << 20
 
 
-async def raw_tcp(blob: bytes) -> float:
+async def raw_tcp(blob: bytes) -> tuple[float, float]:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(32)
         writer.write(len(blob).to_bytes(8, "big"))
@@ -44,19 +46,19 @@ async def raw_tcp(blob: bytes) -> float:
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"\0" * 32)
     n = int.from_bytes(await reader.readexactly(8), "big")
     got = bytearray()
     while len(got) < n:
         got += await reader.read(CHUNK)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     writer.close()
     server.close()
     await server.wait_closed()
     assert bytes(got) == blob
-    return len(blob) / elapsed / 2**20
+    return len(blob) / elapsed / 2**20, cpu / (len(blob) / 2**30)
 
 
 def _ident(n: int) -> Identity:
@@ -73,13 +75,17 @@ async def libp2p_pair() -> tuple[P2PMesh, P2PMesh]:
     return a, b
 
 
-async def libp2p_fetch(a: P2PMesh, b: P2PMesh, blob: bytes) -> float:
-    ann = await a.announce(1, blob)
-    started = time.perf_counter()
-    got = await b.fetch(ann, timeout=300)
-    elapsed = time.perf_counter() - started
+async def libp2p_fetch(a: P2PMesh, b: P2PMesh, blob: bytes, *, swarm: bool = False,
+                       window: int = 1) -> tuple[float, float]:
+    """(MiB/s, CPU s per GiB of the whole process: both ends) of one fetch, whole over
+    `/gradmesh/blob/2` or piece by piece (`swarm`)."""
+    ann = await a.announce(window, blob)
+    cpu, started = time.process_time(), time.perf_counter()
+    got = await b.fetch(ann if swarm else (a.peer_id, ann.sha256), timeout=300)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert got == blob
-    return len(blob) / elapsed / 2**20
+    b.forget(window + 1)
+    return len(blob) / elapsed / 2**20, cpu / (len(blob) / 2**30)
 
 
 async def thread_bridge_latency(a: P2PMesh, calls: int) -> float:
@@ -142,6 +148,10 @@ async def fetch_while_loop_blocked(a: P2PMesh, b: P2PMesh, blob: bytes) -> float
     return moved / len(blob)
 
 
+def med(runs: list[tuple[float, float]], i: int) -> float:
+    return statistics.median(r[i] for r in runs)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=64)
@@ -152,7 +162,9 @@ async def main() -> None:
     raw = [await raw_tcp(blob) for _ in range(args.repeat)]
     a, b = await libp2p_pair()
     try:
-        p2p = [await libp2p_fetch(a, b, blob) for _ in range(args.repeat)]
+        p2p = [await libp2p_fetch(a, b, blob, window=i) for i in range(args.repeat)]
+        swarm = [await libp2p_fetch(a, b, blob, swarm=True, window=10 + i)
+                 for i in range(args.repeat)]
         thread_us = await thread_bridge_latency(a, 2000)
         blocked_fraction = await fetch_while_loop_blocked(a, b, blob)
     finally:
@@ -163,9 +175,14 @@ async def main() -> None:
         "blob_mib": args.mib,
         "cpus": os.cpu_count(),
         "libp2p_threads_left": sum(t.name.startswith("libp2p-") for t in threading.enumerate()),
-        "raw_tcp_mib_s": round(statistics.median(raw), 1),
-        "libp2p_fetch_mib_s": round(statistics.median(p2p), 1),
-        "ratio_libp2p_to_raw": round(statistics.median(p2p) / statistics.median(raw), 3),
+        "raw_tcp_mib_s": round(med(raw, 0), 1),
+        "raw_tcp_cpu_s_per_gib": round(med(raw, 1), 2),
+        "libp2p_fetch_mib_s": round(med(p2p, 0), 1),
+        "libp2p_fetch_cpu_s_per_gib": round(med(p2p, 1), 2),
+        "ratio_libp2p_to_raw": round(med(p2p, 0) / med(raw, 0), 3),
+        "libp2p_swarm_fetch_mib_s": round(med(swarm, 0), 1),
+        "libp2p_swarm_fetch_cpu_s_per_gib": round(med(swarm, 1), 2),
+        "ratio_swarm_to_raw": round(med(swarm, 0) / med(raw, 0), 3),
         "bridge_thread_roundtrip_us": round(thread_us, 1),
         "bridge_guest_roundtrip_us": round(guest_us, 1),
         "fetch_progress_while_asyncio_blocked_1s": round(blocked_fraction, 3),

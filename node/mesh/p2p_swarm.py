@@ -46,6 +46,7 @@ from node.mesh.p2p_blob import (
 )
 from node.mesh.pieces import (
     IN_FLIGHT,
+    PER_SOURCE,
     PIECE_BYTES,
     least_served,
     piece_count,
@@ -155,7 +156,7 @@ class _Fetch:
 
     def sources(self, now: float) -> list[str]:
         return [p for p in self.views if p not in self.faulted
-                and self.resting.get(p, 0.0) <= now and self.load[p] < 1]
+                and self.resting.get(p, 0.0) <= now and self.load[p] < PER_SOURCE]
 
     def choose(self, now: float, rng: np.random.Generator) -> tuple[int, str] | None:
         """The next (piece, source), or None when nothing can be asked for now."""

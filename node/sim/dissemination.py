@@ -6,10 +6,12 @@ contribution it did not write. Two policies:
 
 * `direct`: what the mesh did before swarming: a gatherer fetches each contribution
   whole from its author, at most `streams` at once (the gatherer's concurrency).
-* `swarm`: the contribution is cut into pieces; a fetcher keeps `in_flight` piece
-  requests open, each for the rarest piece it lacks from the least-served holder
-  with a free upload slot (`upload_slots` each; node/mesh/pieces.py), and whoever
-  holds a piece serves it onward.
+* `swarm`: the mesh's policy (node/mesh/p2p_swarm.py, node/mesh/pieces.py): the
+  contribution is cut into pieces; a fetcher keeps `in_flight` piece requests open,
+  at most `per_source` with one holder, each for the rarest piece it lacks from the
+  least-served holder with a free upload slot (`upload_slots` each), preferring the
+  holder with the fewest pieces; an author sends each of its pieces once before it
+  sends any twice (super-seeding); whoever holds a piece serves it onward.
 
 Bytes move at max-min fair rates over every peer's upload and download (how TCP flows
 share links when the core is not the bottleneck), optionally also under a per-peer
@@ -155,6 +157,7 @@ class _Run:
         self.holders = self.have.sum(axis=0)
         self.asked = np.zeros((self.n, total), dtype=bool)
         self.coming = np.zeros(total, dtype=int)  # copies of each piece on their way
+        self.seeded = np.zeros(total, dtype=int)  # copies each piece's author has sent
         self.serving = np.zeros(self.n, dtype=int)
         self.pair = np.zeros((self.n, self.n), dtype=int)  # open requests, fetcher x source
         self.fetching = np.zeros(self.n, dtype=int)
@@ -182,15 +185,20 @@ class _Run:
             if not direct:
                 open_ = (self.serving < self.s.upload_slots) & (self.pair[d] < self.s.per_source)
                 open_[d] = False
-                wanted &= (self.have & open_[:, None]).any(axis=0)
+                offers = self.have & open_[:, None]
+                offers[self.owner, np.arange(len(self.owner))] &= self._seed_allows()
+                wanted &= offers.any(axis=0)
             p = rarest_wanted(wanted, self.holders + self.coming, self.rng)
             if p is None:
                 return
             if direct:
                 src = int(self.owner[p])
             else:
-                sources = [int(x) for x in np.flatnonzero(self.have[:, p] & open_)]
-                src = least_served(sources, self.serving, self.rng)
+                sources = [int(x) for x in np.flatnonzero(offers[:, p])]
+                held = self.have.sum(axis=1)
+                src = least_served(sources, self.serving * (len(self.owner) + 1) + held,
+                                   self.rng)
+                self.seeded[p] += src == self.owner[p]
             rtt = (self.s.links[d].rtt_s + self.s.links[src].rtt_s) / 2
             self.flows.add(src, d, p, float(self.piece_bytes[p]), self.now + rtt)
             self.asked[d, p] = True
@@ -198,6 +206,13 @@ class _Run:
             self.serving[src] += 1
             self.pair[d, src] += 1
             self.fetching[d] += 1
+
+    def _seed_allows(self) -> np.ndarray:
+        """Per piece: may its author send it now (no piece of the same contribution has
+        been sent fewer times)?"""
+        per = self.seeded.reshape(len(self.s.authors), self.m)
+        allowed: np.ndarray = (per == per.min(axis=1, keepdims=True)).reshape(-1)
+        return allowed
 
     def rates(self, live: np.ndarray) -> np.ndarray:
         """Rates of the `live` flows (indices); 0 for those still waiting out their RTT."""

@@ -4,6 +4,11 @@ lower bound respected, and swarming spending an author's upload about once."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -65,7 +70,7 @@ def test_an_rtt_costs_at_least_one_rtt() -> None:
 
 
 def test_swarming_spends_a_slow_authors_upload_about_once() -> None:
-    links = (Link(10e6, 500e6, 0.02),) + tuple(Link(200e6, 500e6, 0.02) for _ in range(9))
+    links = (Link(10e6, 500e6, 0.02), *(Link(200e6, 500e6, 0.02) for _ in range(9)))
     s = dict(links=links, authors=(0,), size=8 * MIB, piece=MIB // 2)
     direct = simulate(Scenario(policy="direct", **s))
     swarm = simulate(Scenario(policy="swarm", **s))
@@ -102,3 +107,20 @@ def test_bad_scenarios_are_refused() -> None:
         Scenario(symmetric(3), (5,), MIB)
     with pytest.raises(ValueError, match="positive"):
         Scenario(symmetric(3), (0,), 0)
+
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "dissemination_sim.py"
+
+
+def test_the_benchmark_prints_a_row_and_the_loopback_check() -> None:
+    run = [sys.executable, str(SCRIPT), "--models", "1b", "--peers", "20", "--profiles", "1g"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=300, check=True)
+    rows = json.loads(out.stdout.splitlines()[-1])["rows"]
+    assert [(r["model"], r["peers"], r["profile"]) for r in rows] == [("1b", 20, "1g")]
+    assert rows[0]["swarm"]["slowest_s"] >= rows[0]["bound_s"]
+    assert "| 1b |" in out.stdout
+    loop = subprocess.run([sys.executable, str(SCRIPT), "--loopback"], capture_output=True,
+                          text=True, timeout=300, check=True)
+    direct, swarm = (json.loads(line) for line in loop.stdout.splitlines())
+    assert direct["author_upload"] == 6.0
+    assert swarm["author_upload"] < 2.0
