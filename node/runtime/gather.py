@@ -75,11 +75,13 @@ class Gatherer:
             return "window out of range"
         if ann.size > self.max_bytes:
             return "too large"
-        if not self.allowed(ann.announcer):
-            return "announcer not registered"
+        # before the registry: with swarming every fetcher re-announces what it serves,
+        # and a known hash must not cost a registry refresh
         w = self._windows.get(ann.window)
         if w is not None and (ann.sha256 in w.data or ann.sha256 in w.pending):
             return "already have it"
+        if not self.allowed(ann.announcer):
+            return "announcer not registered"
         return None
 
     async def run(self) -> None:

@@ -207,6 +207,8 @@ def test_wanted_explains_each_refusal() -> None:
     assert r.gatherer.wanted(ann(stranger)) == "announcer not registered"
     r.gatherer.add_own(5, b"x", sha256(b"x"))
     assert r.gatherer.wanted(ann()) == "already have it"
+    # a stranger serving a hash we hold (a swarming re-announcement) costs no refresh
+    assert r.gatherer.wanted(ann(stranger)) == "already have it"
 
 
 async def test_settle_waits_for_in_flight_fetches_within_the_grace(rig: Any) -> None:
