@@ -3,9 +3,12 @@ script creates and deletes; nothing in the root namespace is touched):
 
 * `dissemination`: N peers (default 8) each announce a blob (default 10 MiB) and fetch
   everyone else's, all at once. Each peer hangs off a switch namespace by its own veth,
-  shaped in both directions to `--mbit` (tbf; plus `--rtt-ms` of netem delay where the
-  kernel has netem). Reported against the bandwidth lower bound: every peer must
-  receive (N-1) blobs through its link, (N-1)·size·8 / rate seconds.
+  shaped in both directions to `--mbit` (tbf), and, with `--rtt-ms` > 0, run through
+  the lab's user-space delay line (tests/support/delay_line.py; this kernel has no
+  netem): each link delays each direction by RTT/4, so any two peers are RTT apart.
+  The RTT is measured (ping peer 0 -> peer 1) before the nodes start. Reported against
+  the bandwidth lower bound: every peer must receive (N-1) blobs through its link,
+  (N-1)·size·8 / rate seconds.
 * `relay`: two hosts behind two NATs (MASQUERADE, inbound dropped) and a relay on the
   "public" segment; one blob through the circuit relay, then, after DCUtR, over the
   hole-punched direct connection.
@@ -25,13 +28,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.netns import Lab, available, qdisc_available, read_event
+from tests.support.delay_line import LineSpec
+from tests.support.netns import Lab, available, read_event
 
 PUBLIC = "10.99.0"
 
 
 def dissemination(args: argparse.Namespace) -> dict[str, Any]:
     n, mib, mbit = args.peers, args.mib, args.mbit
+    # a peer-to-peer path crosses two links: RTT/4 each way on each link makes RTT
+    line = LineSpec(delay_ms=args.rtt_ms / 4) if args.rtt_ms > 0 else None
     with Lab() as lab:
         switch = lab.ns("sw")
         lab.bridge(switch)
@@ -39,12 +45,15 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
         hosts = []
         for i in range(n):
             ns = lab.ns(f"p{i}")
-            dev, sw_dev = lab.link(ns, f"10.97.0.{i + 1}/24", switch, None)
+            dev, sw_dev = lab.link(ns, f"10.97.0.{i + 1}/24", switch, None, line=line)
             lab.sh(switch, f"ip link set {sw_dev} master {lab.tag}br")
-            # each direction gets half the RTT as delay (where netem exists) and the rate
-            shaping = lab.shape(ns, dev, mbit, args.rtt_ms / 2)
-            lab.shape(switch, sw_dev, mbit, args.rtt_ms / 2)
+            shaping = lab.shape(ns, dev, mbit)
+            lab.shape(switch, sw_dev, mbit)
             hosts.append(ns)
+        if line is not None:
+            shaping += f" + delay line {line.delay_ms:g} ms each way"
+        ping = lab.ping(hosts[0], "10.97.0.2", count=10) if n > 1 else {}
+        line_before = lab.line_stats() if line is not None else {}
         procs = []
         boot: list[str] = []
         for i, ns in enumerate(hosts):
@@ -64,18 +73,39 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
             p.stdin.flush()
         done = [read_event(p, "done", 900) for p in procs]
         wall = time.monotonic() - started
+        line_after = lab.line_stats() if line is not None else {}
         for p in procs:
             assert p.stdin is not None
             p.stdin.close()
     slowest = max(float(d["seconds"]) for d in done)  # type: ignore[arg-type]
     bound = (n - 1) * mib * 2**20 * 8 / (mbit * 1e6)
     return {"peers": n, "blob_mib": mib, "link": shaping,
-            "rtt_ms_requested": args.rtt_ms,
-            "rtt_applied": qdisc_available("netem") and args.rtt_ms > 0,
+            "rtt_ms_requested": args.rtt_ms, **rtt_report(args.rtt_ms, line, ping),
+            **line_report(line_before, line_after),
             "all_ok": all(d["ok"] for d in done),
             "slowest_peer_s": round(slowest, 2), "wall_s": round(wall, 2),
             "median_peer_s": round(sorted(float(d["seconds"]) for d in done)[n // 2], 2),  # type: ignore[arg-type]
             "lower_bound_s": round(bound, 2), "ratio_to_bound": round(slowest / bound, 2)}
+
+
+def rtt_report(rtt_ms: float, line: LineSpec | None, ping: dict[str, Any]
+               ) -> dict[str, Any]:
+    """What RTT the peers really have: applied means a delay line is in place and the
+    measured minimum is within 10 % (or 1 ms) of the request."""
+    measured = {k: ping.get(k) for k in ("min_ms", "avg_ms", "max_ms")}
+    low = ping.get("min_ms")
+    applied = (line is not None and low is not None
+               and abs(low - rtt_ms) <= max(1.0, 0.1 * rtt_ms))
+    return {"rtt_applied": applied, "rtt_ms_measured": measured}
+
+
+def line_report(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The delay-line forwarder's CPU seconds and failed sends during the exchange."""
+    if not after:
+        return {}
+    errors = sum(v[d]["send_errors"] for v in after["links"].values() for d in ("ab", "ba"))
+    return {"delay_line_cpu_s": round(after["cpu_s"] - before["cpu_s"], 2),
+            "delay_line_send_errors": errors}
 
 
 def peer_id_of(lab: Lab, proc: Any) -> str:

@@ -97,6 +97,7 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         self._blobs = BlobStore()
         self._partials: dict[bytes, Partial] = {}  # blobs being fetched piece by piece
         self._seeding: dict[bytes, np.ndarray] = {}  # pieces sent per blob held whole
+        self._piece_bytes_out: dict[bytes, int] = {}  # piece bytes sent per blob
         self._upload_slots: trio.Semaphore | None = None
         rate = config.upload_rate
         self._uplink: ByteBucket | None = ByteBucket(rate, rate / 4) if rate > 0 else None
@@ -443,6 +444,9 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         dropped = self._blobs.forget(before_window)
         for digest in [d for d in self._seeding if d not in self._blobs]:
             del self._seeding[digest]
+        for digest in [d for d in self._piece_bytes_out
+                       if d not in self._blobs and d not in self._partials]:
+            del self._piece_bytes_out[digest]
         return dropped
 
     def subscribe(self) -> Subscription:

@@ -191,6 +191,7 @@ class PieceTransfers:
     _out: int
     _served: int
     _seeding: dict[bytes, np.ndarray]
+    _piece_bytes_out: dict[bytes, int]
     limits: ReadLimits
     _upload_slots: trio.Semaphore | None
 
@@ -200,6 +201,8 @@ class PieceTransfers:
         async def _penalize(self, peer: str, why: str) -> None: ...
         async def _open(self, peer: str, protocol: str) -> Any: ...
         async def _announce_serving(self, ann: Announcement) -> None: ...
+        def _log_transfer(self, stream: Any, peer: str, digest: bytes, offset: int,
+                          nbytes: int) -> None: ...
 
     # ---- serving ----------------------------------------------------------------------
     async def _guarded_piece_handler(self, stream: Any) -> None:
@@ -223,9 +226,6 @@ class PieceTransfers:
             await stream.write(piece_header(NOT_FOUND))
         elif index < HAVE and not self._seed_allows(digest, index):
             await stream.write(piece_header(BUSY))
-        elif index == LIST:  # one per fetcher and blob: counted as a blob served
-            self._served += 1
-            await self._send_piece(stream, peer, body)
         elif index >= HAVE or self._upload_slots is None:
             await self._send_piece(stream, peer, body)
         else:
@@ -236,9 +236,19 @@ class PieceTransfers:
             else:
                 try:
                     await self._send_piece(stream, peer, body)
+                    self._count_served(digest, len(body))
                 finally:
                     self._upload_slots.release()
         await stream.close()
+
+    def _count_served(self, digest: bytes, n: int) -> None:
+        """`blobs_served` counts blobs' worth of pieces sent, per blob."""
+        blob, partial = self._blobs.get(digest), self._partials.get(digest)
+        size = len(blob) if blob is not None else partial.size if partial is not None else 0
+        before = self._piece_bytes_out.get(digest, 0)
+        self._piece_bytes_out[digest] = before + n
+        if size:
+            self._served += (before + n) // size - before // size
 
     async def _send_piece(self, stream: Any, peer: str, body: bytes) -> None:
         await self._spend_upload(peer, len(body))
@@ -299,6 +309,8 @@ class PieceTransfers:
             if cs.cancelled_caught:
                 raise PeerFault(f"too slow: {length} bytes not sent in time")
             self._in += length
+            if index < HAVE:  # a piece: logged like a whole blob's part (`transfers`)
+                self._log_transfer(stream, peer, digest, index * PIECE_BYTES, length)
             return body
         finally:
             with trio.move_on_after(2), contextlib.suppress(Exception):

@@ -27,7 +27,8 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 
 async def test_a_source_dying_mid_blob_is_resumed_at_the_next_announcer(cluster: Cluster) -> None:
-    fetcher, spare = await cluster.add(2)
+    # the whole-blob path (piece by piece, a dead source only costs its pieces in flight)
+    fetcher, spare = await cluster.add(2, swarm=False)
     (slow,) = await cluster.add(1, peer_upload_rate=2 * MIB)  # slow enough to die mid-blob
     collectors = [Collector(fetcher)]
     size = 8 * MIB

@@ -134,6 +134,7 @@ async def fetcher(mesh: P2PMesh, cfg: dict[str, Any]) -> None:
             await until(lambda: mesh.direct_connection(ann.peer_id) is not None,
                         cfg.get("direct_timeout", 40), "a direct connection")
             mesh.transfers.clear()
+            mesh.forget(ann.window + 1)  # fetch it again, not from what we keep serving
             started = time.monotonic()
             data = await mesh.fetch(ann, timeout=60)
             elapsed = time.monotonic() - started

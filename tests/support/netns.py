@@ -7,13 +7,16 @@ them all (which also removes their veth ends, bridges and iptables state),
 bounded in time, even after a failure half-way through setup.
 
 Needs root, iproute2 and, for NAT, iptables (Debian packages `iproute2`,
-`iptables`); `tc` shaping needs a kernel with `tbf`/`htb` (`netem` is used for
-delay only where the kernel has it). `available()` says why not, for a skip.
+`iptables`); `tc` shaping needs a kernel with `tbf`/`htb`. Latency, jitter and
+loss come from the user-space delay line (`tests/support/delay_line.py`, used as
+`Lab.link(..., line=LineSpec(...))`), since this kernel has no `netem`.
+`available()` says why not, for a skip.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,11 +24,15 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tests.support.delay_line import LineSpec
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE_SCRIPT = Path(__file__).with_name("mesh_node.py")
+LINE_SCRIPT = Path(__file__).with_name("delay_line.py")
 
 
 class NetnsError(RuntimeError):
@@ -82,6 +89,9 @@ class Lab:
         self._links = 0
         self.procs: list[subprocess.Popen[str]] = []
         self._stderr: dict[int, Any] = {}
+        self._line: subprocess.Popen[str] | None = None  # the delay-line forwarder
+        self._line_ns = ""
+        self._line_ends: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {}
 
     # ---- building -----------------------------------------------------------------
     def ns(self, name: str) -> str:
@@ -99,19 +109,90 @@ class Lab:
             raise NetnsError(f"[{ns}] {command}: {r.stderr.strip() or r.stdout.strip()}")
         return r.stdout
 
-    def link(self, ns_a: str, addr_a: str | None, ns_b: str, addr_b: str | None) -> tuple[str, str]:
-        """A veth pair between two namespaces; addresses in CIDR form (or None)."""
+    def link(self, ns_a: str, addr_a: str | None, ns_b: str, addr_b: str | None,
+             line: LineSpec | None = None) -> tuple[str, str]:
+        """A veth link between two namespaces; addresses in CIDR form (or None).
+        With `line`, the link runs through the lab's delay namespace, where the
+        delay-line forwarder applies `line` to each direction (see `delay_line.py`);
+        the two ends still behave as one Ethernet segment. Returns the two ends."""
         self._links += 1
-        dev_a, dev_b = f"{self.tag}x{self._links}", f"{self.tag}y{self._links}"
-        r = _run(["ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name",
-                  dev_b, "netns", ns_b])
-        if r.returncode != 0:
-            raise NetnsError(f"veth {dev_a}/{dev_b}: {r.stderr.strip()}")
+        n = self._links
+        dev_a, dev_b = f"{self.tag}x{n}", f"{self.tag}y{n}"
+        if line is None:
+            self._veth(ns_a, dev_a, ns_b, dev_b)
+        else:
+            mid = self._delay_ns()
+            self._veth(ns_a, dev_a, mid, f"{self.tag}p{n}")
+            self._veth(mid, f"{self.tag}q{n}", ns_b, dev_b)
         for ns, dev, addr in ((ns_a, dev_a, addr_a), (ns_b, dev_b, addr_b)):
             if addr:
                 self.sh(ns, f"ip addr add {addr} dev {dev}")
             self.sh(ns, f"ip link set {dev} up")
+        if line is not None:
+            self._line_ends[dev_a] = ((ns_a, dev_a), (ns_b, dev_b))
+            self._segment(dev_a, line)
+            self._line_command({"cmd": "add", "name": dev_a, "a": f"{self.tag}p{n}",
+                                "b": f"{self.tag}q{n}", "spec": asdict(line)})
         return dev_a, dev_b
+
+    def _veth(self, ns_a: str, dev_a: str, ns_b: str, dev_b: str) -> None:
+        r = _run(["ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name",
+                  dev_b, "netns", ns_b])
+        if r.returncode != 0:
+            raise NetnsError(f"veth {dev_a}/{dev_b}: {r.stderr.strip()}")
+        for ns, dev in ((ns_a, dev_a), (ns_b, dev_b)):
+            if ns == self._line_ns:  # the forwarder's ends: no addresses, see every frame
+                self.sh(ns, f"ip link set {dev} promisc on up")
+
+    # ---- the delay line -------------------------------------------------------------
+    def set_line(self, link: str, line: LineSpec) -> None:
+        """Change a delayed link's settings (`link` is the first end `link` returned)."""
+        if link not in self._line_ends:
+            raise NetnsError(f"{link} is not a delayed link of this lab")
+        self._segment(link, line)
+        self._line_command({"cmd": "set", "name": link, "spec": asdict(line)})
+
+    def line_stats(self) -> dict[str, Any]:
+        """The forwarder's counters per link and direction, frames held, its CPU time."""
+        return self._line_command({"cmd": "stats"})
+
+    def _delay_ns(self) -> str:
+        """The namespace that holds the forwarder (made, and started, on first use)."""
+        if self._line is None:
+            self._line_ns = self.ns("dl")
+            self.sh(self._line_ns, "sysctl -qw net.ipv6.conf.default.disable_ipv6=1 "
+                                   "net.ipv6.conf.all.disable_ipv6=1")
+            self._line = self.popen(self._line_ns, [str(LINE_SCRIPT), "serve"])
+            read_event(self._line, "ready", 30)
+        return self._line_ns
+
+    def _line_command(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Send the forwarder one command; its reply, or NetnsError with its error."""
+        if self._line is None or self._line.stdin is None:
+            raise NetnsError("no delayed link in this lab")
+        self._line.stdin.write(json.dumps(msg) + "\n")
+        self._line.stdin.flush()
+        reply: dict[str, Any] = dict(read_event(self._line, "reply", 30))
+        if not reply.get("ok"):
+            raise NetnsError(f"delay line {msg.get('cmd')}: {reply.get('error')}")
+        return reply
+
+    def _segment(self, link: str, line: LineSpec) -> None:
+        """With loss (or `per_packet`), the hosts send MTU-sized frames (`gso_max_segs
+        1`) so that the line drops packets, not 64 KiB TCP bursts; otherwise they send
+        GSO frames, which keeps the forwarder's work per byte low."""
+        segs = 1 if line.loss > 0 or line.per_packet else 65535
+        for ns, dev in self._line_ends[link]:
+            self.sh(ns, f"ip link set dev {dev} gso_max_segs {segs}")
+
+    def ping(self, ns: str, addr: str, count: int = 10, interval: float = 0.02
+             ) -> dict[str, Any]:
+        """Round trip from `ns` to `addr`: ICMP echoes (delay_line.py's probe)."""
+        r = _run(["ip", "netns", "exec", ns, sys.executable, str(LINE_SCRIPT), "ping", addr,
+                  str(count), str(interval)], timeout=30 + count * interval)
+        if r.returncode != 0:
+            raise NetnsError(f"[{ns}] ping {addr}: {r.stderr.strip()}")
+        return dict(json.loads(r.stdout))
 
     def bridge(self, ns: str, addr: str | None = None) -> str:
         dev = f"{self.tag}br"
@@ -131,10 +212,15 @@ class Lab:
             self.sh(ns, f"iptables -A {chain} -i {public_dev} -j DROP")
 
     def shape(self, ns: str, dev: str, mbit: float, delay_ms: float = 0.0) -> str:
-        """Egress shaping on `dev`: tbf rate (and netem delay where the kernel has it).
-        Returns what was applied."""
+        """Egress shaping on `dev`: tbf rate, plus netem delay where the kernel has it.
+        Without netem a delay is refused rather than silently left out: give the link
+        a delay line instead (`link(..., line=LineSpec(delay_ms=...))`). Returns what
+        was applied."""
         rate = f"{mbit}mbit"
-        if delay_ms and qdisc_available("netem"):
+        if delay_ms:
+            if not qdisc_available("netem"):
+                raise NetnsError("no netem in this kernel: delay the link with "
+                                 "Lab.link(..., line=LineSpec(delay_ms=...))")
             self.sh(ns, f"tc qdisc add dev {dev} root netem delay {delay_ms}ms rate {rate} "
                         f"limit 10000")
             return f"netem rate {rate} delay {delay_ms}ms"
@@ -145,9 +231,13 @@ class Lab:
     # ---- processes ----------------------------------------------------------------
     def spawn(self, ns: str, config: str) -> subprocess.Popen[str]:
         """Run tests/support/mesh_node.py in `ns` with a JSON config; JSON lines out."""
+        return self.popen(ns, [str(NODE_SCRIPT), config])
+
+    def popen(self, ns: str, argv: list[str]) -> subprocess.Popen[str]:
+        """A Python script in `ns`: stdin/stdout pipes, stderr kept for `stderr()`."""
         err = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in close())
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(NODE_SCRIPT), config],
+            ["ip", "netns", "exec", ns, sys.executable, *argv],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
             cwd=str(ROOT))
         self._stderr[proc.pid] = err
@@ -189,7 +279,6 @@ class Lab:
 
 def read_event(proc: subprocess.Popen[str], event: str, timeout: float) -> dict[str, object]:
     """The next JSON line with `event` from `proc`'s stdout, within `timeout` seconds."""
-    import json
     import select
     import time
 

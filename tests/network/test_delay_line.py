@@ -1,0 +1,106 @@
+"""The namespace lab's user-space delay line (tests/support/delay_line.py).
+
+The schedule is a pure function and is tested anywhere. The end-to-end check
+needs root and iproute2: two namespaces this test creates, joined through the
+lab's delay namespace, ping each other; everything is removed by `Lab.close()`.
+Network safety: no address or socket in the root namespace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.delay_line import Forwarder, LineSpec, command, schedule
+from tests.support.netns import Lab, NetnsError, available, qdisc_available
+
+ARRIVALS = [i * 1e-4 for i in range(2000)]  # 10,000 frames/s for 0.2 s
+
+
+def test_constant_delay_keeps_order_and_adds_the_delay() -> None:
+    out = schedule(ARRIVALS, LineSpec(delay_ms=20), "x")
+    assert out == [t + 0.02 for t in ARRIVALS]
+
+
+def test_schedule_is_a_function_of_seed_and_stream() -> None:
+    spec = LineSpec(delay_ms=10, jitter_ms=3, loss=0.05, seed=4)
+    assert schedule(ARRIVALS, spec, "ab") == schedule(ARRIVALS, spec, "ab")
+    assert schedule(ARRIVALS, spec, "ab") != schedule(ARRIVALS, spec, "ba")
+    assert schedule(ARRIVALS, spec, "ab") != schedule(ARRIVALS, LineSpec(
+        delay_ms=10, jitter_ms=3, loss=0.05, seed=5), "ab")
+
+
+def test_jitter_stays_in_bounds_and_never_releases_early() -> None:
+    out = schedule(ARRIVALS, LineSpec(delay_ms=1, jitter_ms=2, seed=1), "x")
+    offsets = [r - t for r, t in zip(out, ARRIVALS, strict=True) if r is not None]
+    assert len(offsets) == len(ARRIVALS)
+    assert min(offsets) == 0.0  # clamped: 1 ms - up to 2 ms
+    assert max(offsets) <= 0.003 + 1e-12
+    assert any(0.0 < o < 0.001 for o in offsets)
+    assert any(o > 0.002 for o in offsets)
+
+
+def test_loss_rate_is_close_to_the_setting() -> None:
+    arrivals = [i * 1e-5 for i in range(100_000)]
+    lost = schedule(arrivals, LineSpec(loss=0.01, seed=3), "x").count(None)
+    assert 800 <= lost <= 1200  # binomial(100k, 1 %): sd ~31
+
+
+def test_bad_settings_are_refused() -> None:
+    for bad in ({"delay_ms": -1}, {"jitter_ms": -1}, {"loss": 1.0}, {"loss": -0.1}):
+        with pytest.raises(ValueError, match="must be"):
+            LineSpec(**bad)
+
+
+def test_forwarder_answers_every_command_even_a_failed_one(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    fwd = Forwarder()
+    for line in ('{"cmd": "nope"}', "not json", '{"cmd": "set", "name": "x", "spec": {}}',
+                 '{"cmd": "add", "name": "x", "a": "gmnosuchdev0", "b": "gmnosuchdev1", '
+                 '"spec": {"delay_ms": 1}}', '{"cmd": "stats"}'):
+        command(fwd, line)
+    replies = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["event"] for r in replies] == ["reply"] * 5
+    assert [r["ok"] for r in replies] == [False, False, False, False, True]
+    assert replies[-1]["links"] == {}
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    made = Lab()
+    try:
+        yield made
+    finally:
+        left = made.close()
+    assert left == []  # every namespace it made is gone
+
+
+def test_ping_through_the_line_has_the_requested_rtt(lab: Lab) -> None:
+    a, b = lab.ns("a"), lab.ns("b")
+    link, _ = lab.link(a, "10.57.0.1/24", b, "10.57.0.2/24", line=LineSpec(delay_ms=15))
+    rtt = lab.ping(a, "10.57.0.2", count=10)
+    assert rtt["received"] == 10
+    # can't be faster than 2 x 15 ms; the minimum is robust to a loaded machine
+    assert 30.0 <= rtt["min_ms"] <= 33.0, rtt
+    lab.set_line(link, LineSpec(delay_ms=0))
+    assert lab.ping(a, "10.57.0.2", count=5)["min_ms"] < 3.0
+    with pytest.raises(NetnsError, match="not a delayed link"):
+        lab.set_line("gmnosuchlink", LineSpec())
+    counts = lab.line_stats()["links"][link]
+    assert counts["ab"]["frames"] >= 16
+    assert counts["ba"]["frames"] >= 16
+    assert counts["ab"]["lost"] == counts["ba"]["lost"] == 0
+
+
+def test_shape_refuses_a_delay_it_cannot_apply(lab: Lab) -> None:
+    if qdisc_available("netem"):
+        pytest.skip("this kernel has netem: shape() applies the delay itself")
+    a, b = lab.ns("a"), lab.ns("b")
+    dev, _ = lab.link(a, None, b, None)
+    with pytest.raises(NetnsError, match="netem"):
+        lab.shape(a, dev, 100, delay_ms=20)
