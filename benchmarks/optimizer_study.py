@@ -2,6 +2,7 @@
 
     python benchmarks/optimizer_study.py --grid quick            # run (resumable)
     python benchmarks/optimizer_study.py --report                # table + SVGs from results
+    python benchmarks/optimizer_study.py --grid full --only "DDP base" --model small ...
 
 This module owns the study's grid (a base setting and one-factor sweeps around it),
 the resumable runner (one JSON line per finished run in --out, runs whose key is
@@ -20,10 +21,12 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from node.dashboard.svgplot import xy_chart
+from node.outer.ablations import sparsity_variant
 from node.outer.optimizers import OuterConfig
 from node.runtime.runspec import RunSpec
 from node.sim.simulate import SIM_SPEC, RoundRecord, SimConfig, run_simulation
@@ -58,8 +61,9 @@ DILOCO = {"optimizer": "diloco", "outer_lr": 0.7, "outer_momentum": 0.9, "error_
 DDP = {"optimizer": "ddp", "outer_lr": None, "error_decay": None}
 ADAMW = {**DILOCO, "miners": 1, "outer_lr": 1.0, "outer_momentum": 0.0}
 
-# (name, group, overrides of BASE; "token_share" scales the budget); quick is a prefix of
-# full, in order of importance
+# (name, group, overrides of BASE; "token_share" scales the budget, "sparsity" names a
+# study-only SparseLoCo variant of node/outer/ablations.py); quick is a prefix of full, in
+# order of importance
 FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("SparseLoCo base", "base", {}),
     ("DiLoCo base", "base", DILOCO),
@@ -87,11 +91,15 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("SparseLoCo outer lr 0.4", "outer-lr", {"outer_lr": 0.4}),
     ("DDP inner lr 4e-3", "ddp-lr", {**DDP, "inner_lr": 4e-3}),
     ("DiLoCo lr 1 μ 0.9", "diloco", {**DILOCO, "outer_lr": 1.0}),
+    ("SparseLoCo unquantised", "sparsity", {"sparsity": "unquantised"}),
+    ("SparseLoCo random-k", "sparsity", {"sparsity": "random-k"}),
     ("DiLoCo lr 0.7 μ 0", "diloco", {**DILOCO, "outer_momentum": 0.0}),
     ("DiLoCo H=100", "H", {**DILOCO, "inner_steps": 100}),
     ("DDP M=8", "M", {**DDP, "miners": 8}),
     ("DiLoCo M=8", "M", {**DILOCO, "miners": 8}),
     ("SparseLoCo fixed12", "wire", {"index_coding": "fixed12"}),
+    # about the bytes of the 2-bit base: is 2-bit top-64 better than fp32 top-16?
+    ("SparseLoCo unquantised k=16", "sparsity", {"sparsity": "unquantised", "k": 16}),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 
@@ -136,8 +144,10 @@ def grid_runs(grid: str, model: str, tokens: int, rounds: int | None = None,
 def sim_config(run: Run, threads: int) -> SimConfig:
     s = dict(run.settings)
     miners = s.pop("miners")
+    variant = s.pop("sparsity", None)
+    outer = partial(sparsity_variant, variant) if variant else None
     spec = StudySpec(**{**vars_of(SIM_SPEC), **s, "model": run.model, "seq_len": SEQ_LEN})
-    return SimConfig(spec, miners=miners, rounds=run.rounds, threads=threads)
+    return SimConfig(spec, miners=miners, rounds=run.rounds, threads=threads, outer=outer)
 
 
 def vars_of(spec: RunSpec) -> dict[str, Any]:
@@ -256,6 +266,8 @@ PICTURES = {
     "sweeps": ("SparseLoCo base", "SparseLoCo inner_reset", "SparseLoCo H=10",
                "SparseLoCo H=10 inner_reset", "SparseLoCo H=100", "SparseLoCo M=8",
                "SparseLoCo inner lr 2e-3"),
+    "sparsity": ("SparseLoCo base", "SparseLoCo unquantised", "SparseLoCo random-k",
+                 "SparseLoCo k=16", "SparseLoCo unquantised k=16", "DiLoCo base"),
 }
 WALL_RUNS = ("DDP base", "DiLoCo base", "SparseLoCo base", "SparseLoCo H=10")
 
@@ -309,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--miners", type=int, default=None, help="override (smoke tests)")
     parser.add_argument("--inner-steps", type=int, default=None, help="override (smoke tests)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--only", action="append", default=None, metavar="NAME",
+                        help="run only the grid's runs of this name (repeatable)")
     parser.add_argument("--report", action="store_true", help="only write table and SVGs")
     parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="report folder")
     args = parser.parse_args(argv)
@@ -317,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = grid_runs(args.grid, args.model, args.tokens, args.rounds, miners=args.miners,
                      inner_steps=args.inner_steps)
+    if args.only:
+        runs = [run for run in runs if run.name in args.only]
     ran = run_grid(runs, args.out, args.threads)
     print(f"{ran} runs finished into {args.out}", file=sys.stderr)
     return 0

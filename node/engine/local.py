@@ -28,7 +28,7 @@ from node.engine.model import ModelConfig, build_model, get_config, model_manife
 from node.engine.store import CheckpointStore, LocalCheckpoint, MetaValue
 from node.errors import EngineError
 from node.outer.aggregate import AggregateStats
-from node.outer.optimizers import OuterConfig, make_outer
+from node.outer.optimizers import OuterConfig, OuterOptimizer, make_outer
 from node.outer.step import Selected, params_digest, values_at
 from protocol.spec import CodecSpec, Manifest
 
@@ -89,6 +89,11 @@ class LocalEngine:
     @property
     def per_step(self) -> bool:
         return self._outer.per_step
+
+    def replace_outer(self, outer: OuterOptimizer) -> None:
+        """Use `outer` instead of the run's outer optimizer (same manifest; before the
+        first window). Studies only: the simulator's `SimConfig.outer`."""
+        self._outer = outer
 
     # --- training and the outer step ----------------------------------------------------
     def train(self, batches: Sequence[Tensor], first_step: int | None = None) -> list[float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +59,14 @@ def all_finite(tensors: Sequence[Any]) -> bool:
                else bool(torch.isfinite(t).all()) for t in tensors)
 
 
+Decoder = Callable[[bytes], Sequence[Any]]  # payload -> tensors; raises `ProtocolError`
+
+
 def select(envelopes: Iterable[bytes], expect: Expectation, allowed: set[bytes] | None,
-           limits: Limits = DEFAULT_LIMITS) -> tuple[list[Selected], list[Skipped]]:
-    """Which envelopes count for this window, in signer order.
+           limits: Limits = DEFAULT_LIMITS, decode: Decoder | None = None
+           ) -> tuple[list[Selected], list[Skipped]]:
+    """Which envelopes count for this window, in signer order. `decode` replaces the
+    codec's decoder (the simulator's study-only outer optimizers; nodes never set it).
 
     A signer with two different valid envelopes (equivocation) gets none counted:
     peers may have seen different ones, and counting neither keeps them in step.
@@ -72,7 +77,8 @@ def select(envelopes: Iterable[bytes], expect: Expectation, allowed: set[bytes] 
         digest = hashlib.sha256(data).digest()
         try:
             env = open_envelope(data, expect, limits)
-            tensors = decode_contribution(env.payload, expect.manifest, expect.codec, limits)
+            tensors = (decode(env.payload) if decode is not None else
+                       decode_contribution(env.payload, expect.manifest, expect.codec, limits))
         except ProtocolError as exc:
             skipped.append(Skipped(None, digest, f"{type(exc).__name__}: {exc}"))
             continue

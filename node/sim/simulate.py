@@ -23,11 +23,15 @@ from node.engine.local import LocalEngine
 from node.engine.model import param_count
 from node.errors import ConfigError, NodeError
 from node.mesh.board import MemoryBoard
+from node.outer.optimizers import OuterConfig, OuterOptimizer
 from node.outer.step import select
 from node.runtime.runspec import RunAssets, RunSpec
 from protocol.envelope import BaseModel, Expectation, seal
 from protocol.identity import Identity
 from protocol.spec import Manifest
+
+OuterFactory = Callable[[OuterConfig, Manifest, int], OuterOptimizer]
+"""(the run's outer config, the manifest, the miner's uid) -> that miner's outer optimizer."""
 
 
 class SimulationError(NodeError):
@@ -49,6 +53,10 @@ class SimConfig:
     miners: int = 4
     rounds: int = 10
     threads: int | None = None
+    outer: OuterFactory | None = None  # study-only outer optimizers; None: the run spec's
+    # one-window-delayed outer step (window w's aggregate applied after window w+1 has
+    # trained, as when gathering overlaps training); the daemons do not run it yet
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         if self.miners < 1 or self.rounds < 1:
@@ -126,6 +134,7 @@ class SimMiner:
     identity: Identity
     engine: LocalEngine
     arrival: random.Random
+    outer: OuterOptimizer | None = None  # set when `SimConfig.outer` replaced the engine's
 
 
 def _identity_for(seed: int, uid: int) -> Identity:
@@ -141,14 +150,21 @@ class Swarm:
         self.spec = spec = cfg.run_spec
         self.assets = RunAssets(spec)
         self.params = param_count(self.assets.model_config)
-        self.miners = [SimMiner(uid=uid, identity=_identity_for(spec.seed, uid),
-                                engine=self.assets.engine(),
-                                arrival=random.Random(spec.seed * 1000 + uid))
-                       for uid in range(cfg.miners)]
+        self.miners = [self._miner(uid) for uid in range(cfg.miners)]
         self.manifest: Manifest = self.miners[0].engine.manifest
         self.codec = self.miners[0].engine.codec
         self.board = MemoryBoard()
         self.sequence = 0  # envelopes' window field: one per exchange
+        self.waiting: int | None = None  # overlap: the exchange not yet applied
+
+    def _miner(self, uid: int) -> SimMiner:
+        miner = SimMiner(uid=uid, identity=_identity_for(self.spec.seed, uid),
+                         engine=self.assets.engine(),
+                         arrival=random.Random(self.spec.seed * 1000 + uid))
+        if self.cfg.outer is not None:
+            miner.outer = self.cfg.outer(miner.engine.spec.outer, miner.engine.manifest, uid)
+            miner.engine.replace_outer(miner.outer)
+        return miner
 
     def heldout_loss(self) -> float:
         return self.miners[0].engine.evaluate(self.assets.eval_batches)
@@ -159,6 +175,12 @@ class Swarm:
     def _exchange(self) -> int:
         """Every miner publishes its pending local result; every miner gathers and applies
         the same outer step as the daemons (`select`, then `Engine.apply`)."""
+        seq, sent = self._publish()
+        self._apply(seq)
+        return sent
+
+    def _publish(self) -> tuple[int, int]:
+        """Every miner seals and publishes its pending local result: (sequence, bytes)."""
         seq = self.sequence
         self.sequence += 1
         sent = 0
@@ -168,14 +190,18 @@ class Swarm:
                         codec=self.codec, manifest=self.manifest, payload=miner.engine.encode())
             self.board.publish(seq, miner.identity.address, wire)
             sent += len(wire)
+        return seq, sent
+
+    def _apply(self, seq: int) -> None:
         expect = Expectation(self.spec.run, seq, self.codec, self.manifest)
         for miner in self.miners:
-            chosen, skipped = select(self.board.collect(seq, miner.arrival), expect, None)
+            decode = miner.outer.decode if miner.outer is not None else None
+            chosen, skipped = select(self.board.collect(seq, miner.arrival), expect, None,
+                                     decode=decode)
             if skipped:
                 raise SimulationError(f"exchange {seq}: {skipped[0].reason}")
             miner.engine.apply(chosen)
         self.board.forget(seq)
-        return sent
 
     def run_round(self, window: int) -> tuple[float, float]:
         """One window; returns (mean inner train loss, wire bytes per miner)."""
@@ -190,8 +216,22 @@ class Swarm:
             for miner in self.miners:
                 batches = [self._batch(miner, window, s) for s in range(self.spec.inner_steps)]
                 losses.extend(miner.engine.train(batches, self.spec.first_step(window)))
-            sent += self._exchange()
+            sent += self._windowed_exchange(last=window == self.cfg.rounds - 1)
         return float(np.mean(losses)), sent / len(self.miners)
+
+    def _windowed_exchange(self, *, last: bool) -> int:
+        """Synchronous: this window's aggregate now. Overlapped: the previous window's
+        (this one's waits for the next window's training), and both after the last."""
+        if not self.cfg.overlap:
+            return self._exchange()
+        seq, sent = self._publish()
+        if self.waiting is not None:
+            self._apply(self.waiting)
+        self.waiting = seq
+        if last:
+            self._apply(seq)
+            self.waiting = None
+        return sent
 
 
 def run_simulation(cfg: SimConfig,

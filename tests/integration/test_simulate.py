@@ -69,3 +69,17 @@ def test_published_envelopes_are_bound_to_their_window() -> None:
         open_envelope(posted[0], dataclasses.replace(expect, window=1))
     with pytest.raises(ProtocolError):
         open_envelope(posted[0][:-1], expect)
+
+
+def test_the_overlapped_outer_step_applies_each_aggregate_one_window_late() -> None:
+    """Overlap: window w's aggregate lands after window w+1 has trained (so after the
+    first window θ has not moved), the last two land at the end, and every miner still
+    holds the same θ."""
+    base = SimConfig.build(miners=2, rounds=3, inner_steps=3, threads=1)
+    sync = run_simulation(base).to_json()
+    late = run_simulation(dataclasses.replace(base, overlap=True)).to_json()
+    assert late["heldout_loss"][1] == late["heldout_loss"][0]  # nothing applied yet
+    assert late["heldout_loss"][2] == sync["heldout_loss"][1]  # window 0's aggregate
+    assert late["heldout_loss"][3] < late["heldout_loss"][0]
+    assert late["heldout_loss"][3] != sync["heldout_loss"][3]  # stale Δs differ
+    assert late["params_identical"]

@@ -51,3 +51,23 @@ def test_a_run_key_ignores_the_label_but_not_the_settings() -> None:
     assert study.Run("another label", "g", base.settings, "tiny", 10_000).key == base.key
     other = study.Run(base.name, base.group, {**base.settings, "k": 16}, "tiny", 10_000)
     assert other.key != base.key
+
+
+def test_sparsity_ablations_get_their_own_outer_and_leave_the_rest_alone() -> None:
+    study = _load()
+    runs = {r.name: r for r in study.grid_runs("full", "tiny", 10_000)}
+    base = study.sim_config(runs["SparseLoCo base"], 1)
+    assert base.outer is None
+    for name in ("SparseLoCo unquantised", "SparseLoCo random-k"):
+        cfg = study.sim_config(runs[name], 1)
+        assert cfg.outer is not None
+        assert cfg.spec == base.spec  # the run spec (and so the codec) is the base's
+        assert runs[name].key != runs["SparseLoCo base"].key
+    assert "sparsity" not in runs["SparseLoCo base"].settings  # earlier results keep their keys
+
+
+def test_only_runs_the_named_runs(tmp_path: Path) -> None:
+    study = _load()
+    out = tmp_path / "results.jsonl"
+    assert study.main([*TOY, "--only", "DiLoCo base", "--out", str(out)]) == 0
+    assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["DiLoCo base"]
