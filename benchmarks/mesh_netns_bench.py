@@ -79,7 +79,7 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
             p.stdin.close()
     slowest = max(float(d["seconds"]) for d in done)  # type: ignore[arg-type]
     bound = (n - 1) * mib * 2**20 * 8 / (mbit * 1e6)
-    return {"peers": n, "blob_mib": mib, "link": shaping,
+    return {"peers": n, "blob_mib": mib, "mbit": mbit, "link": shaping,
             "rtt_ms_requested": args.rtt_ms, **rtt_report(args.rtt_ms, line, ping),
             **line_report(line_before, line_after),
             "all_ok": all(d["ok"] for d in done),
