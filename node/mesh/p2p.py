@@ -68,7 +68,8 @@ from node.mesh.p2p_host import (
     listen_multiaddr,
     peer_address,
 )
-from node.mesh.p2p_swarm import PIECE_PROTOCOL, Partial, PieceTransfers
+from node.mesh.p2p_pieces import PIECE_PROTOCOL, Partial
+from node.mesh.p2p_swarm import PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
 from node.mesh.pieces import UPLOAD_SLOTS, piece_hashes, pieces_root
 from protocol.identity import Identity
@@ -98,6 +99,7 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         self._partials: dict[bytes, Partial] = {}  # blobs being fetched piece by piece
         self._seeding: dict[bytes, np.ndarray] = {}  # pieces sent per blob held whole
         self._piece_bytes_out: dict[bytes, int] = {}  # piece bytes sent per blob
+        self._lists: dict[bytes, bytes] = {}  # piece-hash lists of blobs held whole
         self._upload_slots: trio.Semaphore | None = None
         rate = config.upload_rate
         self._uplink: ByteBucket | None = ByteBucket(rate, rate / 4) if rate > 0 else None
@@ -417,10 +419,11 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         if len(blob) > self._cfg.max_blob_bytes:
             raise BlobTooLargeError(f"blob of {len(blob)} bytes exceeds {self._cfg.max_blob_bytes}")
         digest = self._blobs.add(window, blob)
+        hashes = piece_hashes(blob)
+        self._lists[digest] = b"".join(hashes)
         ann = Announcement.create(self._identity, run=self._cfg.run, window=window,
                                   blob_sha256=digest, size=len(blob), peer_id=self.peer_id,
-                                  addrs=self.advertised_addrs,
-                                  pieces=pieces_root(piece_hashes(blob)))
+                                  addrs=self.advertised_addrs, pieces=pieces_root(hashes))
         await self._call(self._pubsub.publish, self._topic, ann.encode(), timeout=10.0)
         return ann
 
@@ -444,6 +447,8 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         dropped = self._blobs.forget(before_window)
         for digest in [d for d in self._seeding if d not in self._blobs]:
             del self._seeding[digest]
+        for digest in [d for d in self._lists if d not in self._blobs]:
+            del self._lists[digest]
         for digest in [d for d in self._piece_bytes_out
                        if d not in self._blobs and d not in self._partials]:
             del self._piece_bytes_out[digest]

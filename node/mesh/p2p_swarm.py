@@ -1,10 +1,7 @@
 """Swarming for `P2PMesh`: announced blobs move piece by piece, and every holder of a
 piece serves it (a mixin; trio side of the bridge).
 
-`/gradmesh/piece/1`. Request: the blob's 32-byte SHA-256 and a 4-byte big-endian
-index: a piece (0..n-1), `LIST` (the pieces' SHA-256s, back to back) or `HAVE` (a
-bitfield of the pieces held, MSB first). Response: one status byte (`p2p_blob`'s OK,
-NOT_FOUND, BUSY, REFUSED), a 4-byte length and that many bytes. A node answers from
+`/gradmesh/piece/1` (wire format in node/mesh/p2p_pieces.py). A node answers from
 whole blobs it holds and from the pieces of the blobs it is fetching, each request
 under the per-peer request bucket, the per-peer stream cap and the node's upload
 slots (`UPLOAD_SLOTS`; BUSY beyond them).
@@ -26,8 +23,6 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,140 +39,27 @@ from node.mesh.p2p_blob import (
     ReadLimits,
     read_exact,
 )
-from node.mesh.pieces import (
-    IN_FLIGHT,
-    PER_SOURCE,
-    PIECE_BYTES,
-    least_served,
-    piece_count,
-    piece_hashes,
-    piece_span,
-    pieces_root,
-    rarest_wanted,
+from node.mesh.p2p_pieces import (
+    ATTEMPTS_PER_SOURCE,
+    GIVE_UP_S,
+    HAVE,
+    HAVE_EVERY_S,
+    HAVE_PEERS,
+    HEADER_LEN,
+    LIST,
+    PIECE_PROTOCOL,
+    PIECE_TIMEOUT_S,
+    REQUEST_LEN,
+    FetchJob,
+    Partial,
+    bitfield,
+    piece_header,
+    piece_request,
+    read_bitfield,
 )
+from node.mesh.pieces import IN_FLIGHT, PIECE_BYTES, piece_count, piece_hashes, piece_span
 
 log = logging.getLogger("node.mesh.p2p")
-
-PIECE_PROTOCOL = "/gradmesh/piece/1"
-LIST = 0xFFFFFFFF
-HAVE = 0xFFFFFFFE
-REQUEST_LEN = 36
-HAVE_EVERY_S = 0.5
-HAVE_PEERS = 16  # holders asked for their bitfield per round
-PIECE_TIMEOUT_S = 30.0
-ATTEMPTS_PER_SOURCE = 3  # failures in a row (busy aside) before a source is dropped
-GIVE_UP_S = 3.0  # nothing on its way and no source offering a wanted piece this long
-_HEADER = 5
-
-
-def piece_request(digest: bytes, index: int) -> bytes:
-    return digest + index.to_bytes(4, "big")
-
-
-def piece_header(status: int, length: int = 0) -> bytes:
-    return bytes([status]) + length.to_bytes(4, "big")
-
-
-def bitfield(held: np.ndarray) -> bytes:
-    return np.packbits(held.astype(np.uint8)).tobytes()
-
-
-def read_bitfield(data: bytes, n: int) -> np.ndarray:
-    if len(data) != -(-n // 8):
-        raise PeerFault(f"bitfield of {len(data)} bytes for {n} pieces")
-    return np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n].astype(bool)
-
-
-@dataclass
-class Partial:
-    """A blob being fetched piece by piece: what it is, and the pieces held so far."""
-
-    window: int
-    size: int
-    root: bytes
-    hashes: list[bytes] | None = None
-    pieces: dict[int, bytes] = field(default_factory=dict)
-    whole: bytes | None = None  # once complete: the blob, shared with the caller
-
-    @property
-    def count(self) -> int:
-        return piece_count(self.size)
-
-    def held(self) -> np.ndarray:
-        if self.whole is not None:
-            return np.ones(self.count, dtype=bool)
-        out = np.zeros(self.count, dtype=bool)
-        out[list(self.pieces)] = True
-        return out
-
-    def piece(self, index: int) -> bytes | None:
-        if self.whole is not None:
-            start, length = piece_span(index, self.size) if index < self.count else (0, 0)
-            return self.whole[start:start + length] if length else None
-        return self.pieces.get(index)
-
-    def complete(self, blob: bytes) -> None:
-        """Keep the finished blob itself (the caller's object) instead of its pieces."""
-        self.whole = blob
-        self.pieces = {}
-
-    def accept_list(self, data: bytes) -> None:
-        if len(data) != 32 * self.count or pieces_root(
-                [data[i:i + 32] for i in range(0, len(data), 32)]) != self.root:
-            raise PeerFault("piece list does not hash to the announced root")
-        self.hashes = [data[i:i + 32] for i in range(0, len(data), 32)]
-
-    def accept(self, index: int, data: bytes) -> None:
-        assert self.hashes is not None
-        if len(data) != piece_span(index, self.size)[1]:
-            raise PeerFault(f"piece {index}: {len(data)} bytes")
-        if hashlib.sha256(data).digest() != self.hashes[index]:
-            raise PeerFault(f"piece {index} does not hash to its listed SHA-256")
-        self.pieces[index] = data
-
-    def blob(self) -> bytes:
-        return b"".join(self.pieces[i] for i in range(self.count))
-
-
-@dataclass
-class _Fetch:
-    """One swarm fetch's view: who has what, what is on its way, and from whom."""
-
-    partial: Partial
-    ann: Announcement
-    failures: dict[str, str]
-    views: dict[str, np.ndarray] = field(default_factory=dict)
-    asked: dict[int, str] = field(default_factory=dict)  # piece -> source
-    load: Counter[str] = field(default_factory=Counter)
-    faulted: set[str] = field(default_factory=set)
-    resting: dict[str, float] = field(default_factory=dict)  # source -> usable again at
-    strikes: Counter[str] = field(default_factory=Counter)  # failures in a row, not busy
-    stuck_since: float | None = None
-
-    def sources(self, now: float) -> list[str]:
-        return [p for p in self.views if p not in self.faulted
-                and self.resting.get(p, 0.0) <= now and self.load[p] < PER_SOURCE]
-
-    def choose(self, now: float, rng: np.random.Generator) -> tuple[int, str] | None:
-        """The next (piece, source), or None when nothing can be asked for now."""
-        usable = self.sources(now)
-        if not usable:
-            return None
-        wanted = ~self.partial.held()
-        wanted[list(self.asked)] = False
-        offered = np.zeros_like(wanted)
-        for p in usable:
-            offered |= self.views[p]
-        copies = sum((v.astype(int) for v in self.views.values()), np.zeros(len(wanted), int))
-        piece = rarest_wanted(wanted & offered, copies, rng)
-        if piece is None:
-            return None
-        holders = [i for i, p in enumerate(usable) if self.views[p][piece]]
-        # least used by us first; among those, whoever holds the fewest pieces, so the
-        # author's upload is kept for the pieces only it has
-        loads = np.array([self.load[p] * (self.partial.count + 1) + int(self.views[p].sum())
-                          for p in usable])
-        return piece, usable[least_served(holders, loads, rng)]
 
 
 class PieceTransfers:
@@ -191,6 +73,7 @@ class PieceTransfers:
     _out: int
     _served: int
     _seeding: dict[bytes, np.ndarray]
+    _lists: dict[bytes, bytes]
     _piece_bytes_out: dict[bytes, int]
     limits: ReadLimits
     _upload_slots: trio.Semaphore | None
@@ -268,13 +151,20 @@ class PieceTransfers:
         sent[index] += 1
         return True
 
+    def piece_list(self, digest: bytes, blob: bytes) -> bytes:
+        """The hash list of a blob held whole, hashed once (at `announce`, or at the first
+        request for a held blob) rather than at every fetcher's request."""
+        if digest not in self._lists:
+            self._lists[digest] = b"".join(piece_hashes(blob))
+        return self._lists[digest]
+
     def _piece_body(self, digest: bytes, index: int) -> bytes | None:
         """What to answer `index` of `digest` with, from a whole blob or a partial one."""
         blob = self._blobs.get(digest)
         if blob is not None:
             n = piece_count(len(blob))
             if index == LIST:
-                return b"".join(piece_hashes(blob))
+                return self.piece_list(digest, blob)
             if index == HAVE:
                 return bitfield(np.ones(n, dtype=bool))
             if index < n:
@@ -296,7 +186,7 @@ class PieceTransfers:
         stream = await self._open(peer, PIECE_PROTOCOL)
         try:
             await stream.write(piece_request(digest, index))
-            header = await read_exact(stream, _HEADER, 5.0)
+            header = await read_exact(stream, HEADER_LEN, 5.0)
             status, length = header[0], int.from_bytes(header[1:], "big")
             if status in (NOT_FOUND, BUSY, REFUSED) and length == 0:
                 raise PeerUnavailable({NOT_FOUND: "not found", BUSY: "busy",
@@ -321,7 +211,7 @@ class PieceTransfers:
         when no source can make progress for `GIVE_UP_S` (why, per peer, in `failures`)."""
         partial = self._partials.setdefault(
             ann.sha256, Partial(ann.window, ann.size, ann.pieces))
-        job = _Fetch(partial, ann, failures)
+        job = FetchJob(partial, ann, failures)
         rng = np.random.default_rng()
         if not await self._get_list(job):
             return None
@@ -347,7 +237,7 @@ class PieceTransfers:
         partial.complete(blob)  # its pieces are served until the window is forgotten
         return blob
 
-    def _stuck(self, job: _Fetch) -> bool:
+    def _stuck(self, job: FetchJob) -> bool:
         now = trio.current_time()
         if job.asked:
             job.stuck_since = None
@@ -356,7 +246,7 @@ class PieceTransfers:
             job.stuck_since = now
         return now - job.stuck_since >= GIVE_UP_S
 
-    async def _get_list(self, job: _Fetch) -> bool:
+    async def _get_list(self, job: FetchJob) -> bool:
         ann = job.ann
         if job.partial.hashes is not None:
             return True
@@ -373,7 +263,7 @@ class PieceTransfers:
                 job.failures[peer] = f"{type(exc).__name__}: {exc}"
         return False
 
-    def _launch(self, job: _Fetch, rng: np.random.Generator, nursery: trio.Nursery,
+    def _launch(self, job: FetchJob, rng: np.random.Generator, nursery: trio.Nursery,
                 send: Any) -> None:
         while len(job.asked) < IN_FLIGHT:
             choice = job.choose(trio.current_time(), rng)
@@ -392,7 +282,7 @@ class PieceTransfers:
             result = exc
         await send.send((piece, peer, result))
 
-    async def _settle(self, job: _Fetch, piece: int, peer: str, result: Any) -> None:
+    async def _settle(self, job: FetchJob, piece: int, peer: str, result: Any) -> None:
         del job.asked[piece]
         job.load[peer] -= 1
         if isinstance(result, bytes):
@@ -417,14 +307,14 @@ class PieceTransfers:
             if job.strikes[peer] >= ATTEMPTS_PER_SOURCE:  # gone: no blame, not asked again
                 job.faulted.add(peer)
 
-    def _candidates(self, job: _Fetch) -> list[str]:
+    def _candidates(self, job: FetchJob) -> list[str]:
         """Who may hold pieces: the announcers of the blob, then connected peers."""
         announced = list(self._sources.get(job.ann.sha256, {}))
         connected = [p.to_base58() for p in self._host.get_connected_peers()]
         return [p for p in dict.fromkeys([job.ann.peer_id, *announced, *connected])
                 if p not in job.faulted]
 
-    async def _watch_haves(self, job: _Fetch) -> None:
+    async def _watch_haves(self, job: FetchJob) -> None:
         """Ask holders what they have, now and every `HAVE_EVERY_S` (the announcer has
         signed that it holds everything)."""
         job.views[job.ann.peer_id] = np.ones(job.partial.count, dtype=bool)
@@ -435,7 +325,7 @@ class PieceTransfers:
                     nursery.start_soon(self._have_of, job, peer)
             await trio.sleep(HAVE_EVERY_S)
 
-    async def _have_of(self, job: _Fetch, peer: str) -> None:
+    async def _have_of(self, job: FetchJob, peer: str) -> None:
         n = job.partial.count
         with trio.move_on_after(HAVE_EVERY_S * 4):
             try:

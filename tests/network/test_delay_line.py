@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.delay_line import Forwarder, LineSpec, command, schedule
-from tests.support.netns import Lab, NetnsError, available, qdisc_available
+from tests.support.netns import Lab, NetnsError, lab_or_skip, qdisc_available
 
 ARRIVALS = [i * 1e-4 for i in range(2000)]  # 10,000 frames/s for 0.2 s
 
@@ -69,15 +69,8 @@ def test_forwarder_answers_every_command_even_a_failed_one(
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    reason = available()
-    if reason:
-        pytest.skip(reason)
-    made = Lab()
-    try:
+    with lab_or_skip() as made:
         yield made
-    finally:
-        left = made.close()
-    assert left == []  # every namespace it made is gone
 
 
 def test_ping_through_the_line_has_the_requested_rtt(lab: Lab) -> None:

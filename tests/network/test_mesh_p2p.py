@@ -18,7 +18,7 @@ from node.mesh import LOOPBACK, AddressNotAllowedError, FetchError
 from node.mesh.base import Announcement, NoSourceError, sha256
 from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
 from node.mesh.p2p_blob import OK, REQUEST_LEN, response_header
-from node.mesh.p2p_swarm import HAVE, piece_header
+from node.mesh.p2p_pieces import HAVE, piece_header
 from tests.support.keys import identity
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
@@ -36,31 +36,25 @@ class EvilMesh(P2PMesh):
         body = self._piece_body(digest, index) or b""
         if index == HAVE and self.mode != "stall":
             await stream.write(piece_header(OK, len(body)) + body)
-        elif self.mode == "garbage":
-            await stream.write(os.urandom(4096))
-        elif self.mode == "oversize":
-            await stream.write(piece_header(OK, 1 << 31) + b"\0" * 1024)
-        elif self.mode == "wrong-hash":
-            await stream.write(piece_header(OK, len(body)) + os.urandom(len(body)))
-        elif self.mode in ("drip", "stall"):
-            await stream.write(piece_header(OK, len(body)))
-            for _ in range(600):
-                if self.mode == "drip":
-                    await stream.write(b"\0")
-                await trio.sleep(0.05)
-        await stream.close()
+            await stream.close()
+            return
+        await self._misbehave(stream, piece_header, body, 1 << 31)
 
     async def _serve_blob(self, stream: Any) -> None:
         digest = await stream.read(REQUEST_LEN)
         blob = self._blobs.get(bytes(digest[:32])) or b""
+        await self._misbehave(stream, response_header, blob, 1 << 40)
+
+    async def _misbehave(self, stream: Any, header: Any, body: bytes, huge: int) -> None:
+        """Answer as `mode` says, with `header(status, length)` framing the answer."""
         if self.mode == "garbage":
             await stream.write(os.urandom(4096))
         elif self.mode == "oversize":
-            await stream.write(response_header(OK, 1 << 40) + b"\0" * 1024)
+            await stream.write(header(OK, huge) + b"\0" * 1024)
         elif self.mode == "wrong-hash":
-            await stream.write(response_header(OK, len(blob)) + os.urandom(len(blob)))
+            await stream.write(header(OK, len(body)) + os.urandom(len(body)))
         elif self.mode in ("drip", "stall"):
-            await stream.write(response_header(OK, len(blob)))
+            await stream.write(header(OK, len(body)))
             for _ in range(600):
                 if self.mode == "drip":
                     await stream.write(b"\0")

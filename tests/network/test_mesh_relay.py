@@ -22,22 +22,15 @@ import pytest
 
 pytest.importorskip("libp2p")
 
-from tests.support.netns import Lab, available, read_event
+from tests.support.netns import Lab, lab_or_skip, read_event
 
 PUBLIC = "10.99.0"
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    reason = available(need_iptables=True)
-    if reason:
-        pytest.skip(reason)
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        leftover = lab.close()
-        assert not leftover, f"namespaces left behind: {leftover}"
+    with lab_or_skip(need_iptables=True) as made:
+        yield made
 
 
 def natted_host(lab: Lab, name: str, public_ip: str, private_net: str, hub: str) -> str:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -310,3 +310,20 @@ def read_event(proc: subprocess.Popen[str], event: str, timeout: float) -> dict[
 def _stderr_tail(proc: subprocess.Popen[str]) -> str:
     lab = getattr(proc, "lab", None)
     return f"\nstderr: {lab.stderr(proc)}" if lab is not None else ""
+
+
+@contextlib.contextmanager
+def lab_or_skip(need_iptables: bool = False) -> Iterator[Lab]:
+    """A `Lab` for one test (skipped where namespaces cannot be made); on the way out
+    every namespace it made must be gone."""
+    import pytest
+
+    reason = available(need_iptables=need_iptables)
+    if reason:
+        pytest.skip(reason)
+    made = Lab()
+    try:
+        yield made
+    finally:
+        left = made.close()
+        assert not left, f"namespaces left behind: {left}"

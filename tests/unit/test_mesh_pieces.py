@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from node.mesh.p2p_blob import PeerFault
-from node.mesh.p2p_swarm import Partial, bitfield, read_bitfield
+from node.mesh.p2p_pieces import Partial, bitfield, read_bitfield
 from node.mesh.pieces import PIECE_BYTES, piece_hashes, piece_span, pieces_root
 
 

@@ -1,0 +1,150 @@
+"""The `/gradmesh/piece/1` wire format and one swarm fetch's bookkeeping (imported only
+by `node.mesh.p2p*`; no I/O here).
+
+Request: the blob's 32-byte SHA-256 and a 4-byte big-endian index: a piece (0..n-1),
+`LIST` (the pieces' SHA-256s, back to back) or `HAVE` (a bitfield of the pieces held,
+MSB first). Response: one status byte (`p2p_blob`'s OK, NOT_FOUND, BUSY, REFUSED), a
+4-byte length and that many bytes. `Partial` is a blob being gathered (checked piece
+by piece against the signed hash list); `FetchJob` is what one fetch knows of who has
+what and chooses next (node/mesh/pieces.py's policy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from node.mesh.base import Announcement
+from node.mesh.p2p_blob import PeerFault
+from node.mesh.pieces import (
+    PER_SOURCE,
+    least_served,
+    piece_count,
+    piece_span,
+    pieces_root,
+    rarest_wanted,
+)
+
+PIECE_PROTOCOL = "/gradmesh/piece/1"
+LIST = 0xFFFFFFFF
+HAVE = 0xFFFFFFFE
+REQUEST_LEN = 36
+HAVE_EVERY_S = 0.5
+HAVE_PEERS = 16  # holders asked for their bitfield per round
+PIECE_TIMEOUT_S = 30.0
+ATTEMPTS_PER_SOURCE = 3  # failures in a row (busy aside) before a source is dropped
+GIVE_UP_S = 3.0  # nothing on its way and no source offering a wanted piece this long
+HEADER_LEN = 5
+
+
+def piece_request(digest: bytes, index: int) -> bytes:
+    return digest + index.to_bytes(4, "big")
+
+
+def piece_header(status: int, length: int = 0) -> bytes:
+    return bytes([status]) + length.to_bytes(4, "big")
+
+
+def bitfield(held: np.ndarray) -> bytes:
+    return np.packbits(held.astype(np.uint8)).tobytes()
+
+
+def read_bitfield(data: bytes, n: int) -> np.ndarray:
+    if len(data) != -(-n // 8):
+        raise PeerFault(f"bitfield of {len(data)} bytes for {n} pieces")
+    return np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n].astype(bool)
+
+
+@dataclass
+class Partial:
+    """A blob being fetched piece by piece: what it is, and the pieces held so far."""
+
+    window: int
+    size: int
+    root: bytes
+    hashes: list[bytes] | None = None
+    pieces: dict[int, bytes] = field(default_factory=dict)
+    whole: bytes | None = None  # once complete: the blob, shared with the caller
+
+    @property
+    def count(self) -> int:
+        return piece_count(self.size)
+
+    def held(self) -> np.ndarray:
+        if self.whole is not None:
+            return np.ones(self.count, dtype=bool)
+        out = np.zeros(self.count, dtype=bool)
+        out[list(self.pieces)] = True
+        return out
+
+    def piece(self, index: int) -> bytes | None:
+        if self.whole is not None:
+            start, length = piece_span(index, self.size) if index < self.count else (0, 0)
+            return self.whole[start:start + length] if length else None
+        return self.pieces.get(index)
+
+    def complete(self, blob: bytes) -> None:
+        """Keep the finished blob itself (the caller's object) instead of its pieces."""
+        self.whole = blob
+        self.pieces = {}
+
+    def accept_list(self, data: bytes) -> None:
+        if len(data) != 32 * self.count or pieces_root(
+                [data[i:i + 32] for i in range(0, len(data), 32)]) != self.root:
+            raise PeerFault("piece list does not hash to the announced root")
+        self.hashes = [data[i:i + 32] for i in range(0, len(data), 32)]
+
+    def accept(self, index: int, data: bytes) -> None:
+        assert self.hashes is not None
+        if len(data) != piece_span(index, self.size)[1]:
+            raise PeerFault(f"piece {index}: {len(data)} bytes")
+        if hashlib.sha256(data).digest() != self.hashes[index]:
+            raise PeerFault(f"piece {index} does not hash to its listed SHA-256")
+        self.pieces[index] = data
+
+    def blob(self) -> bytes:
+        return b"".join(self.pieces[i] for i in range(self.count))
+
+
+@dataclass
+class FetchJob:
+    """One swarm fetch's view: who has what, what is on its way, and from whom."""
+
+    partial: Partial
+    ann: Announcement
+    failures: dict[str, str]
+    views: dict[str, np.ndarray] = field(default_factory=dict)
+    asked: dict[int, str] = field(default_factory=dict)  # piece -> source
+    load: Counter[str] = field(default_factory=Counter)
+    faulted: set[str] = field(default_factory=set)
+    resting: dict[str, float] = field(default_factory=dict)  # source -> usable again at
+    strikes: Counter[str] = field(default_factory=Counter)  # failures in a row, not busy
+    stuck_since: float | None = None
+
+    def sources(self, now: float) -> list[str]:
+        return [p for p in self.views if p not in self.faulted
+                and self.resting.get(p, 0.0) <= now and self.load[p] < PER_SOURCE]
+
+    def choose(self, now: float, rng: np.random.Generator) -> tuple[int, str] | None:
+        """The next (piece, source), or None when nothing can be asked for now."""
+        usable = self.sources(now)
+        if not usable:
+            return None
+        wanted = ~self.partial.held()
+        wanted[list(self.asked)] = False
+        offered = np.zeros_like(wanted)
+        for p in usable:
+            offered |= self.views[p]
+        copies = sum((v.astype(int) for v in self.views.values()), np.zeros(len(wanted), int))
+        piece = rarest_wanted(wanted & offered, copies, rng)
+        if piece is None:
+            return None
+        holders = [i for i, p in enumerate(usable) if self.views[p][piece]]
+        # least used by us first; among those, whoever holds the fewest pieces, so the
+        # author's upload is kept for the pieces only it has
+        loads = np.array([self.load[p] * (self.partial.count + 1) + int(self.views[p].sum())
+                          for p in usable])
+        return piece, usable[least_served(holders, loads, rng)]
