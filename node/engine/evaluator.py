@@ -4,6 +4,11 @@ Validators apply each miner's update alone to a copy of θ_global and measure th
 loss, and replay a miner's inner steps from θ_global (the proof of assigned
 data); this is the only place that writes such a copy. It never touches the
 engine's own θ.
+
+On a GPU the work stays on the device: an update is moved there sparse (about
+1/200 of its dense size) and scattered there, and θ_global, which the validator
+hands over from the CPU once per window, is copied to the device once and reused
+for every miner's evaluation (`DeviceCopy`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,32 @@ def mean_loss(model: Decoder, batches: Sequence[torch.Tensor],
     return math.fsum(per_batch.tolist()) / len(batches)
 
 
+class DeviceCopy:
+    """θ's copy on `device`, made once and reused while θ is the same tensors, unchanged.
+
+    The key is each source tensor's storage address and version counter (bumped by
+    every in-place write); the sources are held so no address is reused while cached."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._sources: list[torch.Tensor] = []
+        self._key: list[tuple[int, int]] = []
+        self._copy: list[torch.Tensor] = []
+
+    def of(self, theta: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        key = [(t.data_ptr(), t._version) for t in theta]
+        if key != self._key:
+            self._copy = []  # free the old copy before making the new one
+            self._copy = [t.to(self.device, torch.float32, copy=True) for t in theta]
+            self._sources, self._key = list(theta), key
+        return self._copy
+
+
+def on_device(st: SparseTensor, device: torch.device) -> SparseTensor:
+    """The sparse tensor's parts moved to `device` (scattering there is exact)."""
+    return SparseTensor(st.indices.to(device), st.codes.to(device), st.table.to(device))
+
+
 class Evaluator:
     """Holds one scratch model; `load` puts θ − scale·update into it."""
 
@@ -51,22 +82,31 @@ class Evaluator:
         self.params = list(model.parameters())
         self.manifest = manifest
         self.spec = spec
+        self.device = self.params[0].device
+        self._theta = DeviceCopy(self.device)
+
+    def _base(self, theta: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """θ on the model's device: as given when it is there, else the cached copy."""
+        if all(t.device == self.device for t in theta):
+            return theta
+        return self._theta.of(theta)
 
     def load(self, theta: Sequence[torch.Tensor], update: Sequence[SparseTensor] | None,
              scale: float) -> None:
         """θ, minus `scale` × the decompressed sparse `update` when one is given."""
         with torch.no_grad():
-            for i, (p, t) in enumerate(zip(self.params, theta, strict=True)):
+            for i, (p, t) in enumerate(zip(self.params, self._base(theta), strict=True)):
                 p.copy_(t)
                 if update is not None:
-                    dense = decompress(update[i], tuple(self.manifest[i].shape), self.spec)
-                    p.sub_(dense.to(p.device, p.dtype), alpha=scale)
+                    st = on_device(update[i], p.device)
+                    dense = decompress(st, tuple(self.manifest[i].shape), self.spec)
+                    p.sub_(dense.to(p.dtype), alpha=scale)
 
     def load_dense(self, theta: Sequence[torch.Tensor], update: Sequence[torch.Tensor],
                    scale: float) -> None:
         """θ − scale × a dense update (the validator's reference aggregate)."""
         with torch.no_grad():
-            for p, t, u in zip(self.params, theta, update, strict=True):
+            for p, t, u in zip(self.params, self._base(theta), update, strict=True):
                 p.copy_(t).sub_(u.to(p.device, p.dtype), alpha=scale)
 
     def loss(self, batches: Sequence[torch.Tensor]) -> float:
