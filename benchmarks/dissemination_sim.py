@@ -15,8 +15,9 @@ training w+1).
     python benchmarks/dissemination_sim.py --loopback   # the swarming test's set-up
 
 `--validate` reads JSON lines of `benchmarks/mesh_netns_bench.py dissemination` (peers,
-blob_mib, mbit, rtt, slowest_peer_s) and prints the direct policy's prediction for
-each and its error. `--host-mibps` caps each peer's bytes in + out (the lab's peers
+blob_mib, mbit, rtt, slowest_peer_s, fetch) and prints the prediction of the run's
+policy (swarming, or whole blobs from the authors) for each completed run, and its
+error. `--host-mibps` caps each peer's bytes in + out (the lab's peers
 share one machine's CPU: its measured libp2p throughput, `benchmarks/mesh_bench.py`,
 times 2 for both ends, divided by the peers).
 """
@@ -35,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.engine.plan import Box, Workload, plan
-from node.sim.dissemination import Link, Scenario, simulate
+from node.sim.dissemination import Link, Policy, Scenario, simulate
 
 MIB = 1 << 20
 PROFILES = {
@@ -63,7 +64,7 @@ def one(model: str, size: int, n: int, profile: str, seed: int) -> dict[str, Any
                            "profile": profile, "compute_s": round(compute, 1)}
     for policy in ("direct", "swarm"):
         start = time.perf_counter()
-        out = simulate(Scenario(links, authors, size, policy,  # type: ignore[arg-type]
+        out = simulate(Scenario(links, authors, size, policy,
                                 piece=max(MIB, -(-size // PIECES))), seed)
         row[policy] = {"slowest_s": round(out.slowest_s, 1), "ratio": round(out.ratio, 2),
                        "author_upload": round(out.author_upload, 2),
@@ -93,13 +94,17 @@ def validate(path: Path, host_mibps: float | None) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text().splitlines():
         run = json.loads(line)
+        if not run.get("all_ok") or "peers" not in run:  # summaries, unfinished runs
+            continue
+        policy: Policy = "direct" if run.get("fetch") == "whole blobs" else "swarm"
         n, size = int(run["peers"]), int(float(run["blob_mib"]) * MIB)
         rtt = float(run.get("rtt_ms_measured", {}).get("min_ms") or run.get("rtt_ms", 0)) / 1e3
         links = tuple(Link(run["mbit"] * 1e6, run["mbit"] * 1e6, rtt) for _ in range(n))
         host = None if host_mibps is None else 2 * host_mibps * MIB * 8 / n
-        sim = simulate(Scenario(links, tuple(range(n)), size, "direct", host_bps=host))
+        sim = simulate(Scenario(links, tuple(range(n)), size, policy, host_bps=host))
         measured = float(run["slowest_peer_s"])
-        out.append({"peers": n, "blob_mib": run["blob_mib"], "mbit": run["mbit"],
+        out.append({"peers": n, "policy": policy, "blob_mib": run["blob_mib"],
+                    "mbit": run["mbit"],
                     "rtt_ms": round(rtt * 1e3, 1), "measured_s": measured,
                     "simulated_s": round(sim.slowest_s, 2), "bound_s": round(sim.bound_s, 2),
                     "error": round(sim.slowest_s / measured - 1, 3)})
@@ -113,7 +118,7 @@ def loopback() -> list[dict[str, Any]]:
     links = (Link(4 * MIB * 8, 1e10, 0.0),) + (fast,) * 6
     out = []
     for policy in ("direct", "swarm"):
-        o = simulate(Scenario(links, (0,), 8 * MIB + 12345, policy))  # type: ignore[arg-type]
+        o = simulate(Scenario(links, (0,), 8 * MIB + 12345, policy))
         out.append({"policy": policy, "slowest_s": round(o.slowest_s, 2),
                     "author_upload": round(o.author_upload, 2), "bound_s": round(o.bound_s, 2)})
     return out

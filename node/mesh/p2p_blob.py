@@ -30,6 +30,12 @@ class PeerFault(Exception):
     """The remote broke the protocol (garbage, oversize, wrong hash, too slow)."""
 
 
+class PeerTooSlow(PeerFault):
+    """The remote sent too little for too long. Judged on timing alone, which an honest
+    peer behind a congested link or on a loaded machine shows too, so it costs a small
+    score and this fetch's use of the source, never the connection."""
+
+
 class PeerUnavailable(Exception):
     """The remote answered honestly that it cannot serve (not found, busy, gone)."""
 
@@ -99,7 +105,7 @@ async def read_exact(stream, n: int, idle_timeout: float) -> bytes:  # type: ign
             except Exception as exc:  # py-libp2p raises on EOF and on resets
                 raise PeerUnavailable(f"stream ended: {type(exc).__name__}") from exc
         if cs.cancelled_caught:
-            raise PeerFault(f"no data for {idle_timeout}s")
+            raise PeerTooSlow(f"no data for {idle_timeout}s")
         if not piece:
             raise PeerUnavailable("stream ended early")
         buf += piece
@@ -142,7 +148,7 @@ async def read_response(stream, digest: bytes, expected_size: int | None,  # typ
                     raise PeerUnavailable(f"stream ended after {part.offset}/{length} bytes: "
                                           f"{type(exc).__name__}") from exc
             if cs.cancelled_caught:
-                raise PeerFault(f"stalled for {limits.idle_timeout}s at {part.offset}/{length}")
+                raise PeerTooSlow(f"stalled for {limits.idle_timeout}s at {part.offset}/{length}")
             if not piece:
                 raise PeerUnavailable(f"stream ended after {part.offset}/{length} bytes")
             part.body += piece
@@ -151,7 +157,7 @@ async def read_response(stream, digest: bytes, expected_size: int | None,  # typ
             elapsed = time.monotonic() - started
             got = part.offset - first
             if elapsed > limits.grace and got / elapsed < limits.min_rate:
-                raise PeerFault(f"too slow: {got / elapsed:.0f} B/s")
+                raise PeerTooSlow(f"too slow: {got / elapsed:.0f} B/s")
     finally:
         if part.offset > first:
             part.sources.append((source, first, part.offset - first))

@@ -12,7 +12,7 @@ from typing import Any
 
 import coincurve
 import multiaddr
-from libp2p import create_yamux_muxer_option, new_host
+from libp2p import new_host
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
@@ -27,6 +27,7 @@ from libp2p.transport.tcp.tcp import TCP
 from node.mesh.addresses import AddressPolicy
 from node.mesh.base import DHT_NAMESPACE, BadRecordError, open_dht_record
 from node.mesh.p2p_config import P2PConfig
+from node.mesh.p2p_yamux import muxer_options
 from protocol.identity import address_from_public_key
 
 
@@ -93,7 +94,7 @@ def build_host(cfg: P2PConfig, key_pair: Any) -> Any:
     return new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
-        muxer_opt=create_yamux_muxer_option(),
+        muxer_opt=muxer_options(),
         listen_addrs=[listen_multiaddr(cfg)],
         transports=[AllowlistTCP(cfg.policy)],
         enable_mDNS=False,

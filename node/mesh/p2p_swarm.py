@@ -35,6 +35,7 @@ from node.mesh.p2p_blob import (
     OK,
     REFUSED,
     PeerFault,
+    PeerTooSlow,
     PeerUnavailable,
     ReadLimits,
     read_exact,
@@ -57,7 +58,14 @@ from node.mesh.p2p_pieces import (
     piece_request,
     read_bitfield,
 )
-from node.mesh.pieces import IN_FLIGHT, PIECE_BYTES, piece_count, piece_hashes, piece_span
+from node.mesh.pieces import (
+    IN_FLIGHT,
+    PIECE_BYTES,
+    piece_count,
+    piece_hashes,
+    piece_span,
+    seed_allows,
+)
 
 log = logging.getLogger("node.mesh.p2p")
 
@@ -82,6 +90,7 @@ class PieceTransfers:
         async def _admit(self, stream: Any) -> str | None: ...
         async def _spend_upload(self, peer: str, n: int) -> None: ...
         async def _penalize(self, peer: str, why: str) -> None: ...
+        def _slowed(self, peer: str, why: str) -> None: ...
         async def _open(self, peer: str, protocol: str) -> Any: ...
         async def _announce_serving(self, ann: Announcement) -> None: ...
         def _log_transfer(self, stream: Any, peer: str, digest: bytes, offset: int,
@@ -115,11 +124,15 @@ class PieceTransfers:
             try:
                 self._upload_slots.acquire_nowait()
             except trio.WouldBlock:
+                self._unseed(digest, index)
                 await stream.write(piece_header(BUSY))
             else:
                 try:
                     await self._send_piece(stream, peer, body)
                     self._count_served(digest, len(body))
+                except BaseException:
+                    self._unseed(digest, index)  # not sent: the piece is still owed
+                    raise
                 finally:
                     self._upload_slots.release()
         await stream.close()
@@ -139,17 +152,18 @@ class PieceTransfers:
         self._out += len(body)
 
     def _seed_allows(self, digest: bytes, index: int) -> bool:
-        """Super-seeding, for a blob this node holds whole: each piece is sent once
-        before any is sent twice (a piece already out is BUSY meanwhile), so the first
-        copies of every piece leave the author before its upload goes to duplicates."""
+        """Super-seeding (`seed_allows`) for a blob this node holds whole."""
         blob = self._blobs.get(digest)
         if blob is None:
             return True
         sent = self._seeding.setdefault(digest, np.zeros(piece_count(len(blob)), dtype=int))
-        if sent[index] > sent.min():
-            return False
-        sent[index] += 1
-        return True
+        return seed_allows(sent, index)
+
+    def _unseed(self, digest: bytes, index: int) -> None:
+        """A piece counted by `_seed_allows` that did not go out after all."""
+        sent = self._seeding.get(digest)
+        if sent is not None and index < len(sent) and sent[index] > 0:
+            sent[index] -= 1
 
     def piece_list(self, digest: bytes, blob: bytes) -> bytes:
         """The hash list of a blob held whole, hashed once (at `announce`, or at the first
@@ -197,7 +211,7 @@ class PieceTransfers:
             with trio.move_on_after(self.limits.grace + length / self.limits.min_rate) as cs:
                 body = await read_exact(stream, length, self.limits.idle_timeout)
             if cs.cancelled_caught:
-                raise PeerFault(f"too slow: {length} bytes not sent in time")
+                raise PeerTooSlow(f"too slow: {length} bytes not sent in time")
             self._in += length
             if index < HAVE:  # a piece: logged like a whole blob's part (`transfers`)
                 self._log_transfer(stream, peer, digest, index * PIECE_BYTES, length)
@@ -255,6 +269,9 @@ class PieceTransfers:
                 job.partial.accept_list(await self._ask(peer, ann.sha256, LIST,
                                                         32 * job.partial.count))
                 return True
+            except PeerTooSlow as exc:
+                job.failures[peer] = f"PeerTooSlow: {exc}"
+                self._slowed(peer, str(exc))
             except PeerFault as exc:
                 job.failures[peer] = f"PeerFault: {exc}"
                 job.faulted.add(peer)
@@ -292,7 +309,9 @@ class PieceTransfers:
                 return
             except PeerFault as exc:
                 result = exc
-        if isinstance(result, PeerFault):
+        if isinstance(result, PeerTooSlow):  # counted like a failure, then the strikes below
+            self._slowed(peer, str(result))
+        elif isinstance(result, PeerFault):
             job.faulted.add(peer)
             job.failures[peer] = f"PeerFault: {result}"
             await self._penalize(peer, str(result))

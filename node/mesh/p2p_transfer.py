@@ -41,6 +41,7 @@ from node.mesh.p2p_blob import (
     ByteBucket,
     Partial,
     PeerFault,
+    PeerTooSlow,
     PeerUnavailable,
     ReadLimits,
     TokenBucket,
@@ -56,6 +57,7 @@ from node.mesh.p2p_host import connection_addrs, is_relayed
 log = logging.getLogger("node.mesh.p2p")
 
 FAULT_PENALTY = -50
+SLOW_PENALTY = -10  # timing alone: an honest peer on a congested link can be slow
 SUCCESS_REWARD = 1
 OPEN_TIMEOUT_S = 10.0  # connect + stream open + request write
 ATTEMPTS_PER_PEER = 3  # transient failures (dial, negotiation) are retried
@@ -255,6 +257,10 @@ class BlobTransfers:
             attempts[peer] = attempts.get(peer, 0) + 1
             try:
                 return await self._fetch_from(peer, digest, size, partial)
+            except PeerTooSlow as exc:  # its bytes so far are kept: the hash judges them
+                faulted.add(peer)
+                failures[peer] = f"PeerTooSlow: {exc}"
+                self._slowed(peer, str(exc))
             except PeerFault as exc:
                 mismatch = str(exc).startswith("bytes do not hash")
                 earlier = {p for p, _, _ in partial.sources} - {peer}
@@ -327,6 +333,13 @@ class BlobTransfers:
         path = tuple(connection_addrs(getattr(stream, "swarm_conn", None)))
         self.transfers.append(Transfer(digest, peer, offset, max(0, nbytes), path,
                                        is_relayed(list(path))))
+
+    def _slowed(self, peer: str, why: str) -> None:
+        """A source too slow for a fetch: a small score, and it stays connected."""
+        state = self._peers[peer]
+        state.score += SLOW_PENALTY
+        state.last_fault = why
+        log.info("peer %s too slow (%s), score %d", peer, why, state.score)
 
     async def _penalize(self, peer: str, why: str) -> None:
         state = self._peers[peer]

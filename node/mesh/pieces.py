@@ -75,3 +75,15 @@ def least_served(sources: Sequence[int], serving: np.ndarray,
     loads = serving[list(sources)]
     best = [s for s, load in zip(sources, loads, strict=True) if load == loads.min()]
     return int(best[rng.integers(len(best))])
+
+
+def seed_allows(sent: np.ndarray, index: int) -> bool:
+    """Super-seeding by a blob's author, `sent` its copies sent per piece: until every
+    piece has left once, a piece already sent is refused (its first copies go out
+    before any duplicate); after that every piece is served, so a copy lost on the
+    way is owed again and pieces nobody asks the author for any more cannot hold back
+    those still wanted. Counts the copy (in `sent`) when it allows one."""
+    if sent[index] > 0 and sent.min() == 0:
+        return False
+    sent[index] += 1
+    return True

@@ -11,7 +11,8 @@ contribution it did not write. Two policies:
   at most `per_source` with one holder, each for the rarest piece it lacks from the
   least-served holder with a free upload slot (`upload_slots` each), preferring the
   holder with the fewest pieces; an author sends each of its pieces once before it
-  sends any twice (super-seeding); whoever holds a piece serves it onward.
+  sends any twice, then serves every piece (super-seeding, `seed_allows`); whoever
+  holds a piece serves it onward.
 
 Bytes move at max-min fair rates over every peer's upload and download (how TCP flows
 share links when the core is not the bottleneck), optionally also under a per-peer
@@ -208,10 +209,10 @@ class _Run:
             self.fetching[d] += 1
 
     def _seed_allows(self) -> np.ndarray:
-        """Per piece: may its author send it now (no piece of the same contribution has
-        been sent fewer times)?"""
+        """Per piece: may its author send it now (`seed_allows`: never sent yet, or every
+        piece of the same contribution has left once)?"""
         per = self.seeded.reshape(len(self.s.authors), self.m)
-        allowed: np.ndarray = (per == per.min(axis=1, keepdims=True)).reshape(-1)
+        allowed: np.ndarray = ((per == 0) | (per.min(axis=1, keepdims=True) > 0)).reshape(-1)
         return allowed
 
     def rates(self, live: np.ndarray) -> np.ndarray:

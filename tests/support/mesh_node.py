@@ -20,7 +20,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from node.mesh import AddressPolicy
+from node.mesh.base import FetchError
 from node.mesh.p2p import P2PConfig, P2PMesh
 from tests.support.keys import identity
 
@@ -49,16 +52,61 @@ async def until(cond: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def stdin_lines() -> asyncio.Queue[str | None]:
+def job_state(job: Any) -> str:
+    """One swarm fetch's bookkeeping, for the `dump` command."""
+    import trio
+
+    now = trio.current_time()
+    short = {p: p[-6:] for p in {*job.views, *job.resting, *job.faulted, *job.strikes}}
+    return json.dumps({
+        "blob": job.ann.peer_id[-6:], "held": int(job.partial.held().sum()),
+        "count": job.partial.count, "asked": {i: p[-6:] for i, p in job.asked.items()},
+        "views": {short[p]: int(v.sum()) for p, v in job.views.items()},
+        "resting": {short[p]: round(t - now, 1) for p, t in job.resting.items()},
+        "faulted": [short[p] for p in job.faulted], "strikes": {short[p]: n for p, n in
+                                                                  job.strikes.items()},
+        "stuck_for": None if job.stuck_since is None else round(now - job.stuck_since, 1),
+        "failures": {p[-6:]: f[:80] for p, f in job.failures.items()}})
+
+
+def dump_tasks(mesh: P2PMesh) -> None:
+    """Every trio task's await stack to stderr (the `dump` command: what a stalled node
+    is waiting on). Runs on the trio thread."""
+    import trio
+
+    def walk(task: trio.lowlevel.Task, depth: int) -> None:
+        frames = [f"{f.f_code.co_name}:{f.f_lineno}" for f, _ in task.iter_await_frames()]
+        print(f"{'  ' * depth}{task.name} <- {' < '.join(reversed(frames[-6:]))}",
+              file=sys.stderr)
+        for f, _ in task.iter_await_frames():
+            if f.f_code.co_name == "_swarm_fetch" and "job" in f.f_locals:
+                print(f"{'  ' * depth}  {job_state(f.f_locals['job'])}", file=sys.stderr)
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child, depth + 1)
+
+    def dump() -> None:
+        walk(trio.lowlevel.current_root_task(), 0)
+        sys.stderr.flush()
+
+    trio.from_thread.run_sync(dump, trio_token=mesh._token)
+
+
+async def stdin_lines(mesh: P2PMesh | None = None) -> asyncio.Queue[str | None]:
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
     def reader() -> None:
         for line in sys.stdin:
+            if line.strip() == "dump" and mesh is not None:
+                dump_tasks(mesh)
+                continue
             loop.call_soon_threadsafe(queue.put_nowait, line.strip())
         loop.call_soon_threadsafe(queue.put_nowait, None)
 
-    loop.run_in_executor(None, reader)
+    # a daemon thread: a node that fails must exit (and its reader see EOF) even while
+    # this thread still waits on stdin
+    threading.Thread(target=reader, daemon=True).start()
     return queue
 
 
@@ -78,10 +126,15 @@ async def main(cfg: dict[str, Any]) -> None:
         policy=AddressPolicy.of(cfg["policy"]), bootstrap=tuple(cfg.get("bootstrap", ())),
         relays=tuple(cfg.get("relays", ())), relay_service=role == "relay",
         hole_punch_after=cfg.get("hole_punch_after", 2.0),
-        peer_upload_rate=cfg.get("peer_upload_rate", 0.0), max_blob_bytes=1 << 30)
+        peer_upload_rate=cfg.get("peer_upload_rate", 0.0), max_blob_bytes=1 << 30,
+        swarm=cfg.get("swarm", True))
     mesh = P2PMesh(identity(cfg["key"]), config)
-    commands = await stdin_lines()
+    commands = await stdin_lines(mesh)
     await mesh.start()
+    # `kill -USR1 <pid>`: the same dump as the `dump` command, for a node whose stdin
+    # belongs to someone else (a benchmark)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGUSR1, lambda: threading.Thread(target=dump_tasks, args=(mesh,)).start())
     try:
         if role == "relay":
             emit("up", peer_id=mesh.peer_id, dial_addrs=list(mesh.dial_addrs))
@@ -145,6 +198,20 @@ async def fetcher(mesh: P2PMesh, cfg: dict[str, Any]) -> None:
                  transfers=transfers(mesh))
 
 
+async def fetch_with_retries(mesh: P2PMesh, ann: Any, retries: int = 2) -> bytes:
+    """As the daemons' gatherer fetches (node/runtime/gather.py): a failed fetch is tried
+    again after 1 s, then 2 s."""
+    for attempt in range(retries + 1):
+        try:
+            return await mesh.fetch(ann, timeout=600)
+        except FetchError:
+            if attempt == retries:
+                raise
+            emit("retry", peer=ann.peer_id, attempt=attempt + 1)
+        await asyncio.sleep(2.0**attempt)
+    raise AssertionError("unreachable")
+
+
 async def swarm(mesh: P2PMesh, cfg: dict[str, Any],
                 commands: asyncio.Queue[str | None]) -> None:
     blob = make_blob(cfg["key"], cfg.get("blob_mib", 10))
@@ -170,11 +237,11 @@ async def swarm(mesh: P2PMesh, cfg: dict[str, Any],
         pass
     announcer.cancel()
     started = time.monotonic()
-    results = await asyncio.gather(*(mesh.fetch(a, timeout=600) for a in seen.values()))
+    results = await asyncio.gather(*(fetch_with_retries(mesh, a) for a in seen.values()))
     elapsed = time.monotonic() - started
     emit("done", seconds=elapsed, ok=all(hashlib.sha256(r).digest() == a.sha256
                                           for r, a in zip(results, seen.values(), strict=True)),
-         bytes_in=mesh.stats().bytes_in)
+         bytes_in=mesh.stats().bytes_in, cpu_s=time.process_time())
     await drain(commands)  # keep serving until told to stop
     task.cancel()
 

@@ -23,6 +23,8 @@ SKIP_DIRS = {"node_modules", "__pycache__"}
 INTERNAL = {
     "node.mesh.p2p_blob.PeerFault":
         "one blob source broke the protocol; p2p_transfer catches it and tries the next source",
+    "node.mesh.p2p_blob.PeerTooSlow":
+        "one blob source too slow for a fetch; p2p_transfer and p2p_swarm catch it and go on",
     "node.mesh.p2p_blob.PeerUnavailable":
         "one blob source cannot serve; p2p_transfer catches it and tries the next source",
 }

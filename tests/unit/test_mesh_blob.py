@@ -13,8 +13,10 @@ from node.mesh.p2p_blob import (  # noqa: E402
     NOT_FOUND,
     OK,
     PeerFault,
+    PeerTooSlow,
     PeerUnavailable,
     ReadLimits,
+    read_exact,
     read_response,
     response_header,
 )
@@ -57,3 +59,19 @@ def test_ok_reply_round_trips_and_a_wrong_body_is_a_fault() -> None:
     assert read(response_header(OK, len(blob)) + blob, digest) == blob
     with pytest.raises(PeerFault):
         read(response_header(OK, len(blob)) + bytes(len(blob)), digest)
+
+
+def test_a_source_that_sends_nothing_is_too_slow_not_a_liar() -> None:
+    """Silence is judged on timing alone: `PeerTooSlow`, which fetchers score lightly and
+    never disconnect for (an honest peer on a congested link can be silent too)."""
+
+    class Silent:
+        async def read(self, n: int) -> bytes:
+            await trio.sleep_forever()
+            return b""
+
+    async def main() -> bytes:
+        return await read_exact(Silent(), 9, idle_timeout=0.05)
+
+    with pytest.raises(PeerTooSlow, match="no data"):
+        trio.run(main)

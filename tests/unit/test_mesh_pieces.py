@@ -10,7 +10,7 @@ import pytest
 
 from node.mesh.p2p_blob import PeerFault
 from node.mesh.p2p_pieces import Partial, bitfield, read_bitfield
-from node.mesh.pieces import PIECE_BYTES, piece_hashes, piece_span, pieces_root
+from node.mesh.pieces import PIECE_BYTES, piece_hashes, piece_span, pieces_root, seed_allows
 
 
 def partial_of(blob: bytes) -> Partial:
@@ -58,3 +58,24 @@ def test_bitfields_round_trip_and_are_checked() -> None:
     assert read_bitfield(bitfield(held), 11).tolist() == held.tolist()
     with pytest.raises(PeerFault):
         read_bitfield(bitfield(held), 17)
+
+
+def test_super_seeding_sends_every_piece_once_before_any_twice() -> None:
+    sent = np.zeros(3, dtype=int)
+    assert seed_allows(sent, 0)
+    assert not seed_allows(sent, 0)  # pieces 1 and 2 have not left yet
+    assert seed_allows(sent, 1)
+    assert seed_allows(sent, 2)
+    assert sent.tolist() == [1, 1, 1]
+
+
+def test_super_seeding_serves_a_lost_copy_again_once_every_piece_has_left() -> None:
+    """The livelock it replaces: copies counted per piece, a piece refused while any
+    other had been sent fewer times. Piece 2's only copy was lost on the way, every
+    fetcher already holds 0 and 1 (from each other) and asks the author for 2 alone:
+    2 must be served, however often 0 and 1 went out."""
+    sent = np.array([1, 1, 1])
+    assert seed_allows(sent, 0)  # a duplicate of 0: every piece has left once
+    assert seed_allows(sent, 2)
+    assert seed_allows(sent, 2)
+    assert sent.tolist() == [2, 1, 3]

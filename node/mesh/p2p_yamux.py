@@ -1,0 +1,99 @@
+"""`ReaderSafeYamux`: py-libp2p's yamux muxer whose reader never waits on a write,
+and whose writes never wait forever.
+
+py-libp2p 0.8.1 (pinned in pyproject.toml) answers a PING and acknowledges a new
+stream from inside the connection's reader, by writing to the connection there.
+When both ends of one connection send faster than their link drains (pieces flow
+both ways while swarming), both send buffers fill; each reader then blocks in
+that write, stops reading, and so never drains the other end: a deadlock, seen
+as one connection whose sockets both hold a full Recv-Q and Send-Q (`ss -tn`),
+and fetches that never finish (docs/mesh.md, "The dissemination stall").
+
+Here the frames the reader writes go, in order, to one sender task per
+connection, so the reader keeps reading whatever the network does.
+
+A peer that stops reading (dead, wedged, or hostile) otherwise holds a
+connection's write lock forever: every later write on that connection waits,
+including py-libp2p's stream resets, which it runs shielded from cancellation,
+so a fetch that gives up cannot even finish leaving. A frame the peer has not
+taken in `WRITE_STALL_S` therefore closes the connection; the waiting writes
+then fail at once. Everything
+else is py-libp2p's own. py-libp2p builds its yamux connections by the name
+`Yamux` in `libp2p.stream_muxer.muxer_multistream` (the class given in the muxer
+options is not used for yamux), so `install()` points that name here. Imported
+only by `node.mesh.p2p_host`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any
+
+import trio
+from libp2p.stream_muxer import muxer_multistream
+from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+log = logging.getLogger("node.mesh.p2p")
+
+WRITE_STALL_S = 30.0  # a frame not taken in this long: the peer is not reading
+
+
+class ReaderSafeYamux(Yamux):
+    """Yamux with the reader's own frames (PING answers, stream ACK/RST) queued."""
+
+    _reader: Any = None
+    _queue: trio.MemorySendChannel[bytes] | None = None
+
+    async def handle_incoming(self) -> None:
+        self._reader = trio.lowlevel.current_task()
+        await super().handle_incoming()
+
+    async def _write_frame(self, data: bytes) -> None:
+        if trio.lowlevel.current_task() is not self._reader or self._nursery is None:
+            await self._write_bounded(data)
+            return
+        if self._queue is None:
+            self._queue, pending = trio.open_memory_channel[bytes](math.inf)
+            self._nursery.start_soon(self._send_queued, pending)
+        # a closing connection refuses it: the reader finds out on its next read
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._queue.send_nowait(data)
+        await trio.lowlevel.checkpoint()
+
+    async def _send_queued(self, pending: trio.MemoryReceiveChannel[bytes]) -> None:
+        async with pending:
+            async for data in pending:
+                try:
+                    await self._write_bounded(data)
+                except Exception:  # a dead connection: the reader ends it
+                    return
+
+    async def _write_bounded(self, data: bytes) -> None:
+        """py-libp2p's write (lock, then socket), given up after `WRITE_STALL_S`: the
+        connection is closed, and this write and every one waiting behind it fail."""
+        with trio.move_on_after(WRITE_STALL_S) as scope:
+            await super()._write_frame(data)
+        if scope.cancelled_caught:
+            log.info("closing the connection to %s: a frame not taken in %.0f s",
+                     self.peer_id, WRITE_STALL_S)
+            with contextlib.suppress(Exception), trio.move_on_after(2):
+                await self.secured_conn.close()
+            raise MuxedConnUnavailable("the peer stopped reading: connection closed")
+
+
+def install() -> None:
+    """Every yamux connection py-libp2p makes from now on is a `ReaderSafeYamux`
+    (idempotent)."""
+    muxer_multistream.Yamux = ReaderSafeYamux  # type: ignore[attr-defined]
+
+
+def muxer_options() -> dict[Any, Any]:
+    """py-libp2p's muxer options with yamux replaced by `ReaderSafeYamux`, installed."""
+    from libp2p import create_yamux_muxer_option
+
+    install()
+    return {proto: ReaderSafeYamux if muxer is Yamux else muxer
+            for proto, muxer in create_yamux_muxer_option().items()}
