@@ -26,7 +26,8 @@ class P2PConfig:
     heartbeat_interval: int = 1
     # --- bandwidth -----------------------------------------------------------------
     # blob bytes/s served to each requesting peer (0 = unlimited); burst = 1/4 s of it.
-    # Keep it above the fetchers' `min_rate` or they cut this node off as too slow.
+    # Keep it above the fetchers' `min_rate` (256 KiB/s for whole blobs, PIECE_MIN_RATE
+    # 128 KiB/s for pieces) or they count this node as too slow.
     peer_upload_rate: float = 0.0
     # blob and piece bytes/s served to everyone together (0 = unlimited): the uplink
     upload_rate: float = 0.0

@@ -35,6 +35,10 @@ REQUEST_LEN = 36
 HAVE_EVERY_S = 0.5
 HAVE_PEERS = 16  # holders asked for their bitfield per round
 PIECE_TIMEOUT_S = 30.0
+# a holder shares its uplink among UPLOAD_SLOTS requests: demanding the whole-blob
+# minimum (256 KiB/s) of each would call every holder below 16 Mbit/s of uplink too
+# slow; 128 KiB/s a slot keeps 8 Mbit/s uplinks above it and still cuts off a drip
+PIECE_MIN_RATE = 128 * 1024  # bytes/s, after the grace period
 ATTEMPTS_PER_SOURCE = 3  # failures in a row (busy aside) before a source is dropped
 GIVE_UP_S = 3.0  # nothing on its way and no source offering a wanted piece this long
 HEADER_LEN = 5

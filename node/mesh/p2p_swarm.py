@@ -48,6 +48,7 @@ from node.mesh.p2p_pieces import (
     HAVE_PEERS,
     HEADER_LEN,
     LIST,
+    PIECE_MIN_RATE,
     PIECE_PROTOCOL,
     PIECE_TIMEOUT_S,
     REQUEST_LEN,
@@ -68,6 +69,8 @@ from node.mesh.pieces import (
 )
 
 log = logging.getLogger("node.mesh.p2p")
+
+SEND_CHUNK = 64 * 1024  # a piece leaves in chunks this size, each paid for as it goes
 
 
 class PieceTransfers:
@@ -147,9 +150,15 @@ class PieceTransfers:
             self._served += (before + n) // size - before // size
 
     async def _send_piece(self, stream: Any, peer: str, body: bytes) -> None:
-        await self._spend_upload(peer, len(body))
-        await stream.write(piece_header(OK, len(body)) + body)
-        self._out += len(body)
+        """The header at once, then the body as the upload budgets allow, a chunk at a
+        time: the fetcher sees bytes flowing, never a silent wait for a whole piece's
+        budget."""
+        await stream.write(piece_header(OK, len(body)))
+        for start in range(0, len(body), SEND_CHUNK):
+            chunk = body[start:start + SEND_CHUNK]
+            await self._spend_upload(peer, len(chunk))
+            await stream.write(chunk)
+            self._out += len(chunk)
 
     def _seed_allows(self, digest: bytes, index: int) -> bool:
         """Super-seeding (`seed_allows`) for a blob this node holds whole."""
@@ -208,7 +217,7 @@ class PieceTransfers:
             if status != OK or length > cap:
                 raise PeerFault(f"bad piece header (status {status}, length {length})")
             # the fetch's minimum rate, after its grace period, bounds every answer
-            with trio.move_on_after(self.limits.grace + length / self.limits.min_rate) as cs:
+            with trio.move_on_after(self.limits.grace + length / PIECE_MIN_RATE) as cs:
                 body = await read_exact(stream, length, self.limits.idle_timeout)
             if cs.cancelled_caught:
                 raise PeerTooSlow(f"too slow: {length} bytes not sent in time")

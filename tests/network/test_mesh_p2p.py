@@ -19,6 +19,7 @@ from node.mesh.base import Announcement, NoSourceError, sha256
 from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
 from node.mesh.p2p_blob import OK, REQUEST_LEN, response_header
 from node.mesh.p2p_pieces import HAVE, piece_header
+from node.mesh.pieces import PIECE_BYTES
 from tests.support.keys import identity
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
@@ -343,3 +344,19 @@ async def test_swarming_spends_the_authors_upload_about_once(cluster: Cluster,
         assert sum(f.stats().bytes_out for f in fetchers) > 2 * len(blob)
     else:
         assert sent >= 6.0
+
+
+async def test_a_holder_sharing_a_slow_uplink_is_not_cut_off(cluster: Cluster) -> None:
+    """A holder splits its uplink over its upload slots: 8 slots on a 10 Mbit/s uplink
+    give 156 KiB/s each, below the whole-blob minimum rate (256 KiB/s). A piece sent
+    at 140 KiB/s (~7 s for 1 MiB: past the whole-blob deadline of 2 s + 4 s, inside
+    the piece deadline of 2 s + 8 s) arrives, and the holder keeps its score."""
+    (holder,) = await cluster.add(1, peer_upload_rate=140 * 1024)
+    (fetcher,) = await cluster.add(1)
+    collector = Collector(fetcher)
+    blob = os.urandom(PIECE_BYTES)
+    ann = await announce_until_seen(holder, [collector], 1, blob)
+    assert ann.pieces
+    assert await fetcher.fetch(ann, timeout=30) == blob
+    assert fetcher.peer_score(holder.peer_id) >= 0
+    collector.cancel()
