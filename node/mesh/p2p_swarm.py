@@ -70,6 +70,8 @@ from node.mesh.pieces import (
 
 log = logging.getLogger("node.mesh.p2p")
 
+SEND_CHUNK = 64 * 1024  # a piece leaves in chunks this size, each paid for as it goes
+
 
 class PieceTransfers:
     """The piece half of `P2PMesh`; the attributes below are the mesh's."""
@@ -78,7 +80,6 @@ class PieceTransfers:
     _partials: dict[bytes, Partial]
     _sources: dict[bytes, dict[str, Announcement]]
     _host: Any
-    _peers: Any  # peer id -> its score and byte budgets (p2p_transfer._PeerState)
     _in: int
     _out: int
     _served: int
@@ -90,7 +91,7 @@ class PieceTransfers:
 
     if TYPE_CHECKING:  # from the blob mixin (node/mesh/p2p_transfer.py)
         async def _admit(self, stream: Any) -> str | None: ...
-        async def _send_body(self, stream: Any, state: Any, view: memoryview) -> None: ...
+        async def _spend_upload(self, peer: str, n: int) -> None: ...
         async def _penalize(self, peer: str, why: str) -> None: ...
         def _slowed(self, peer: str, why: str) -> None: ...
         async def _open(self, peer: str, protocol: str) -> Any: ...
@@ -149,11 +150,15 @@ class PieceTransfers:
             self._served += (before + n) // size - before // size
 
     async def _send_piece(self, stream: Any, peer: str, body: bytes) -> None:
-        """The header at once, then the body paced by the upload budgets as a whole blob
-        is (`_send_body`): the fetcher sees bytes flowing, never a silent wait for a
-        whole piece's budget."""
+        """The header at once, then the body as the upload budgets allow, a chunk at a
+        time: the fetcher sees bytes flowing, never a silent wait for a whole piece's
+        budget."""
         await stream.write(piece_header(OK, len(body)))
-        await self._send_body(stream, self._peers[peer], memoryview(body))
+        for start in range(0, len(body), SEND_CHUNK):
+            chunk = body[start:start + SEND_CHUNK]
+            await self._spend_upload(peer, len(chunk))
+            await stream.write(chunk)
+            self._out += len(chunk)
 
     def _seed_allows(self, digest: bytes, index: int) -> bool:
         """Super-seeding (`seed_allows`) for a blob this node holds whole."""

@@ -188,6 +188,10 @@ class BlobTransfers:
             state.upload = ByteBucket(rate, rate / 4)
         return [b for b in (state.upload, self._uplink) if b is not None]
 
+    async def _spend_upload(self, peer: str, n: int) -> None:
+        for bucket in self._upload_buckets(self._peers[peer]):
+            await bucket.spend(n)
+
     async def _admit(self, stream: Any) -> str | None:
         """The peer asking for a piece, or None after answering REFUSED (banned, or over
         its piece request rate)."""
