@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import tempfile
 import time
 import traceback
@@ -288,7 +289,12 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
     p.add_argument("--out", type=Path, help="also write the JSON line here after each part")
     p.add_argument("--parts", nargs="+", help="run only these parts (default: all)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="torch's deterministic algorithms (warn where an op has none)")
     args = p.parse_args()
+    if args.deterministic:  # cuBLAS reads its workspace setting when it starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), 0.0)
@@ -296,7 +302,8 @@ def main() -> None:
     vocab = get_config(args.model).vocab_size
     batches = _batches(vocab, args.steps, args.rows, seq)
     dev, m = str(device), args.model
-    result: dict[str, Any] = {"device": name, "model": m, "torch": torch.__version__}
+    result: dict[str, Any] = {"device": name, "model": m, "torch": torch.__version__,
+                              "deterministic": args.deterministic}
     parts: list[tuple[str, Callable[[], Any]]] = [
         ("outer_step", lambda: outer_step(m, dev, batches)),
         ("inner_loop", lambda: inner_loop(m, dev, batches, peak, ("fp32", "bf16"))),

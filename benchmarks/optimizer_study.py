@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from node.dashboard.svgplot import xy_chart
+from node.engine.config import EngineConfig
 from node.outer.ablations import sparsity_variant
 from node.outer.optimizers import OuterConfig
 from node.runtime.runspec import RunSpec
@@ -100,6 +101,19 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("SparseLoCo fixed12", "wire", {"index_coding": "fixed12"}),
     # about the bytes of the 2-bit base: is 2-bit top-64 better than fp32 top-16?
     ("SparseLoCo unquantised k=16", "sparsity", {"sparsity": "unquantised", "k": 16}),
+    # does Nesterov DiLoCo prefer few windows because of its momentum? (μ 0 at H = 10, 100)
+    ("DiLoCo H=10 μ 0", "diloco-H", {**DILOCO, "inner_steps": 10, "outer_momentum": 0.0}),
+    ("DiLoCo H=100 μ 0", "diloco-H", {**DILOCO, "inner_steps": 100, "outer_momentum": 0.0}),
+    ("SparseLoCo H=5", "H", {"inner_steps": 5}),
+    ("SparseLoCo H=5 inner_reset", "reset", {"inner_steps": 5, "inner_reset": True}),
+    ("SparseLoCo H=10 β=0.99", "H10", {"inner_steps": 10, "error_decay": 0.99}),
+    ("SparseLoCo H=10 outer lr 1.3", "H10", {"inner_steps": 10, "outer_lr": 1.3}),
+    # repeats over seeds (model init, data assignment and held-out sample all follow it)
+    *((f"{name} seed {seed}", "seeds", {**over, "seed": seed})
+      for seed in (1, 2)
+      for name, over in (("SparseLoCo H=10", {"inner_steps": 10}),
+                         ("DiLoCo H=10", {**DILOCO, "inner_steps": 10}),
+                         ("DiLoCo base", DILOCO), ("DDP base", DDP))),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 
@@ -112,6 +126,7 @@ class Run:
     model: str
     tokens: int
     fixed_rounds: int | None = None  # set: this many rounds, whatever the token count
+    device: str = "cpu"  # where the miners compute (cuda: not bit-identical to a CPU run)
 
     @property
     def rounds(self) -> int:
@@ -126,28 +141,31 @@ class Run:
         """What makes two runs the same run (the name is only a label)."""
         body = {**self.settings, "model": self.model, "tokens": self.tokens, "seq_len": SEQ_LEN,
                 "rounds": self.fixed_rounds}
+        if self.device != "cpu":
+            body["device"] = self.device
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
 def grid_runs(grid: str, model: str, tokens: int, rounds: int | None = None,
-              **fixed: int | None) -> list[Run]:
+              device: str = "cpu", **fixed: int | None) -> list[Run]:
     """The grid's runs; `fixed` (miners=, inner_steps=) overrides every run (smoke tests)."""
     force = {k: v for k, v in fixed.items() if v is not None}
     runs = []
     for name, group, over in GRIDS[grid]:
         settings = {**BASE, **over, **force}
         share = settings.pop("token_share", 1)
-        runs.append(Run(name, group, settings, model, int(tokens * share), rounds))
+        runs.append(Run(name, group, settings, model, int(tokens * share), rounds, device))
     return runs
 
 
-def sim_config(run: Run, threads: int) -> SimConfig:
+def sim_config(run: Run, threads: int, device: str = "cpu") -> SimConfig:
     s = dict(run.settings)
     miners = s.pop("miners")
     variant = s.pop("sparsity", None)
     outer = partial(sparsity_variant, variant) if variant else None
     spec = StudySpec(**{**vars_of(SIM_SPEC), **s, "model": run.model, "seq_len": SEQ_LEN})
-    return SimConfig(spec, miners=miners, rounds=run.rounds, threads=threads, outer=outer)
+    return SimConfig(spec, miners=miners, rounds=run.rounds, threads=threads, outer=outer,
+                     engine=EngineConfig(device=device))
 
 
 def vars_of(spec: RunSpec) -> dict[str, Any]:
@@ -158,11 +176,18 @@ def execute(run: Run, threads: int) -> dict[str, Any]:
     """One simulated run; its record as written to the results file."""
     records: list[RoundRecord] = []
     started = time.perf_counter()
-    result = run_simulation(sim_config(run, threads), on_round=records.append).to_json()
+
+    def progress(record: RoundRecord) -> None:  # a killed run still leaves its curve
+        records.append(record)
+        print(f"  round {len(records)}/{run.rounds}: held-out {record.heldout_loss:.4f} "
+              f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    result = run_simulation(sim_config(run, threads, run.device), on_round=progress).to_json()
     miners = run.settings["miners"]
     return {
         "name": run.name, "group": run.group, "key": run.key, "settings": run.settings,
-        "model": run.model, "rounds": run.rounds, "params": result["params"],
+        "model": run.model, "device": run.device, "rounds": run.rounds,
+        "params": result["params"],
         "tokens": run.rounds * miners * run.settings["inner_steps"]
         * run.settings["batch_size"] * SEQ_LEN,
         "heldout_loss": result["heldout_loss"],
@@ -321,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--miners", type=int, default=None, help="override (smoke tests)")
     parser.add_argument("--inner-steps", type=int, default=None, help="override (smoke tests)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the miners' engines)")
     parser.add_argument("--only", action="append", default=None, metavar="NAME",
                         help="run only the grid's runs of this name (repeatable)")
     parser.add_argument("--report", action="store_true", help="only write table and SVGs")
@@ -329,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(args.out, args.docs).read_text())
         return 0
-    runs = grid_runs(args.grid, args.model, args.tokens, args.rounds, miners=args.miners,
+    runs = grid_runs(args.grid, args.model, args.tokens, args.rounds, args.device,
+                     miners=args.miners,
                      inner_steps=args.inner_steps)
     if args.only:
         runs = [run for run in runs if run.name in args.only]

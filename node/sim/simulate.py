@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from node.engine.config import EngineConfig
 from node.engine.local import LocalEngine
 from node.engine.model import param_count
 from node.errors import ConfigError, NodeError
@@ -57,6 +58,7 @@ class SimConfig:
     # one-window-delayed outer step (window w's aggregate applied after window w+1 has
     # trained, as when gathering overlaps training); the daemons do not run it yet
     overlap: bool = False
+    engine: EngineConfig | None = None  # operator settings (device, precision); None: CPU fp32
 
     def __post_init__(self) -> None:
         if self.miners < 1 or self.rounds < 1:
@@ -159,7 +161,7 @@ class Swarm:
 
     def _miner(self, uid: int) -> SimMiner:
         miner = SimMiner(uid=uid, identity=_identity_for(self.spec.seed, uid),
-                         engine=self.assets.engine(),
+                         engine=self.assets.engine(config=self.cfg.engine),
                          arrival=random.Random(self.spec.seed * 1000 + uid))
         if self.cfg.outer is not None:
             miner.outer = self.cfg.outer(miner.engine.spec.outer, miner.engine.manifest, uid)

@@ -71,3 +71,13 @@ def test_only_runs_the_named_runs(tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     assert study.main([*TOY, "--only", "DiLoCo base", "--out", str(out)]) == 0
     assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["DiLoCo base"]
+
+
+def test_a_run_on_another_device_is_another_run_and_reaches_the_engines() -> None:
+    study = _load()
+    cpu = study.grid_runs("full", "tiny", 10_000)[0]
+    cuda = study.grid_runs("full", "tiny", 10_000, device="cuda")[0]
+    assert cuda.key != cpu.key
+    assert '"device"' not in cpu.key  # the CPU runs already in the results keep their keys
+    assert study.sim_config(cuda, 1, cuda.device).engine.device == "cuda"
+    assert study.sim_config(cpu, 1).engine.device == "cpu"
