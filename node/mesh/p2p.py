@@ -68,10 +68,10 @@ from node.mesh.p2p_host import (
     listen_multiaddr,
     peer_address,
 )
-from node.mesh.p2p_pieces import PIECE_PROTOCOL, Partial
+from node.mesh.p2p_pieces import PIECE_PROTOCOL, Partial, upload_slots
 from node.mesh.p2p_swarm import PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
-from node.mesh.pieces import UPLOAD_SLOTS, piece_hashes, pieces_root
+from node.mesh.pieces import piece_hashes, pieces_root
 from protocol.identity import Identity
 
 __all__ = ["P2PConfig", "P2PMesh", "Transfer"]
@@ -260,7 +260,7 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         self._pubsub, self._dht = pubsub, dht
         host.set_stream_handler(TProtocol(BLOB_PROTOCOL), self._guarded_blob_handler)
         host.set_stream_handler(TProtocol(PIECE_PROTOCOL), self._guarded_piece_handler)
-        self._upload_slots = trio.Semaphore(UPLOAD_SLOTS)
+        self._upload_slots = trio.Semaphore(upload_slots(cfg.upload_rate))
         async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery, \
                 contextlib.AsyncExitStack() as stack:
             self._nursery = nursery

@@ -21,6 +21,7 @@ from node.mesh.base import Announcement
 from node.mesh.p2p_blob import PeerFault
 from node.mesh.pieces import (
     PER_SOURCE,
+    UPLOAD_SLOTS,
     least_served,
     piece_count,
     piece_span,
@@ -42,6 +43,16 @@ PIECE_MIN_RATE = 128 * 1024  # bytes/s, after the grace period
 ATTEMPTS_PER_SOURCE = 3  # failures in a row (busy aside) before a source is dropped
 GIVE_UP_S = 3.0  # nothing on its way and no source offering a wanted piece this long
 HEADER_LEN = 5
+
+
+def upload_slots(upload_rate: float) -> int:
+    """Piece requests a holder serves at once: `UPLOAD_SLOTS`, fewer on an uplink that
+    cannot give each of them `PIECE_MIN_RATE` (0 = unlimited), but at least one. A slow
+    uplink then answers BUSY to the requests it could not serve fast enough, instead of
+    serving every one so slowly that its fetchers call it too slow."""
+    if upload_rate <= 0:
+        return UPLOAD_SLOTS
+    return max(1, min(UPLOAD_SLOTS, int(upload_rate // PIECE_MIN_RATE)))
 
 
 def piece_request(digest: bytes, index: int) -> bytes:

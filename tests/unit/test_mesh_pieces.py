@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from node.mesh.p2p_blob import PeerFault
-from node.mesh.p2p_pieces import Partial, bitfield, read_bitfield
-from node.mesh.pieces import PIECE_BYTES, piece_hashes, piece_span, pieces_root, seed_allows
+from node.mesh.p2p_pieces import PIECE_MIN_RATE, Partial, bitfield, read_bitfield, upload_slots
+from node.mesh.pieces import (
+    PIECE_BYTES,
+    UPLOAD_SLOTS,
+    piece_hashes,
+    piece_span,
+    pieces_root,
+    seed_allows,
+)
 
 
 def partial_of(blob: bytes) -> Partial:
@@ -79,3 +86,15 @@ def test_super_seeding_serves_a_lost_copy_again_once_every_piece_has_left() -> N
     assert seed_allows(sent, 2)
     assert seed_allows(sent, 2)
     assert sent.tolist() == [2, 1, 3]
+
+
+@pytest.mark.parametrize(("rate", "slots"), [
+    (0, UPLOAD_SLOTS),  # unlimited uplink
+    (100e6 / 8, UPLOAD_SLOTS),  # 100 Mbit/s: 12.5 Mbit/s a slot
+    (3 * PIECE_MIN_RATE + 1, 3),  # ~3 Mbit/s: three slots at the pieces' minimum rate
+    (PIECE_MIN_RATE / 2, 1),  # slower than one slot's minimum: still serves one request
+])
+def test_a_slow_uplink_serves_fewer_pieces_at_once(rate: float, slots: int) -> None:
+    assert upload_slots(rate) == slots
+    if rate > 0 and slots > 1:  # every slot gets at least the rate fetchers demand
+        assert rate / slots >= PIECE_MIN_RATE
