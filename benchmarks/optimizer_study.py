@@ -108,6 +108,17 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("SparseLoCo H=5 inner_reset", "reset", {"inner_steps": 5, "inner_reset": True}),
     ("SparseLoCo H=10 β=0.99", "H10", {"inner_steps": 10, "error_decay": 0.99}),
     ("SparseLoCo H=10 outer lr 1.3", "H10", {"inner_steps": 10, "outer_lr": 1.3}),
+    ("SparseLoCo H=10 outer lr 1.6", "H10", {"inner_steps": 10, "outer_lr": 1.6}),
+    ("SparseLoCo H=5 outer lr 1.3", "H", {"inner_steps": 5, "outer_lr": 1.3}),
+    # how far does the gap to DDP close as H shrinks (5x the rounds of H = 10)?
+    ("SparseLoCo H=2", "H", {"inner_steps": 2}),
+    ("DiLoCo H=2 lr 1 μ 0", "diloco-H",
+     {**DILOCO, "inner_steps": 2, "outer_lr": 1.0, "outer_momentum": 0.0}),
+    # the network's setting: a fresh inner AdamW each window (the replay proof needs it)
+    ("SparseLoCo H=5 inner_reset outer lr 1.3", "reset",
+     {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.3}),
+    ("SparseLoCo H=10 inner_reset outer lr 1.3", "reset",
+     {"inner_steps": 10, "inner_reset": True, "outer_lr": 1.3}),
     # repeats over seeds (model init, data assignment and held-out sample all follow it)
     *((f"{name} seed {seed}", "seeds", {**over, "seed": seed})
       for seed in (1, 2)
@@ -293,6 +304,8 @@ PICTURES = {
                "SparseLoCo inner lr 2e-3"),
     "sparsity": ("SparseLoCo base", "SparseLoCo unquantised", "SparseLoCo random-k",
                  "SparseLoCo k=16", "SparseLoCo unquantised k=16", "DiLoCo base"),
+    "short_h": ("DDP base", "DiLoCo H=10", "DiLoCo H=10 μ 0", "SparseLoCo H=10",
+                "SparseLoCo H=10 outer lr 1.3", "SparseLoCo H=5", "SparseLoCo H=5 inner_reset"),
 }
 WALL_RUNS = ("DDP base", "DiLoCo base", "SparseLoCo base", "SparseLoCo H=10")
 
@@ -322,6 +335,41 @@ def write_pictures(results: list[dict[str, Any]], folder: Path, model: str) -> l
     return paths
 
 
+def seed_groups(results: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Final losses per setting that was repeated over seeds: the run named `X` (seed 0)
+    and the runs named `X seed N`, in seed order."""
+    groups: dict[str, list[float]] = {}
+    for r in results:
+        if r["group"] == "seeds":
+            base = r["name"].rsplit(" seed ", 1)[0]
+            if base not in groups and (first := _find(results, base)) is not None:
+                groups[base] = [_final(first)]
+            groups.setdefault(base, []).append(_final(r))
+    return groups
+
+
+def seed_table(results: list[dict[str, Any]]) -> str:
+    """Mean, spread and every seed's final loss per repeated setting; the seeds pair up
+    (the same seed gives every method the same init, batches and held-out sample)."""
+    groups = seed_groups(results)
+    lines = ["| setting | seeds | mean | min – max | per seed | vs DDP base, per seed |"
+             " vs DiLoCo base, per seed |", "|---|---|---|---|---|---|---|"]
+    for name, losses in groups.items():
+        per = " / ".join(f"{x:.4f}" for x in losses)
+        lines.append(f"| {name} | {len(losses)} | {sum(losses) / len(losses):.4f} | "
+                     f"{min(losses):.4f} – {max(losses):.4f} | {per} | "
+                     f"{_paired(losses, groups.get('DDP base'))} | "
+                     f"{_paired(losses, groups.get('DiLoCo base'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _paired(losses: list[float], ref: list[float] | None) -> str:
+    """Each seed's loss against the reference's at the same seed."""
+    if ref is None or len(ref) != len(losses):
+        return "–"
+    return " / ".join(f"{100 * (x / r - 1):+.1f}%" for x, r in zip(losses, ref, strict=True))
+
+
 def report(out: Path, folder: Path) -> Path:
     """Writes table.md, table.csv and the SVGs into `folder`; returns the table's path."""
     results = load_results(out)
@@ -330,6 +378,8 @@ def report(out: Path, folder: Path) -> Path:
     table = folder / "table.md"
     table.write_text(markdown_table(results))
     write_csv(results, folder / "table.csv")
+    if seed_groups(results):
+        (folder / "seeds.md").write_text(seed_table(results))
     write_pictures(results, folder, model)
     return table
 

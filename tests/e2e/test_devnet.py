@@ -96,4 +96,4 @@ async def test_devnet_trains_pays_and_catches_up_a_late_joiner(tmp_path: Path) -
     assert validator is not None
     row = next(r for r in validator.scores() if r["uid"] == late["uid"])
     assert row["sigma"] < 25.0 / 3.0, "the validator never rated the late joiner"
-    assert summary["compression_ratio"] >= 180  # gap-coded positions by default (fixed12: ~142)
+    assert summary["compression_ratio"] >= 200  # gap-coded positions by default (fixed12: ~142)

@@ -81,3 +81,20 @@ def test_a_run_on_another_device_is_another_run_and_reaches_the_engines() -> Non
     assert '"device"' not in cpu.key  # the CPU runs already in the results keep their keys
     assert study.sim_config(cuda, 1, cuda.device).engine.device == "cuda"
     assert study.sim_config(cpu, 1).engine.device == "cpu"
+
+
+def test_runs_repeated_over_seeds_are_grouped_with_seed_zero() -> None:
+    study = _load()
+
+    def rec(name: str, group: str, loss: float) -> dict[str, object]:
+        return {"name": name, "group": group, "heldout_loss": [5.0, loss]}
+
+    results = [rec("A", "base", 2.0), rec("A seed 1", "seeds", 2.2), rec("B seed 1", "seeds", 3.0),
+               rec("A seed 2", "seeds", 1.9)]
+    assert study.seed_groups(results) == {"A": [2.0, 2.2, 1.9], "B": [3.0]}
+    table = study.seed_table(results)
+    assert "| A | 3 | 2.0333 | 1.9000 – 2.2000 | 2.0000 / 2.2000 / 1.9000 | – | – |" in table
+    results += [rec("DDP base", "base", 1.0), rec("DDP base seed 1", "seeds", 2.0),
+                rec("DDP base seed 2", "seeds", 1.9)]
+    paired = study.seed_table(results)  # each seed against DDP at the same seed
+    assert "| 2.0000 / 2.2000 / 1.9000 | +100.0% / +10.0% / +0.0% | – |" in paired
