@@ -119,6 +119,18 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
      {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.3}),
     ("SparseLoCo H=10 inner_reset outer lr 1.3", "reset",
      {"inner_steps": 10, "inner_reset": True, "outer_lr": 1.3}),
+    ("SparseLoCo H=10 outer lr 2", "H10", {"inner_steps": 10, "outer_lr": 2.0}),
+    ("SparseLoCo H=10 inner_reset outer lr 1.6", "reset",
+     {"inner_steps": 10, "inner_reset": True, "outer_lr": 1.6}),
+    ("SparseLoCo H=5 inner_reset outer lr 1.6", "reset",
+     {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.6}),
+    # DiLoCo under the same reset, at the same H (the network resets whatever the method)
+    ("DiLoCo H=5 inner_reset", "reset", {**DILOCO, "inner_steps": 5, "inner_reset": True}),
+    ("DiLoCo H=5 lr 1 μ 0 inner_reset", "reset",
+     {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0}),
+    ("DiLoCo H=5", "H", {**DILOCO, "inner_steps": 5}),
+    ("SparseLoCo H=5 inner_reset outer lr 2", "reset",
+     {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.0}),
     # repeats over seeds (model init, data assignment and held-out sample all follow it)
     *((f"{name} seed {seed}", "seeds", {**over, "seed": seed})
       for seed in (1, 2)
