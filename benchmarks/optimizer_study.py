@@ -181,14 +181,14 @@ def grid_runs(grid: str, model: str, tokens: int, rounds: int | None = None,
     return runs
 
 
-def sim_config(run: Run, threads: int, device: str = "cpu") -> SimConfig:
+def sim_config(run: Run, threads: int) -> SimConfig:
     s = dict(run.settings)
     miners = s.pop("miners")
     variant = s.pop("sparsity", None)
     outer = partial(sparsity_variant, variant) if variant else None
     spec = StudySpec(**{**vars_of(SIM_SPEC), **s, "model": run.model, "seq_len": SEQ_LEN})
     return SimConfig(spec, miners=miners, rounds=run.rounds, threads=threads, outer=outer,
-                     engine=EngineConfig(device=device))
+                     engine=EngineConfig(device=run.device))
 
 
 def vars_of(spec: RunSpec) -> dict[str, Any]:
@@ -205,7 +205,7 @@ def execute(run: Run, threads: int) -> dict[str, Any]:
         print(f"  round {len(records)}/{run.rounds}: held-out {record.heldout_loss:.4f} "
               f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
-    result = run_simulation(sim_config(run, threads, run.device), on_round=progress).to_json()
+    result = run_simulation(sim_config(run, threads), on_round=progress).to_json()
     miners = run.settings["miners"]
     return {
         "name": run.name, "group": run.group, "key": run.key, "settings": run.settings,
@@ -418,8 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report(args.out, args.docs).read_text())
         return 0
     runs = grid_runs(args.grid, args.model, args.tokens, args.rounds, args.device,
-                     miners=args.miners,
-                     inner_steps=args.inner_steps)
+                     miners=args.miners, inner_steps=args.inner_steps)
     if args.only:
         runs = [run for run in runs if run.name in args.only]
     ran = run_grid(runs, args.out, args.threads)

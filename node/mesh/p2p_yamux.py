@@ -17,11 +17,12 @@ connection's write lock forever: every later write on that connection waits,
 including py-libp2p's stream resets, which it runs shielded from cancellation,
 so a fetch that gives up cannot even finish leaving. A frame the peer has not
 taken in `WRITE_STALL_S` therefore closes the connection; the waiting writes
-then fail at once. Everything
-else is py-libp2p's own. py-libp2p builds its yamux connections by the name
-`Yamux` in `libp2p.stream_muxer.muxer_multistream` (the class given in the muxer
-options is not used for yamux), so `install()` points that name here. Imported
-only by `node.mesh.p2p_host`.
+then fail at once.
+
+Everything else is py-libp2p's own. py-libp2p builds its yamux connections by the
+name `Yamux` in `libp2p.stream_muxer.muxer_multistream` (the class given in the
+muxer options is not used for yamux), so `install()` points that name here.
+Imported only by `node.mesh.p2p_host`.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def test_a_run_on_another_device_is_another_run_and_reaches_the_engines() -> Non
     cuda = study.grid_runs("full", "tiny", 10_000, device="cuda")[0]
     assert cuda.key != cpu.key
     assert '"device"' not in cpu.key  # the CPU runs already in the results keep their keys
-    assert study.sim_config(cuda, 1, cuda.device).engine.device == "cuda"
+    assert study.sim_config(cuda, 1).engine.device == "cuda"
     assert study.sim_config(cpu, 1).engine.device == "cpu"
 
 
