@@ -56,7 +56,9 @@ async def test_a_source_dying_mid_blob_is_resumed_at_the_next_announcer(cluster:
 async def test_upload_rate_is_limited_per_peer(cluster: Cluster) -> None:
     rate = 1 * MIB
     (server,) = await cluster.add(1, peer_upload_rate=rate)
-    fetchers = await cluster.add(2)
+    # not swarming: a swarming fetcher takes pieces from the other fetcher too, which is
+    # the point of swarming but no measure of the server's per-peer limit
+    fetchers = await cluster.add(2, swarm=False)
     collectors = [Collector(f) for f in fetchers]
     blob = os.urandom(2 * MIB)
     ann = await announce_until_seen(server, collectors, 1, blob)
@@ -71,5 +73,8 @@ async def test_upload_rate_is_limited_per_peer(cluster: Cluster) -> None:
     # parallel (one shared budget would take >= 3.75 s for the pair)
     for seconds in elapsed:
         assert 1.6 < seconds < 3.4, elapsed
+    for f in fetchers:
+        sources = {t.peer_id for t in f.transfers if t.sha256 == sha256(blob) and t.nbytes}
+        assert sources == {server.peer_id}
     for c in collectors:
         c.cancel()
