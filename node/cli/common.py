@@ -136,6 +136,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
              help="share of each window in which miners commit to their envelope's hash "
                   "on the chain before releasing it (default 0.5; 0: publish at once, "
                   "without commitments)")
+    add_flag(g, "--overlap", env="OVERLAP", choices=["on", "off"],
+             help="train window w + 1 while w's contributions are gathered, applying "
+                  "each window's outer step one window later (default off)")
     add_flag(g, "--data", env="DATA", type=Path,
              help="prepared shards (default: the embedded standard-library corpus)")
     add_flag(g, "--vocab-size", env="VOCAB_SIZE", type=int,
@@ -166,7 +169,8 @@ def build_spec(args: argparse.Namespace) -> Any:
                    **({} if args.proof_of_data is None
                       else {"proof_of_data": args.proof_of_data == "on"}),
                    **({} if args.inner_reset is None
-                      else {"inner_reset": args.inner_reset == "on"}))
+                      else {"inner_reset": args.inner_reset == "on"}),
+                   **({} if args.overlap is None else {"overlap": args.overlap == "on"}))
 
 
 def add_node_flags(p: argparse.ArgumentParser) -> None:

@@ -1,11 +1,15 @@
 """What miners and validators share: θ_global, the window's outer step, records,
 checkpoints and the status the dashboard shows.
 
-A node holds θ (in its engine, node/engine) at the start of `self.window`.
-`finish_window(w)` gathers the window's envelopes, chooses which count
-(node/outer/step.py), has the engine apply them, leaves a signed window record
-and, every few windows, a checkpoint others can start from; catching up
-(node/runtime/catchup.py) replays the same steps from records.
+A node holds θ (in its engine, node/engine) from which window `self.window`
+trains: θ after every window up to `self.window - 1 - lag` (`self.applied`).
+The lag is 0, or 1 when the run spec's `overlap` is on: then window w trains
+from θ after ≤ w − 2 while w − 1's contributions still travel. `finish_window(w)`
+takes the envelopes of window w − lag, chooses which count (node/outer/step.py),
+has the engine apply them, leaves a signed window record and, every few
+windows, a checkpoint others can start from; catching up
+(node/runtime/catchup.py) replays the same steps from records, whose windows
+are always the applied ones.
 """
 
 from __future__ import annotations
@@ -78,9 +82,11 @@ class NodeCore:
         self.engine = engine if engine is not None else assets.engine(
             config.data_dir / "checkpoints", config.engine)
         self.manifest = self.engine.manifest
-        self.window = -1  # θ is θ_global at the start of this window (-1: not synced yet)
+        self.lag = spec.lag  # windows between training a window and applying it
+        self.window = -1  # the window θ trains (-1: not synced yet)
         self.applied = -1  # last window whose outer step was applied here
         self.digest = self.engine.digest()
+        self.digests: dict[int, bytes] = {}  # applied window -> θ digest after it (recent)
         self.state = "starting"
         self.history: list[WindowPoint] = []
         self.timeline: deque[TimelineEvent] = deque(maxlen=200)
@@ -199,10 +205,12 @@ class NodeCore:
         return {bytes.fromhex(addr[2:]) for _, addr in pairs}
 
     # --- the window's outer step -----------------------------------------------------
-    async def finish_window(self, window: int, *, started: float, train_loss: float | None,
+    async def finish_window(self, trained: int, *, started: float, train_loss: float | None,
                             ratio: float | None) -> None:
-        """Gather window `window`'s envelopes, apply the outer step, leave records."""
+        """After window `trained`: gather the envelopes of window `trained - lag`, apply
+        its outer step, leave records. On success θ trains window `trained + 1`."""
         self.state = "gathering"
+        window = trained - self.lag
         await self.gatherer.settle(window, self.cfg.gather_grace)
         try:
             allowed = await self.aggregation_members()
@@ -216,15 +224,15 @@ class NodeCore:
         chosen, skipped = select(envelopes, expect, allowed, self.assets.limits)
         for s in skipped:
             log.info("%s w%d skipped %s: %s", self.cfg.name, window, s.sha256.hex()[:12], s.reason)
-        others = diverged(self.digest, self.identity.address, chosen)
+        base = self.digests.get(window - 1 - self.lag)  # θ the window trained from
+        others = diverged(base, self.identity.address, chosen) if base is not None else 0
         if others:
             # our θ is not the one the network trains from: replay from peers instead
             self.event(window, f"diverged from {others} peers' θ: resyncing")
             self.window, self.distrust_local = -1, True
             return
         stats = await asyncio.to_thread(self.engine.apply, chosen)
-        self.digest = await asyncio.to_thread(self.engine.digest)
-        self.applied, self.window = window, window + 1
+        self._applied_to(window, await asyncio.to_thread(self.engine.digest))
         self.event(window, f"applied {stats.peers} contributions")
         by_sha = {sha256(e): e for e in envelopes}
         for c in chosen:  # serve what we applied, so late joiners can replay it from us
@@ -234,9 +242,15 @@ class NodeCore:
             await self.save_checkpoint()
         await self._put_head()
         self.mesh.forget(self.window - self.cfg.keep_windows)
-        self.gatherer.forget(self.window - 2)
+        self.gatherer.forget(self.window - 2 - self.lag)
         loss = await asyncio.to_thread(self.engine.evaluate, self.assets.eval_batches)
         self._record_point(window, loss, train_loss, len(chosen), ratio, started)
+
+    def _applied_to(self, window: int, digest: bytes) -> None:
+        """θ is now θ after `window` (digest `digest`): it trains window + 1 + lag."""
+        self.applied, self.window, self.digest = window, window + 1 + self.lag, digest
+        self.digests = {w: d for w, d in self.digests.items() if w >= window - 3}
+        self.digests[window] = digest
 
     def _record_point(self, window: int, loss: float, train_loss: float | None, inputs: int,
                       ratio: float | None, started: float) -> None:
@@ -282,13 +296,13 @@ class NodeCore:
                     finish: Callable[[int, float, float, Any], Awaitable[None]]) -> None:
         """The window loop. `work(w, whole)` runs during w (`whole`: this node heard every
         announcement of w, because it was listening before w began); after w,
-        `finish(w, started, ended, result)` applies it if whole, else the node replays w
-        from its peers' records."""
+        `finish(w, started, ended, result)` applies window w − lag if this node heard it
+        whole, else the node replays it from its peers' records."""
         listening_since = await self.chain.wait_window(0, self.cfg.poll, stop)  # gatherer on
         await self.sync(stop)
         while not stop.is_set():
             w = self.window
-            if self.halted(w):
+            if self.halted(w - self.lag):
                 self.state = "halted"
                 await pause(stop, self.cfg.poll)
                 continue
@@ -301,6 +315,7 @@ class NodeCore:
                 await self.sync(stop)  # too far behind to apply w from what we gathered
                 continue
             started = time.time()
+            applies = w - self.lag > listening_since  # heard the applied window whole
             result = await work(w, whole) if self.chain.last_window == w else None
             self.state = "waiting"
             await self.chain.wait_window(w + 1, self.cfg.poll, stop)
@@ -308,15 +323,15 @@ class NodeCore:
                 break  # abandon w: θ is still θ at its start
             ended = time.time()
             await self.refresh_miners()
-            if self.halted(w):
+            if self.halted(w - self.lag):
                 continue  # halted while w ran: θ stays at w's start
-            if whole:
+            if applies:
                 await finish(w, started, ended, result)
             if self.window != w + 1:
                 await self.sync(stop)
 
     async def sync(self, stop: asyncio.Event) -> None:
-        """Catch up until θ is θ_global at the start of the chain's current window."""
+        """Catch up until θ is the one the chain's current window trains from."""
         self.state = "catching-up"
         while not stop.is_set():
             try:
@@ -328,14 +343,15 @@ class NodeCore:
                 self.window = -1  # the engine may hold a half-replayed θ: not a window's start
                 await pause(stop, 2.0)
                 continue
-            self.heads, self.window, self.applied = result.heads, result.window, result.applied
-            self.digest = self.engine.digest()
-            nobody = all(h.applied_window < self.window for h in self.heads.values())
+            self.heads = result.heads
+            self.digests = {}  # a replayed θ: only its own digest is known
+            self._applied_to(result.applied, self.engine.digest())
+            nobody = all(h.applied_window <= result.applied for h in self.heads.values())
             if self.window < now - 1 and nobody:
                 # nobody applied these windows: they are empty for everyone. (One window
                 # behind is not enough evidence: a peer may still be finishing it, or its
                 # record may not have reached us yet.)
-                self.window, self.applied = now, now - 1
+                self._applied_to(now - 1 - self.lag, self.digest)
             if self.window >= now:
                 self.distrust_local = False
                 self.event(self.window, f"synced: {result.text}")
@@ -357,13 +373,14 @@ class NodeCore:
         )  # fmt: skip
 
     async def save_local(self) -> None:
-        """θ at the start of `self.window` and the engine's local state, to this node's disk."""
-        await asyncio.to_thread(self.engine.save_local, self.window,
+        """θ and the engine's local state, to this node's disk, labelled (as every
+        checkpoint) with the first window not applied to it."""
+        await asyncio.to_thread(self.engine.save_local, self.applied + 1,
                                 {"digest": self.digest.hex(), "run": self.spec.run})
 
     async def save_checkpoint(self) -> None:
-        """Checkpoint θ at the start of `self.window`: locally, and served to peers."""
-        window = self.window
+        """Checkpoint θ: locally, and served to peers (labelled as `save_local`)."""
+        window = self.applied + 1
         await self.save_local()
         params = await asyncio.to_thread(self.engine.full_params)
         manifest, chunks = await asyncio.to_thread(

@@ -54,6 +54,10 @@ class RunSpec:
     # two-phase publication: miners commit to their envelope's sha256 on the chain in this
     # share of each window and release it after; 0 = publish at once, nothing committed
     commit_phase: float = 0.5
+    # communication behind compute: a window's finish applies the window before it, so
+    # miners train w + 1 while w's contributions still travel; w then trains from θ after
+    # ≤ w − 2 (a one-window-delayed outer step, docs/mesh.md "Overlap")
+    overlap: bool = False
     corpus_bytes: int | None = 4 * 2**20  # of the stdlib corpus without shards (None: all)
     data: Path | None = None  # prepared shards (gradmesh data prepare)
     vocab_size: int | None = None  # the model's vocabulary (None: the tokenizer's, padded)
@@ -96,6 +100,11 @@ class RunSpec:
         return InnerConfig(lr=self.inner_lr, warmup_steps=self.warmup_steps,
                            total_steps=max(self.total_steps, self.warmup_steps),
                            reset_each_window=self.inner_reset)
+
+    @property
+    def lag(self) -> int:
+        """Windows between training a window and applying it: 0, or 1 with `overlap`."""
+        return 1 if self.overlap else 0
 
     def first_step(self, window: int) -> int:
         """The number of `window`'s first inner step: window × H."""

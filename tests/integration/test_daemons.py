@@ -9,6 +9,7 @@ local checkpoint; afterwards every node holds the same θ.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from chain.client import Role
 from chain.errors import ChainUnavailableError
 from node.runtime.chainview import AsyncChain
 from node.runtime.miner import MinerService
-from tests.support.daemons import MemNet
+from tests.support.daemons import SPEC, MemNet
 from tests.support.keys import identity
 
 pytestmark = pytest.mark.slow
@@ -109,6 +110,49 @@ async def test_network_trains_identically_and_a_late_joiner_and_a_restart_catch_
         garbage_stop.set()
         await net.close()
         await garbage
+        ticker.cancel()
+
+
+async def test_overlapped_windows_keep_theta_identical_score_honest_miners_and_catch_up(
+        tmp_path: Path) -> None:
+    # overlap on: window w trains from θ after <= w - 2 while w - 1's contributions travel
+    net = MemNet(tmp_path, spec=dataclasses.replace(SPEC, overlap=True, score_warmup=0))
+    ticker = asyncio.create_task(net.tick())
+    try:
+        miners = [net.miner(f"m{i}", i) for i in range(2)]
+        for m in miners:
+            net.start(m)
+        validator = net.validator("v", 10)
+        net.start(validator)
+        await net.until(lambda: all(len(m.history) >= 2 for m in miners), 120, "two windows")
+        late = net.miner("late", 3)
+        net.start(late)
+        uids = {m.uid for m in miners}
+
+        def honest_scored_in_step() -> bool:
+            rows = validator.report.rows if validator.report else []
+            return {r.uid for r in rows if r.status == "scored" and r.sync == 1.0} >= uids
+
+        await net.until(honest_scored_in_step, 60, "honest miners scored on the current θ")
+        await net.until(lambda: len(late.history) >= 2, 120, "the late joiner to apply two")
+        everyone = [*miners, late, validator]
+        last = min(s.history[-1]["window"] for s in everyone)
+        assert len(_digests_at(everyone, last)) == 1, "θ differs between nodes"
+        for s in everyone:  # the window applied is the one before the window trained
+            assert s.applied == s.window - 2
+        applied = [p["window"] for p in miners[0].history]
+        assert applied == list(range(applied[0], applied[0] + len(applied)))  # none skipped
+        # trained and published w + 1 before applying w
+        order = [(e["event"].split()[0], e["window"]) for e in miners[0].timeline]
+        overlapped = [w for kind, w in order if kind == "applied"
+                      and ("published", w + 1) in order
+                      and order.index(("published", w + 1)) < order.index(("applied", w))]
+        assert overlapped, order
+        assert any(p["compression_ratio"] for p in late.history), "the late joiner never trained"
+        assert miners[0].history[-1]["contributions"] >= 2  # the others' updates counted
+        assert not any(e["event"].startswith("diverged") for s in everyone for e in s.timeline)
+    finally:
+        await net.close()
         ticker.cancel()
 
 
