@@ -91,7 +91,8 @@ class PieceTransfers:
 
     if TYPE_CHECKING:  # from the blob mixin (node/mesh/p2p_transfer.py)
         async def _admit(self, stream: Any) -> str | None: ...
-        async def _spend_upload(self, peer: str, n: int) -> None: ...
+        async def _send_body(self, stream: Any, peer: str, data: bytes | memoryview,
+                             step: int = 0) -> None: ...
         async def _penalize(self, peer: str, why: str) -> None: ...
         def _slowed(self, peer: str, why: str) -> None: ...
         async def _open(self, peer: str, protocol: str) -> Any: ...
@@ -154,11 +155,7 @@ class PieceTransfers:
         time: the fetcher sees bytes flowing, never a silent wait for a whole piece's
         budget."""
         await stream.write(piece_header(OK, len(body)))
-        for start in range(0, len(body), SEND_CHUNK):
-            chunk = body[start:start + SEND_CHUNK]
-            await self._spend_upload(peer, len(chunk))
-            await stream.write(chunk)
-            self._out += len(chunk)
+        await self._send_body(stream, peer, body, SEND_CHUNK)
 
     def _seed_allows(self, digest: bytes, index: int) -> bool:
         """Super-seeding (`seed_allows`) for a blob this node holds whole."""

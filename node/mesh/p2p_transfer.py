@@ -165,21 +165,24 @@ class BlobTransfers:
                 await stream.close()
                 return
             await stream.write(response_header(OK, len(blob)))
-            await self._send_body(stream, state, memoryview(blob)[offset:])
+            await self._send_body(stream, peer, memoryview(blob)[offset:])
             self._served += 1
             await stream.close()
         finally:
             state.streams -= 1
 
-    async def _send_body(self, stream: Any, state: _PeerState, view: memoryview) -> None:
-        buckets = self._upload_buckets(state)
-        step = min([b.piece_size() for b in buckets], default=1 << 20)
-        for start in range(0, len(view), step):
-            piece = bytes(view[start:start + step])
+    async def _send_body(self, stream: Any, peer: str, data: bytes | memoryview,
+                         step: int = 0) -> None:
+        """Write `data` as this peer's share and the node's uplink allow, `step` bytes at
+        a time (0: the budgets' own piece size), each chunk paid for as it goes."""
+        buckets = self._upload_buckets(self._peers[peer])
+        step = step or min([b.piece_size() for b in buckets], default=1 << 20)
+        for start in range(0, len(data), step):
+            chunk = bytes(data[start:start + step])
             for bucket in buckets:
-                await bucket.spend(len(piece))
-            await stream.write(piece)
-            self._out += len(piece)
+                await bucket.spend(len(chunk))
+            await stream.write(chunk)
+            self._out += len(chunk)
 
     def _upload_buckets(self, state: _PeerState) -> list[ByteBucket]:
         """The byte budgets a send spends: this peer's share and the node's uplink."""
@@ -187,10 +190,6 @@ class BlobTransfers:
         if rate > 0 and state.upload is None:
             state.upload = ByteBucket(rate, rate / 4)
         return [b for b in (state.upload, self._uplink) if b is not None]
-
-    async def _spend_upload(self, peer: str, n: int) -> None:
-        for bucket in self._upload_buckets(self._peers[peer]):
-            await bucket.spend(n)
 
     async def _admit(self, stream: Any) -> str | None:
         """The peer asking for a piece, or None after answering REFUSED (banned, or over
