@@ -24,6 +24,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.transport.tcp.tcp import TCP
 
+from node.mesh import p2p_noise
 from node.mesh.addresses import AddressPolicy
 from node.mesh.base import DHT_NAMESPACE, BadRecordError, open_dht_record
 from node.mesh.p2p_config import P2PConfig
@@ -90,6 +91,7 @@ def listen_multiaddr(cfg: P2PConfig) -> multiaddr.Multiaddr:
 
 
 def build_host(cfg: P2PConfig, key_pair: Any) -> Any:
+    p2p_noise.install()  # Noise sessions that batch their socket writes and reads
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     return new_host(
         key_pair=key_pair,
