@@ -39,12 +39,13 @@ def _run_service(args: argparse.Namespace) -> int:
     quiet_libraries()
     spec = build_spec(args)
     identity = load_identity(args)
+    config = NodeConfig(name=f"{args.command}-{identity.address_hex[2:8].lower()}",
+                        data_dir=args.data_dir, engine=engine_config(args),
+                        checkpoint_every=args.checkpoint_every, gather_grace=args.gather_grace)
     chain = build_chain(args, identity)
     assets = RunAssets(spec)
     mesh = build_mesh(args, identity, spec.run,
                       max_blob_bytes=max(DEFAULT_MAX_BLOB_BYTES, assets.limits.max_envelope_bytes))
-    config = NodeConfig(name=f"{args.command}-{identity.address_hex[2:8].lower()}",
-                        data_dir=args.data_dir, engine=engine_config(args))
     group = None
     if args.command == "miner":
         from node.runtime.miner import MinerService

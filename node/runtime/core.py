@@ -56,6 +56,12 @@ class NodeConfig:
     record_timeout: float = 5.0
     engine: EngineConfig = field(default_factory=EngineConfig)  # device, precision, memory
 
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1 or self.keep_windows < 2:
+            raise ConfigError("checkpoint_every >= 1 and keep_windows >= 2")
+        if min(self.gather_grace, self.fetch_timeout, self.record_timeout) < 0 or self.poll <= 0:
+            raise ConfigError("gather_grace, fetch_timeout, record_timeout >= 0; poll > 0")
+
 
 class RegistrationError(NodeError):
     """The chain holds this key in another role; the operator must sort it out."""

@@ -11,6 +11,8 @@ from node.cli.main import main
     (["miner"], "give --key PATH"),
     (["miner", "--dev-account", "1"], "give --rpc URL and --contract ADDRESS"),
     (["validator", "--dev-account", "2", "--rpc", "http://127.0.0.1:1"], "--contract"),
+    (["miner", "--dev-account", "1", "--checkpoint-every", "0"], "checkpoint_every >= 1"),
+    (["validator", "--dev-account", "2", "--gather-grace", "-1"], "gather_grace"),
 ])
 def test_missing_configuration_is_a_clear_error(argv: list[str], message: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
