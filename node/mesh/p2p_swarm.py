@@ -70,8 +70,6 @@ from node.mesh.pieces import (
 
 log = logging.getLogger("node.mesh.p2p")
 
-SEND_CHUNK = 64 * 1024  # a piece leaves in chunks this size, each paid for as it goes
-
 
 class PieceTransfers:
     """The piece half of `P2PMesh`; the attributes below are the mesh's."""
@@ -91,8 +89,8 @@ class PieceTransfers:
 
     if TYPE_CHECKING:  # from the blob mixin (node/mesh/p2p_transfer.py)
         async def _admit(self, stream: Any) -> str | None: ...
-        async def _send_body(self, stream: Any, peer: str, data: bytes | memoryview,
-                             step: int = 0) -> None: ...
+        async def _send_body(self, stream: Any, peer: str, data: bytes | memoryview
+                             ) -> None: ...
         async def _penalize(self, peer: str, why: str) -> None: ...
         def _slowed(self, peer: str, why: str) -> None: ...
         async def _open(self, peer: str, protocol: str) -> Any: ...
@@ -155,7 +153,7 @@ class PieceTransfers:
         time: the fetcher sees bytes flowing, never a silent wait for a whole piece's
         budget."""
         await stream.write(piece_header(OK, len(body)))
-        await self._send_body(stream, peer, body, SEND_CHUNK)
+        await self._send_body(stream, peer, body)  # ~1/8 s of budget per write
 
     def _seed_allows(self, digest: bytes, index: int) -> bool:
         """Super-seeding (`seed_allows`) for a blob this node holds whole."""

@@ -171,12 +171,11 @@ class BlobTransfers:
         finally:
             state.streams -= 1
 
-    async def _send_body(self, stream: Any, peer: str, data: bytes | memoryview,
-                         step: int = 0) -> None:
-        """Write `data` as this peer's share and the node's uplink allow, `step` bytes at
-        a time (0: the budgets' own piece size), each chunk paid for as it goes."""
+    async def _send_body(self, stream: Any, peer: str, data: bytes | memoryview) -> None:
+        """Write `data` as this peer's share and the node's uplink allow, in chunks of
+        about 1/8 s of budget (1 MiB when nothing limits), each paid for as it goes."""
         buckets = self._upload_buckets(self._peers[peer])
-        step = step or min([b.piece_size() for b in buckets], default=1 << 20)
+        step = min([b.piece_size() for b in buckets], default=1 << 20)
         for start in range(0, len(data), step):
             chunk = bytes(data[start:start + step])
             for bucket in buckets:
