@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cli.common import add_flag, add_node_flags, host_port, parse_amount
+from node.cli.common import add_flag, add_node_flags, build_spec, host_port, parse_amount
 from node.cli.main import build_parser
 
 
@@ -58,6 +58,7 @@ def test_node_flags_read_the_environment(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("GRADMESH_BOOTSTRAP",
                        "/ip4/127.0.0.1/tcp/1/p2p/a,/ip4/127.0.0.1/tcp/2/p2p/b")
     monkeypatch.setenv("GRADMESH_STAKE", "2ether")
+    monkeypatch.setenv("GRADMESH_CHECKPOINT_EVERY", "20")
     p = argparse.ArgumentParser()
     add_node_flags(p)
     args = p.parse_args([])
@@ -65,6 +66,15 @@ def test_node_flags_read_the_environment(monkeypatch: pytest.MonkeyPatch,
     assert args.http == ("127.0.0.1", 9109)
     assert len(args.bootstrap) == 2
     assert args.stake == 2 * 10**18
+    assert (args.checkpoint_every, args.gather_grace) == (20, 3.0)
+
+
+def test_the_overlap_flag_reaches_the_run_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = build_parser().parse_args(["miner"])
+    assert build_spec(args).overlap is False
+    assert build_spec(build_parser().parse_args(["miner", "--overlap", "on"])).lag == 1
+    monkeypatch.setenv("GRADMESH_OVERLAP", "on")
+    assert build_spec(build_parser().parse_args(["validator"])).overlap is True
 
 
 def test_every_command_builds_with_the_environment_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,7 @@ def test_a_spec_file_round_trips_to_the_same_spec_and_hash(tmp_path: Path) -> No
     assert spec_sha256(dataclasses.replace(SPEC, data=tmp_path)) == digest
     # every consensus setting moves the hash
     for change in ({"inner_steps": 7}, {"k": 32}, {"seed": 1}, {"commit_phase": 0.5},
-                   {"tokenizer_sha256": "ab" * 32}, {"vocab_size": 512}):
+                   {"tokenizer_sha256": "ab" * 32}, {"vocab_size": 512}, {"overlap": True}):
         assert spec_sha256(dataclasses.replace(SPEC, **change)) != digest, change
 
 
