@@ -12,6 +12,7 @@ what and chooses next (node/mesh/pieces.py's policy).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from node.mesh.p2p_blob import PeerFault
 from node.mesh.pieces import (
     PER_SOURCE,
     UPLOAD_SLOTS,
-    least_served,
+    fastest_first,
     piece_count,
     piece_span,
     pieces_root,
@@ -45,14 +46,21 @@ GIVE_UP_S = 3.0  # nothing on its way and no source offering a wanted piece this
 HEADER_LEN = 5
 
 
+# what a slot needs of the configured uplink rate: the fetchers' minimum, and a half
+# more for what else shares the uplink (frame headers, the ACKs of the node's own
+# downloads: at 2.5 Mbit/s up and 10 down the lab measured two slots of a bare
+# `PIECE_MIN_RATE` each cut off 2-4 times a run)
+SLOT_RATE = PIECE_MIN_RATE * 3 // 2
+
+
 def upload_slots(upload_rate: float) -> int:
     """Piece requests a holder serves at once: `UPLOAD_SLOTS`, fewer on an uplink that
-    cannot give each of them `PIECE_MIN_RATE` (0 = unlimited), but at least one. A slow
+    cannot give each of them `SLOT_RATE` (0 = unlimited), but at least one. A slow
     uplink then answers BUSY to the requests it could not serve fast enough, instead of
     serving every one so slowly that its fetchers call it too slow."""
     if upload_rate <= 0:
         return UPLOAD_SLOTS
-    return max(1, min(UPLOAD_SLOTS, int(upload_rate // PIECE_MIN_RATE)))
+    return max(1, min(UPLOAD_SLOTS, int(upload_rate // SLOT_RATE)))
 
 
 def piece_request(digest: bytes, index: int) -> bytes:
@@ -133,7 +141,10 @@ class FetchJob:
     failures: dict[str, str]
     views: dict[str, np.ndarray] = field(default_factory=dict)
     asked: dict[int, str] = field(default_factory=dict)  # piece -> source
+    # requests open with each source, and each source's last piece in bytes/s: the
+    # mesh passes one of each for all its fetches
     load: Counter[str] = field(default_factory=Counter)
+    rates: dict[str, float] = field(default_factory=dict)
     faulted: set[str] = field(default_factory=set)
     resting: dict[str, float] = field(default_factory=dict)  # source -> usable again at
     strikes: Counter[str] = field(default_factory=Counter)  # failures in a row, not busy
@@ -142,6 +153,14 @@ class FetchJob:
     def sources(self, now: float) -> list[str]:
         return [p for p in self.views if p not in self.faulted
                 and self.resting.get(p, 0.0) <= now and self.load[p] < PER_SOURCE]
+
+    def waiting_on_load(self) -> bool:
+        """Whether a piece this fetch wants is offered by a source that is busy with the
+        node's other requests: the fetch waits for it, it is not stuck."""
+        wanted = ~self.partial.held()
+        wanted[list(self.asked)] = False
+        return any(self.load[p] >= PER_SOURCE and bool((view & wanted).any())
+                   for p, view in self.views.items() if p not in self.faulted)
 
     def choose(self, now: float, rng: np.random.Generator) -> tuple[int, str] | None:
         """The next (piece, source), or None when nothing can be asked for now."""
@@ -158,8 +177,6 @@ class FetchJob:
         if piece is None:
             return None
         holders = [i for i, p in enumerate(usable) if self.views[p][piece]]
-        # least used by us first; among those, whoever holds the fewest pieces, so the
-        # author's upload is kept for the pieces only it has
-        loads = np.array([self.load[p] * (self.partial.count + 1) + int(self.views[p].sum())
-                          for p in usable])
-        return piece, usable[least_served(holders, loads, rng)]
+        loads = np.array([self.load[p] for p in usable])
+        rates = np.array([self.rates.get(p, math.inf) for p in usable])
+        return piece, usable[fastest_first(holders, loads, rates, rng)]

@@ -9,11 +9,16 @@ slots (`UPLOAD_SLOTS`; BUSY beyond them).
 A fetch (`_swarm_fetch`) first gets the hash list from any holder and checks it
 against the announcement's signed `pieces` root, and announces the blob under its
 own name (same hash, size and root: "I serve its pieces"), so that the other
-fetchers learn of it; then it keeps `IN_FLIGHT` piece
-requests open, each for the rarest piece it lacks (node/mesh/pieces.py) from the
-least-used source that has it, learning who has what from the holders' bitfields,
-asked again every `HAVE_EVERY_S`. Every piece is checked against its hash, so a
-wrong piece names its sender exactly: that source is penalised and not asked again.
+fetchers learn of it; then it keeps up to `IN_FLIGHT` piece requests open, each for
+the rarest piece it lacks (node/mesh/pieces.py) from the least-used source that has
+it, learning who has what from the holders' bitfields, asked again every
+`HAVE_EVERY_S`. The node's fetches share `IN_FLIGHT` request slots and one request
+per source (`PER_SOURCE`), as the simulator assumes: more would split the node's own
+downlink so thin that honest holders miss the piece minimum rate and are cut off as
+too slow. They also share what each source's last piece took: among the sources it
+uses least, a fetch asks the fastest (`fastest_first`). Every piece is checked
+against its hash, so a wrong piece names its sender exactly: that source is
+penalised and not asked again.
 The whole blob's SHA-256 is checked at the end.
 """
 
@@ -23,6 +28,7 @@ import contextlib
 import hashlib
 import logging
 import math
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -86,6 +92,10 @@ class PieceTransfers:
     _piece_bytes_out: dict[bytes, int]
     limits: ReadLimits
     _upload_slots: trio.Semaphore | None
+    _fetch_slots: trio.Semaphore | None
+    _slot_waiters: set[Any]
+    _source_load: Counter[str]
+    _source_rates: dict[str, float]
 
     if TYPE_CHECKING:  # from the blob mixin (node/mesh/p2p_transfer.py)
         async def _admit(self, stream: Any) -> str | None: ...
@@ -229,23 +239,29 @@ class PieceTransfers:
         when no source can make progress for `GIVE_UP_S` (why, per peer, in `failures`)."""
         partial = self._partials.setdefault(
             ann.sha256, Partial(ann.window, ann.size, ann.pieces))
-        job = FetchJob(partial, ann, failures)
+        job = FetchJob(partial, ann, failures, load=self._source_load,
+                       rates=self._source_rates)
         rng = np.random.default_rng()
         if not await self._get_list(job):
             return None
         with contextlib.suppress(Exception):  # others learn that we serve its pieces
             await self._announce_serving(ann)
         send, recv = trio.open_memory_channel[tuple[int, str, Any]](math.inf)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_haves, job)
-            while partial.whole is None and len(partial.pieces) < partial.count:
-                self._launch(job, rng, nursery, send)
-                if self._stuck(job):
-                    nursery.cancel_scope.cancel()
-                    return None
-                with trio.move_on_after(HAVE_EVERY_S):
-                    await self._settle(job, *await recv.receive())
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_haves, job)
+                while partial.whole is None and len(partial.pieces) < partial.count:
+                    self._launch(job, rng, nursery, send)
+                    if self._stuck(job):
+                        nursery.cancel_scope.cancel()
+                        return None
+                    with trio.move_on_after(HAVE_EVERY_S):
+                        piece, peer, result = await recv.receive()
+                        if piece >= 0:  # else: a fetch slot came free
+                            await self._settle(job, piece, peer, result)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._slot_waiters.discard(send)
         blob = partial.whole if partial.whole is not None else partial.blob()
         if hashlib.sha256(blob).digest() != ann.sha256:  # the announcer signed a bad list
             failures[ann.peer_id] = "PeerFault: pieces do not make the announced blob"
@@ -288,24 +304,54 @@ class PieceTransfers:
                 send: Any) -> None:
         while len(job.asked) < IN_FLIGHT:
             choice = job.choose(trio.current_time(), rng)
-            if choice is None:
+            if choice is None or not self._take_fetch_slot():
+                if choice is not None or job.waiting_on_load():
+                    job.stuck_since = None  # waiting for the node's own requests is not
+                    self._slot_waiters.add(send)  # being stuck: woken when one ends
                 return
             piece, peer = choice
             job.asked[piece] = peer
-            job.load[peer] += 1
+            job.load[peer] += 1  # the node's count: `_one_piece` takes it back
             nursery.start_soon(self._one_piece, peer, job.ann.sha256, piece, send)
 
+    def _take_fetch_slot(self) -> bool:
+        """One of the node's fetch slots, if one is free."""
+        if self._fetch_slots is None:
+            return True
+        try:
+            self._fetch_slots.acquire_nowait()
+            return True
+        except trio.WouldBlock:
+            return False
+
+    def _give_fetch_slot(self) -> None:
+        """Free a fetch slot and wake every fetch waiting for one or for a source this
+        node was using (one of them takes it, the others wait again)."""
+        if self._fetch_slots is not None:
+            self._fetch_slots.release()
+        waiters, self._slot_waiters = self._slot_waiters, set()
+        for send in waiters:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                send.send_nowait((-1, "", None))
+
     async def _one_piece(self, peer: str, digest: bytes, piece: int, send: Any) -> None:
+        asked = trio.current_time()
         try:
             with trio.fail_after(PIECE_TIMEOUT_S):
                 result: Any = await self._ask(peer, digest, piece, PIECE_BYTES)
+            # what this source gave us, request to last byte: the next choice's guide
+            self._source_rates[peer] = len(result) / max(trio.current_time() - asked, 1e-6)
         except Exception as exc:  # reported, judged by `_settle`
             result = exc
+            if not isinstance(exc, PeerUnavailable):  # slow, silent or broken (busy is
+                self._source_rates[peer] = 0.0  # honest): last choice until it serves
+        finally:
+            self._source_load[peer] -= 1
+            self._give_fetch_slot()
         await send.send((piece, peer, result))
 
     async def _settle(self, job: FetchJob, piece: int, peer: str, result: Any) -> None:
         del job.asked[piece]
-        job.load[peer] -= 1
         if isinstance(result, bytes):
             try:
                 job.partial.accept(piece, result)

@@ -1,15 +1,19 @@
 """The swarming policy: which piece a fetcher asks for next, and from whom (pure).
 
-A contribution is cut into fixed-size pieces. A holder serves at most
-`UPLOAD_SLOTS` requests at once. A fetcher with a free request slot asks for the
-rarest piece it lacks among those some holder has a free upload slot for (fewest
-copies, counting copies already on their way; ties broken by the caller's seeded
-generator, so that fetchers spread out), from the least-served such holder; with
-no such piece it waits. Whoever holds a piece serves it onward, so an author's
-upload is spent about once per piece instead of once per gatherer: its few slots
-go to the pieces nobody else has yet. Time and randomness come from the caller:
-the dissemination simulator (node/sim/dissemination.py) replays the same choices
-the mesh (node/mesh/p2p_swarm.py) makes.
+A contribution is cut into fixed-size pieces. A holder serves at most `UPLOAD_SLOTS`
+requests at once. A fetcher with a free request slot asks for the rarest piece it
+lacks among those some holder has a free upload slot for (fewest copies, counting
+copies already on their way; ties broken by the caller's seeded generator, so that
+fetchers spread out), from the holder it has the fewest requests open with and,
+among those, the one whose last piece reached it fastest (one never tried counts as
+fastest, so every holder gets tried); with no such piece it waits. A fetcher knows
+only its own requests and what they took, not how many others a holder serves:
+ranking by its own measured rates steers it off holders that are slow or crowded
+without every fetcher herding onto the same one. Whoever holds a piece serves it
+onward, and an author sends every piece once before any twice (`seed_allows`), so
+its upload goes first to the pieces nobody else has yet. Time and randomness come
+from the caller: the dissemination simulator (node/sim/dissemination.py) replays the
+same choices the mesh (node/mesh/p2p_swarm.py) makes.
 
 This module decides; it never moves bytes, keeps no state and never blocks.
 """
@@ -23,7 +27,7 @@ import numpy as np
 
 PIECE_BYTES = 1 << 20  # the default piece: 1 MiB
 UPLOAD_SLOTS = 8  # requests a holder serves at once
-IN_FLIGHT = 4  # piece requests a fetcher keeps open
+IN_FLIGHT = 4  # piece requests a fetcher keeps open, over all its fetches together
 PER_SOURCE = 1  # of which at most this many with any one holder
 
 
@@ -66,14 +70,18 @@ def rarest_wanted(wanted: np.ndarray, copies: np.ndarray,
     return int(rarest[rng.integers(len(rarest))])
 
 
-def least_served(sources: Sequence[int], serving: np.ndarray,
-                 rng: np.random.Generator) -> int:
-    """The source serving the fewest requests now (`serving`: count per peer), ties
-    broken at random."""
+def fastest_first(sources: Sequence[int], load: np.ndarray, rate: np.ndarray,
+                  rng: np.random.Generator) -> int:
+    """The source to ask among `sources` (indices into `load` and `rate`): the fewest
+    requests open with it (`load`), then the fastest last piece (`rate`, bytes/s;
+    `inf` for one never tried), ties broken at random."""
     if not sources:
         raise ValueError("no source to choose from")
-    loads = serving[list(sources)]
-    best = [s for s, load in zip(sources, loads, strict=True) if load == loads.min()]
+    idx = list(sources)
+    loads = load[idx]
+    fewest = [s for s, n in zip(idx, loads, strict=True) if n == loads.min()]
+    rates = rate[fewest]
+    best = [s for s, r in zip(fewest, rates, strict=True) if r == rates.max()]
     return int(best[rng.integers(len(best))])
 
 

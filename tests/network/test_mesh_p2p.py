@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,9 +18,9 @@ import trio
 from node.mesh import LOOPBACK, AddressNotAllowedError, FetchError
 from node.mesh.base import Announcement, NoSourceError, sha256
 from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
-from node.mesh.p2p_blob import OK, REQUEST_LEN, response_header
+from node.mesh.p2p_blob import OK, REQUEST_LEN, PeerTooSlow, PeerUnavailable, response_header
 from node.mesh.p2p_pieces import HAVE, piece_header
-from node.mesh.pieces import PIECE_BYTES
+from node.mesh.pieces import IN_FLIGHT, PER_SOURCE, PIECE_BYTES
 from tests.support.keys import identity
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
@@ -346,6 +347,48 @@ async def test_swarming_spends_the_authors_upload_about_once(cluster: Cluster,
         assert sent >= 6.0
 
 
+async def test_one_node_keeps_in_flight_piece_requests_over_all_its_fetches(
+        cluster: Cluster) -> None:
+    """A node gathering several blobs at once keeps at most `IN_FLIGHT` piece requests
+    open in all, and `PER_SOURCE` with any one holder (each fetch alone could open
+    `IN_FLIGHT`, one with each of the four holders): more would
+    split its own downlink below the piece minimum rate and cut honest holders off as
+    too slow (seen in the 10 Mbit/s namespace runs). Every blob still arrives, and no
+    holder loses score."""
+    holders = await cluster.add(4, peer_upload_rate=1 << 20)
+    (fetcher,) = await cluster.add(1)
+    collector = Collector(fetcher)
+    blobs = [os.urandom(4 * PIECE_BYTES) for _ in range(3)]
+    anns = [await announce_until_seen(holders[0], [collector], 1, b) for b in blobs]
+    for holder in holders[1:]:
+        for blob in blobs:
+            await holder.announce(1, blob)
+    open_now, most, per_peer = 0, 0, Counter[str]()
+    most_per_peer = 0
+    ask = fetcher._ask
+
+    async def counting_ask(peer: str, digest: bytes, index: int, cap: int) -> bytes:
+        nonlocal open_now, most, most_per_peer
+        piece = index < HAVE
+        open_now += piece
+        per_peer[peer] += piece
+        most, most_per_peer = max(most, open_now), max(most_per_peer, per_peer[peer])
+        try:
+            body: bytes = await ask(peer, digest, index, cap)
+            return body
+        finally:
+            open_now -= piece
+            per_peer[peer] -= piece
+
+    fetcher._ask = counting_ask
+    got = await asyncio.gather(*(fetcher.fetch(a, timeout=60) for a in anns))
+    assert got == blobs
+    assert 1 < most <= IN_FLIGHT, most
+    assert most_per_peer == PER_SOURCE
+    assert all(fetcher.peer_score(h.peer_id) >= 0 for h in holders)
+    collector.cancel()
+
+
 async def test_a_holder_sharing_a_slow_uplink_is_not_cut_off(cluster: Cluster) -> None:
     """A holder splits its uplink over its upload slots: 8 slots on a 10 Mbit/s uplink
     give 156 KiB/s each, below the whole-blob minimum rate (256 KiB/s). A piece sent
@@ -360,3 +403,36 @@ async def test_a_holder_sharing_a_slow_uplink_is_not_cut_off(cluster: Cluster) -
     assert await fetcher.fetch(ann, timeout=30) == blob
     assert fetcher.peer_score(holder.peer_id) >= 0
     collector.cancel()
+
+
+def test_a_failed_piece_puts_its_source_last_and_a_busy_one_keeps_its_place() -> None:
+    """What each source's last piece took steers the next choice (`fastest_first`): a
+    piece that arrives records its rate; one cut off (slow, silent, broken) records 0,
+    so a source that served one piece fast and then drips is asked last; an honest
+    BUSY changes nothing. Every request gives back its count and its slot."""
+    mesh = P2PMesh(identity(90), P2PConfig(run="rates"))
+
+    async def ask(peer: str, digest: bytes, index: int, cap: int) -> bytes:
+        if peer == "busy":
+            raise PeerUnavailable("busy")
+        await trio.sleep(0.01)
+        if peer == "dripping":
+            raise PeerTooSlow("too slow: 1048576 bytes not sent in time")
+        return b"x" * 1000
+
+    async def main() -> list[Any]:
+        mesh._ask = ask  # type: ignore[method-assign]
+        mesh._source_rates["dripping"] = 1e9  # its first piece came fast
+        send, recv = trio.open_memory_channel[Any](8)
+        for peer in ("fast", "dripping", "busy"):
+            mesh._source_load[peer] += 1
+            await mesh._one_piece(peer, b"d" * 32, 0, send)
+        return [recv.receive_nowait() for _ in range(3)]
+
+    results = trio.run(main)
+    assert [type(r[2]).__name__ for r in results] == ["bytes", "PeerTooSlow",
+                                                      "PeerUnavailable"]
+    assert mesh._source_rates["fast"] > 0
+    assert mesh._source_rates["dripping"] == 0.0
+    assert "busy" not in mesh._source_rates
+    assert not any(mesh._source_load.values())

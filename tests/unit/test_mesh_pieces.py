@@ -4,13 +4,25 @@ announced root, every piece to its listed hash, and bitfields round-trip."""
 from __future__ import annotations
 
 import os
+from collections import Counter
+from typing import cast
 
 import numpy as np
 import pytest
 
+from node.mesh.base import Announcement
 from node.mesh.p2p_blob import PeerFault
-from node.mesh.p2p_pieces import PIECE_MIN_RATE, Partial, bitfield, read_bitfield, upload_slots
+from node.mesh.p2p_pieces import (
+    PIECE_MIN_RATE,
+    SLOT_RATE,
+    FetchJob,
+    Partial,
+    bitfield,
+    read_bitfield,
+    upload_slots,
+)
 from node.mesh.pieces import (
+    PER_SOURCE,
     PIECE_BYTES,
     UPLOAD_SLOTS,
     piece_hashes,
@@ -91,10 +103,29 @@ def test_super_seeding_serves_a_lost_copy_again_once_every_piece_has_left() -> N
 @pytest.mark.parametrize(("rate", "slots"), [
     (0, UPLOAD_SLOTS),  # unlimited uplink
     (100e6 / 8, UPLOAD_SLOTS),  # 100 Mbit/s: 12.5 Mbit/s a slot
-    (3 * PIECE_MIN_RATE + 1, 3),  # ~3 Mbit/s: three slots at the pieces' minimum rate
+    (3 * SLOT_RATE + 1, 3),  # ~4.7 Mbit/s: three slots, each 1.5x the pieces' minimum
+    (2.5e6 / 8, 1),  # 2.5 Mbit/s: two would leave each little above the minimum
     (PIECE_MIN_RATE / 2, 1),  # slower than one slot's minimum: still serves one request
 ])
 def test_a_slow_uplink_serves_fewer_pieces_at_once(rate: float, slots: int) -> None:
     assert upload_slots(rate) == slots
-    if rate > 0 and slots > 1:  # every slot gets at least the rate fetchers demand
-        assert rate / slots >= PIECE_MIN_RATE
+    if rate > 0 and slots > 1:  # every slot gets the rate fetchers demand, and a margin
+        assert rate / slots >= 1.5 * PIECE_MIN_RATE
+
+
+def test_a_fetch_whose_sources_are_busy_with_the_nodes_other_requests_waits() -> None:
+    """The node's fetches share one count of open requests per source: a source busy
+    with another fetch is not offered, and the fetch waiting for it is not stuck (a
+    stuck fetch gives up); a source that is gone is neither."""
+    blob = os.urandom(3 * PIECE_BYTES)
+    node_load: Counter[str] = Counter()
+    job = FetchJob(partial_of(blob), cast(Announcement, None), {}, load=node_load)
+    job.views["a"] = np.ones(3, dtype=bool)
+    rng = np.random.default_rng(0)
+    assert job.choose(0.0, rng) is not None
+    assert not job.waiting_on_load()
+    node_load["a"] += PER_SOURCE  # another fetch of the same node asked "a"
+    assert job.choose(0.0, rng) is None
+    assert job.waiting_on_load()
+    job.faulted.add("a")
+    assert not job.waiting_on_load()
