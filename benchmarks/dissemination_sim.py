@@ -11,13 +11,17 @@ training w+1).
 
     python benchmarks/dissemination_sim.py                   # the full table
     python benchmarks/dissemination_sim.py --models 1b --peers 20 --profiles covenant
-    python benchmarks/dissemination_sim.py --validate runs.jsonl --host-mibps 80
+    python benchmarks/dissemination_sim.py --validate runs.jsonl --tcp tcp_runs.jsonl
     python benchmarks/dissemination_sim.py --loopback   # the swarming test's set-up
 
 `--validate` reads JSON lines of `benchmarks/mesh_netns_bench.py dissemination` (peers,
 blob_mib, mbit, rtt, slowest_peer_s, fetch) and prints the prediction of the run's
 policy (swarming, or whole blobs from the authors) for each completed run, and its
-error. `--host-mibps` caps each peer's bytes in + out (the lab's peers
+error. `--tcp` names runs of the same exchange over plain TCP in the same lab
+(`mesh_netns_bench.py dissemination --transport tcp`): their bandwidth bound over their
+slowest peer is what the shaped links carry as payload (Ethernet, IP and TCP headers,
+ACKs, TCP's own dynamics), and the simulated links carry that share of their rate.
+`--host-mibps` caps each peer's bytes in + out (the lab's peers
 share one machine's CPU: its measured libp2p throughput, `benchmarks/mesh_bench.py`,
 times 2 for both ends, divided by the peers).
 """
@@ -36,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.engine.plan import Box, Workload, plan
+from node.mesh.p2p_pieces import upload_slots
 from node.sim.dissemination import Link, Policy, Scenario, simulate
 
 MIB = 1 << 20
@@ -90,23 +95,56 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def validate(path: Path, host_mibps: float | None) -> list[dict[str, Any]]:
+def lab_runs(path: Path) -> list[dict[str, Any]]:
+    """The completed runs in a file of `mesh_netns_bench.py dissemination` lines."""
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in runs if r.get("all_ok") and "peers" in r]  # no summaries
+
+
+def direct_bound(run: dict[str, Any]) -> float:
+    """Seconds plain TCP needs at the shaped rates: every blob goes from its author to
+    each other peer, so each peer sends and receives (N-1) blobs through its links."""
+    n, bits = int(run["peers"]), float(run["blob_mib"]) * MIB * 8
+    up = run.get("up_mbit") or [run["mbit"]] * n
+    return max((n - 1) * bits / (min(u, run["mbit"]) * 1e6) for u in up)
+
+
+def link_goodput(path: Path | None) -> float:
+    """The share of the shaped rate the lab's links carry as payload and ACKs (the
+    simulator adds the ACKs itself): the median of bound / slowest peer over plain-TCP
+    runs, whose slowest peer sent and received as many bytes, so its uplink also carried
+    the ACKs of what it sent (1.0 without such runs)."""
+    if path is None:
+        return 1.0
+    shares = sorted(direct_bound(r) / r["slowest_peer_s"] * (1 + Scenario.ack_share)
+                    for r in lab_runs(path) if r.get("fetch") == "plain tcp")
+    if not shares:
+        raise SystemExit(f"{path}: no completed plain-TCP run")
+    return float(shares[len(shares) // 2])
+
+
+def validate(path: Path, host_mibps: float | None, goodput: float = 1.0
+             ) -> list[dict[str, Any]]:
     out = []
-    for line in path.read_text().splitlines():
-        run = json.loads(line)
-        if not run.get("all_ok") or "peers" not in run:  # summaries, unfinished runs
+    for run in lab_runs(path):
+        if run.get("fetch") == "plain tcp":
             continue
         policy: Policy = "direct" if run.get("fetch") == "whole blobs" else "swarm"
         n, size = int(run["peers"]), int(float(run["blob_mib"]) * MIB)
         rtt = float(run.get("rtt_ms_measured", {}).get("min_ms") or run.get("rtt_ms", 0)) / 1e3
-        links = tuple(Link(run["mbit"] * 1e6, run["mbit"] * 1e6, rtt) for _ in range(n))
+        up = run.get("up_mbit") or [run["mbit"]] * n  # per peer (`--slow-up`)
+        links = tuple(Link(u * 1e6 * goodput, run["mbit"] * 1e6 * goodput, rtt) for u in up)
         host = None if host_mibps is None else 2 * host_mibps * MIB * 8 / n
-        sim = simulate(Scenario(links, tuple(range(n)), size, policy, host_bps=host))
+        # the lab's slow peers declare their uplink (`upload_rate`), and serve fewer at once
+        slots = tuple(upload_slots(u * 1e6 / 8 if u < run["mbit"] else 0) for u in up)
+        sim = simulate(Scenario(links, tuple(range(n)), size, policy, host_bps=host,
+                                holder_slots=slots))
         measured = float(run["slowest_peer_s"])
         out.append({"peers": n, "policy": policy, "blob_mib": run["blob_mib"],
-                    "mbit": run["mbit"],
+                    "mbit": run["mbit"], "up_mbit": run.get("up_mbit"),
+                    "link_goodput": round(goodput, 3),
                     "rtt_ms": round(rtt * 1e3, 1), "measured_s": measured,
-                    "simulated_s": round(sim.slowest_s, 2), "bound_s": round(sim.bound_s, 2),
+                    "simulated_s": round(sim.slowest_s, 2), "bound_s": run["lower_bound_s"],
                     "error": round(sim.slowest_s / measured - 1, 3)})
     return out
 
@@ -131,6 +169,7 @@ def main() -> None:
     p.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validate", type=Path)
+    p.add_argument("--tcp", type=Path, help="plain-TCP runs in the same lab (link goodput)")
     p.add_argument("--host-mibps", type=float)
     p.add_argument("--loopback", action="store_true")
     args = p.parse_args()
@@ -139,7 +178,7 @@ def main() -> None:
             print(json.dumps(r))
         return
     if args.validate:
-        for r in validate(args.validate, args.host_mibps):
+        for r in validate(args.validate, args.host_mibps, link_goodput(args.tcp)):
             print(json.dumps(r))
         return
     rows = []

@@ -7,18 +7,21 @@ contribution it did not write. Two policies:
 * `direct`: what the mesh did before swarming: a gatherer fetches each contribution
   whole from its author, at most `streams` at once (the gatherer's concurrency).
 * `swarm`: the mesh's policy (node/mesh/p2p_swarm.py, node/mesh/pieces.py): the
-  contribution is cut into pieces; a fetcher keeps `in_flight` piece requests open,
-  at most `per_source` with one holder, each for the rarest piece it lacks from the
-  least-served holder with a free upload slot (`upload_slots` each), preferring the
-  holder with the fewest pieces; an author sends each of its pieces once before it
-  sends any twice, then serves every piece (super-seeding, `seed_allows`); whoever
-  holds a piece serves it onward.
+  contribution is cut into pieces; a fetcher keeps `in_flight` piece requests open
+  over all its fetches together, at most `per_source` with one holder, each for the
+  rarest piece it lacks from a holder with a free upload slot (`upload_slots` each)
+  that this fetcher uses least and, among those, whose last piece reached it fastest
+  (`fastest_first`: a fetcher does not know whom else a holder serves); an author
+  sends each of its pieces once before it sends any twice, then serves every piece
+  (super-seeding, `seed_allows`); whoever holds a piece serves it onward.
 
 Bytes move at max-min fair rates over every peer's upload and download (how TCP flows
 share links when the core is not the bottleneck), optionally also under a per-peer
 cap on bytes in + out per second (`host_bps`: a CPU-bound protocol stack). A request
-costs one path RTT before its bytes flow. Pure: the clock is simulated and every
-random choice comes from `seed`, so a run replays exactly.
+costs `request_rtts` path RTTs before its bytes flow: the mesh opens a stream per
+request, and py-libp2p's multistream-select takes one round trip for its handshake and
+one for the protocol before the request goes out and the header comes back. Pure: the
+clock is simulated and every random choice comes from `seed`, so a run replays exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from node.mesh.pieces import (
     IN_FLIGHT,
     PER_SOURCE,
     UPLOAD_SLOTS,
-    least_served,
+    fastest_first,
     piece_count,
     rarest_wanted,
 )
@@ -58,9 +61,16 @@ class Scenario:
     piece: int = 1 << 20
     in_flight: int = IN_FLIGHT  # swarm: piece requests a fetcher keeps open
     upload_slots: int = UPLOAD_SLOTS  # swarm: requests a holder serves at once
+    # swarm: requests each peer serves at once, if not `upload_slots` for all (the
+    # mesh's `upload_slots(upload_rate)` where an operator set its uplink's rate)
+    holder_slots: tuple[int, ...] | None = None
     per_source: int = PER_SOURCE  # swarm: requests a fetcher has open with one holder
     streams: int = 8  # direct: whole contributions fetched at once
     host_bps: float | None = None  # cap on each peer's bytes in + out per second
+    request_rtts: float = 3.0  # round trips before a request's bytes flow
+    # what a flow's ACKs take of its receiver's uplink, per byte received: a 66-byte
+    # ACK for every two 1448-byte segments (delayed ACKs)
+    ack_share: float = 66 / (2 * 1448)
 
     def __post_init__(self) -> None:
         if len(set(self.authors)) != len(self.authors) or not self.authors:
@@ -70,6 +80,9 @@ class Scenario:
         if min(self.size, self.piece, self.in_flight, self.streams, self.upload_slots,
                self.per_source) < 1:
             raise ValueError("size, piece, in_flight and streams must be positive")
+        if self.holder_slots is not None and (len(self.holder_slots) != len(self.links)
+                                              or min(self.holder_slots) < 1):
+            raise ValueError("holder_slots needs one count of at least 1 per peer")
 
 
 @dataclass(frozen=True)
@@ -100,20 +113,23 @@ def lower_bound(s: Scenario) -> float:
     return max(down, author, total)
 
 
-def maxmin_rates(uses: np.ndarray, caps: np.ndarray) -> np.ndarray:
+def maxmin_rates(uses: np.ndarray, caps: np.ndarray,
+                 weights: np.ndarray | None = None) -> np.ndarray:
     """Max-min fair rates (progressive filling) of flows, each using the resources in
-    its row of `uses` (flows x k resource indices) under `caps` (bytes/s)."""
+    its row of `uses` (flows x k resource indices) under `caps` (bytes/s); a flow at
+    rate r takes `weights` x r of each (1 where not given)."""
+    w = np.ones(uses.shape) if weights is None else weights
     rates = np.zeros(len(uses))
     remaining = caps.astype(float).copy()
     active = np.ones(len(uses), dtype=bool)
     while active.any():
-        counts = np.bincount(uses[active].ravel(), minlength=len(caps))
+        counts = np.bincount(uses[active].ravel(), w[active].ravel(), minlength=len(caps))
         used = counts > 0
         step = float((remaining[used] / counts[used]).min())
         rates[active] += step
         remaining -= step * counts
         saturated = remaining <= 1e-9 * caps
-        active &= ~saturated[uses].any(axis=1)
+        active &= ~(saturated[uses] & (w > 0)).any(axis=1)
     return rates
 
 
@@ -125,14 +141,16 @@ class _Flows:
         self.dst = np.zeros(capacity, dtype=int)
         self.piece = np.zeros(capacity, dtype=int)
         self.left = np.zeros(capacity)
+        self.asked = np.zeros(capacity)  # when it was requested
         self.ready = np.zeros(capacity)  # when its bytes start to flow
         self.live = np.zeros(capacity, dtype=bool)
         self._free = list(range(capacity - 1, -1, -1))
 
-    def add(self, src: int, dst: int, piece: int, size: float, ready: float) -> None:
+    def add(self, src: int, dst: int, piece: int, size: float, asked: float,
+            ready: float) -> None:
         i = self._free.pop()
         self.src[i], self.dst[i], self.piece[i] = src, dst, piece
-        self.left[i], self.ready[i], self.live[i] = size, ready, True
+        self.left[i], self.asked[i], self.ready[i], self.live[i] = size, asked, ready, True
 
     def remove(self, i: int) -> None:
         self.live[i] = False
@@ -167,6 +185,8 @@ class _Run:
         self.flows = _Flows(self.n * self._slots())
         self.now, self.transfers = 0.0, 0
         self.caps = self._caps()
+        self.rate_seen = np.full((self.n, self.n), np.inf)  # fetcher x holder, last piece
+        self.slots = np.array(s.holder_slots or [s.upload_slots] * self.n)
 
     def _caps(self) -> np.ndarray:
         s = self.s
@@ -184,7 +204,7 @@ class _Run:
         while self.fetching[d] < self._slots():
             wanted = ~self.have[d] & ~self.asked[d]
             if not direct:
-                open_ = (self.serving < self.s.upload_slots) & (self.pair[d] < self.s.per_source)
+                open_ = (self.serving < self.slots) & (self.pair[d] < self.s.per_source)
                 open_[d] = False
                 offers = self.have & open_[:, None]
                 offers[self.owner, np.arange(len(self.owner))] &= self._seed_allows()
@@ -196,12 +216,13 @@ class _Run:
                 src = int(self.owner[p])
             else:
                 sources = [int(x) for x in np.flatnonzero(offers[:, p])]
-                held = self.have.sum(axis=1)
-                src = least_served(sources, self.serving * (len(self.owner) + 1) + held,
-                                   self.rng)
+                # what a mesh node knows: its own open requests and what its last piece
+                # from each holder took, not how many others a holder serves
+                src = fastest_first(sources, self.pair[d], self.rate_seen[d], self.rng)
                 self.seeded[p] += src == self.owner[p]
             rtt = (self.s.links[d].rtt_s + self.s.links[src].rtt_s) / 2
-            self.flows.add(src, d, p, float(self.piece_bytes[p]), self.now + rtt)
+            self.flows.add(src, d, p, float(self.piece_bytes[p]), self.now,
+                           self.now + self.s.request_rtts * rtt)
             self.asked[d, p] = True
             self.coming[p] += 1
             self.serving[src] += 1
@@ -222,10 +243,12 @@ class _Run:
         flowing = f.ready[live] <= self.now + 1e-12
         if flowing.any():
             src, dst = f.src[live[flowing]], f.dst[live[flowing]]
-            cols = [src, self.n + dst]
+            cols, load = [src, self.n + dst, dst], [1.0, 1.0, self.s.ack_share]
             if self.s.host_bps is not None:
                 cols += [2 * self.n + src, 2 * self.n + dst]
-            rates[flowing] = maxmin_rates(np.stack(cols, axis=1), self.caps)
+                load += [1.0, 1.0]
+            weights = np.broadcast_to(np.array(load), (len(src), len(load)))
+            rates[flowing] = maxmin_rates(np.stack(cols, axis=1), self.caps, weights)
         return rates
 
     def step(self, starved: set[int]) -> None:
@@ -246,6 +269,7 @@ class _Run:
     def _complete(self, i: int, starved: set[int]) -> None:
         f = self.flows
         src, d, p = int(f.src[i]), int(f.dst[i]), int(f.piece[i])
+        self.rate_seen[d, src] = self.piece_bytes[p] / max(self.now - f.asked[i], 1e-9)
         f.remove(i)
         self.have[d, p], self.asked[d, p] = True, False
         self.holders[p] += 1

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.mesh.pieces import least_served, piece_count, piece_span, rarest_wanted
+from node.mesh.pieces import fastest_first, piece_count, piece_span, rarest_wanted
 from node.sim.dissemination import Link, Scenario, lower_bound, maxmin_rates, simulate
 
 MIB = 1 << 20
@@ -30,7 +30,7 @@ def test_pieces_cover_the_blob_exactly() -> None:
         piece_span(4, 3 * MIB + 1)
 
 
-def test_rarest_available_piece_and_least_served_source() -> None:
+def test_rarest_available_piece_and_least_used_then_fastest_source() -> None:
     rng = np.random.default_rng(0)
     wanted = np.array([True, True, True, False])
     holders = np.array([3, 0, 2, 1])  # piece 1 is wanted but nobody has it
@@ -39,9 +39,14 @@ def test_rarest_available_piece_and_least_served_source() -> None:
     ties = {rarest_wanted(np.ones(3, dtype=bool), np.array([1, 1, 5]), rng)
             for _ in range(50)}
     assert ties == {0, 1}  # ties spread at random, never to the commoner piece
-    serving = np.array([4, 1, 1, 0])
-    assert least_served([0, 1, 2], serving, rng) in {1, 2}
-    assert least_served([0, 3], serving, rng) == 3
+    load = np.array([1, 0, 0, 0])  # requests this fetcher has open with each source
+    rate = np.array([9e9, 2e6, 5e6, np.inf])  # their last pieces; 3 never tried
+    assert fastest_first([0, 1, 2], load, rate, rng) == 2  # fewest open, then fastest
+    assert fastest_first([0, 1, 2, 3], load, rate, rng) == 3  # an untried one is tried
+    untried = np.full(4, np.inf)
+    assert {fastest_first([1, 2, 3], load, untried, rng) for _ in range(50)} == {1, 2, 3}
+    with pytest.raises(ValueError, match="no source"):
+        fastest_first([], load, rate, rng)
 
 
 def test_maxmin_rates_share_fairly_and_fill_what_is_left() -> None:
@@ -56,11 +61,15 @@ def symmetric(n: int, rtt: float = 0.0) -> tuple[Link, ...]:
 
 
 def test_direct_all_to_all_on_equal_links_meets_the_bound_exactly() -> None:
-    s = Scenario(symmetric(8), tuple(range(8)), 10 * MIB, "direct")
+    """Without ACKs the exchange fills every link to the bound; with them each uplink
+    also carries the ACKs of as many bytes as it sends, and takes that much longer."""
+    s = Scenario(symmetric(8), tuple(range(8)), 10 * MIB, "direct", ack_share=0.0)
     out = simulate(s)
     assert out.bound_s == pytest.approx(7 * 10 * MIB * 8 / 100e6)
     assert out.slowest_s == pytest.approx(out.bound_s)
     assert out.author_upload == 7.0
+    acked = simulate(Scenario(symmetric(8), tuple(range(8)), 10 * MIB, "direct"))
+    assert acked.slowest_s == pytest.approx(out.bound_s * (1 + Scenario.ack_share))
 
 
 def test_an_rtt_costs_at_least_one_rtt() -> None:
@@ -107,6 +116,23 @@ def test_bad_scenarios_are_refused() -> None:
         Scenario(symmetric(3), (5,), MIB)
     with pytest.raises(ValueError, match="positive"):
         Scenario(symmetric(3), (0,), 0)
+    with pytest.raises(ValueError, match="per peer"):
+        Scenario(symmetric(3), (0,), MIB, holder_slots=(1, 2))
+    with pytest.raises(ValueError, match="per peer"):
+        Scenario(symmetric(3), (0,), MIB, holder_slots=(1, 0, 2))
+
+
+def test_a_holder_with_one_slot_serves_one_fetcher_at_a_time() -> None:
+    """Per-peer upload slots (`holder_slots`, as `upload_slots(upload_rate)` gives a
+    slow uplink): an author with a fast uplink and fetchers with slow downlinks
+    serves four of them at once with eight slots, one at a time with one, so its
+    pieces leave later and gathering takes longer (a quarter more here)."""
+    links = (Link(1e9, 1e9, 0.0),) + (Link(1e9, 8e6, 0.0),) * 4
+    one = simulate(Scenario(links, (0,), 4 * MIB, holder_slots=(1, 8, 8, 8, 8)))
+    eight = simulate(Scenario(links, (0,), 4 * MIB))
+    assert one.transfers == eight.transfers == 16
+    assert eight.slowest_s == pytest.approx(4 * MIB * 8 / 8e6)  # the downlink bound
+    assert one.slowest_s > 1.2 * eight.slowest_s
 
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "dissemination_sim.py"
