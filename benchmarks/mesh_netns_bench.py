@@ -8,7 +8,12 @@ script creates and deletes; nothing in the root namespace is touched):
   netem): each link delays each direction by RTT/4, so any two peers are RTT apart.
   The RTT is measured (ping peer 0 -> peer 1) before the nodes start. Reported against
   the bandwidth lower bound: every peer must receive (N-1) blobs through its link,
-  (N-1)·size·8 / rate seconds.
+  (N-1)·size·8 / rate seconds (with `--slow-up K:MBIT`, the last K peers' uplinks are
+  slower, and the bound also counts each blob leaving its author once and all bytes
+  leaving through the uplinks together).
+  With `--transport tcp` the peers exchange the same bytes over plain TCP instead
+  (one connection to every other peer, all at once, no libp2p): what the lab's links
+  themselves carry, the floor any protocol over them starts from.
 * `relay`: two hosts behind two NATs (MASQUERADE, inbound dropped) and a relay on the
   "public" segment; one blob through the circuit relay, then, after DCUtR, over the
   hole-punched direct connection.
@@ -33,24 +38,93 @@ from tests.support.delay_line import LineSpec
 from tests.support.netns import Lab, available, read_event
 
 PUBLIC = "10.99.0"
+SELF = str(Path(__file__).resolve())
+TCP_PORT = 4002
+
+
+# ---- the plain-TCP exchange (runs inside a namespace) ----------------------------------
+async def tcp_exchange(cfg: dict[str, Any]) -> None:
+    """Send `blob_mib` to every other peer and receive theirs, one TCP connection per
+    pair and direction, all at once after `go`; `done` when every byte has arrived."""
+    import asyncio
+
+    n, me, size = cfg["peers"], cfg["index"], int(cfg["blob_mib"] * 2**20)
+    arrived: list[int] = []
+    finished = asyncio.Event()
+
+    async def receive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got = 0
+        while chunk := await reader.read(1 << 20):
+            got += len(chunk)
+        arrived.append(got)
+        writer.close()
+        if len(arrived) == n - 1:
+            finished.set()
+
+    async def send(j: int) -> None:
+        _, writer = await asyncio.open_connection(f"10.97.0.{j + 1}", TCP_PORT)
+        view = memoryview(bytes(size))
+        for at in range(0, size, 1 << 20):
+            writer.write(view[at:at + (1 << 20)])
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(receive, f"10.97.0.{me + 1}", TCP_PORT)
+    print(json.dumps({"event": "ready"}), flush=True)
+    loop = asyncio.get_running_loop()
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() not in ("go", ""):
+        pass
+    started = time.monotonic()
+    sends = asyncio.gather(*(send(j) for j in range(n) if j != me))
+    await finished.wait()
+    seconds = time.monotonic() - started
+    await sends
+    print(json.dumps({"event": "done", "seconds": seconds, "ok": arrived == [size] * (n - 1),
+                      "cpu_s": time.process_time()}), flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)  # keep the port until told to stop
+    server.close()
+
+
+def uplinks(args: argparse.Namespace) -> list[float]:
+    """Each peer's upload rate in Mbit/s: `--mbit`, or `--slow-up K:M` for the last K."""
+    if not args.slow_up:
+        return [args.mbit] * args.peers
+    k, rate = args.slow_up.split(":")
+    if not 0 < int(k) < args.peers:
+        raise SystemExit("--slow-up K:MBIT needs 0 < K < peers")
+    return [args.mbit] * (args.peers - int(k)) + [float(rate)] * int(k)
+
+
+def bandwidth_bound(up_mbit: list[float], down_mbit: float, mib: float) -> float:
+    """No exchange can finish sooner: every peer downloads the others' blobs, every
+    blob leaves its author once, and all those bytes leave through the uplinks."""
+    from node.sim.dissemination import Link, Scenario, lower_bound
+
+    links = tuple(Link(u * 1e6, down_mbit * 1e6) for u in up_mbit)
+    return lower_bound(Scenario(links, tuple(range(len(links))), int(mib * 2**20)))
 
 
 def dissemination(args: argparse.Namespace) -> dict[str, Any]:
     n, mib, mbit = args.peers, args.mib, args.mbit
+    up = uplinks(args)
     # a peer-to-peer path crosses two links: RTT/4 each way on each link makes RTT
     line = LineSpec(delay_ms=args.rtt_ms / 4) if args.rtt_ms > 0 else None
     with Lab() as lab:
         switch = lab.ns("sw")
         lab.bridge(switch)
         shaping = ""
-        hosts = []
+        hosts, sw_devs = [], []
         for i in range(n):
             ns = lab.ns(f"p{i}")
             dev, sw_dev = lab.link(ns, f"10.97.0.{i + 1}/24", switch, None, line=line)
             lab.sh(switch, f"ip link set {sw_dev} master {lab.tag}br")
-            shaping = lab.shape(ns, dev, mbit)
-            lab.shape(switch, sw_dev, mbit)
+            shaping = lab.shape(ns, dev, up[i])  # the peer's uplink
+            lab.shape(switch, sw_dev, mbit)  # its downlink
             hosts.append(ns)
+            sw_devs.append(sw_dev)
+        if args.slow_up:
+            shaping = f"tbf rate {mbit}mbit, the last {args.slow_up.replace(':', ' up at ')}mbit"
         if line is not None:
             shaping += f" + delay line {line.delay_ms:g} ms each way"
         ping = lab.ping(hosts[0], "10.97.0.2", count=10) if n > 1 else {}
@@ -58,15 +132,23 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
         procs = []
         boot: list[str] = []
         for i, ns in enumerate(hosts):
+            if args.transport == "tcp":
+                procs.append(lab.popen(ns, [SELF, "_tcp", json.dumps(
+                    {"peers": n, "index": i, "blob_mib": mib})]))
+                continue
             cfg = {"role": "swarm", "key": 10 + i, "host": f"10.97.0.{i + 1}", "port": 4001,
                    "policy": ["10.97.0.0/24"], "peers": n, "blob_mib": mib, "timeout": 180,
-                   "bootstrap": boot, "swarm": not args.whole}
+                   "bootstrap": boot, "swarm": not args.whole,
+                   # a slow uplink's operator says so, and the node serves fewer pieces
+                   # at once instead of every one below the fetchers' minimum rate
+                   "upload_rate": up[i] * 1e6 / 8 if up[i] < mbit else 0.0}
             procs.append(lab.spawn(ns, json.dumps(cfg)))
             if i == 0:
                 boot = [f"/ip4/10.97.0.1/tcp/4001/p2p/{peer_id_of(lab, procs[0])}"]
         for i, p in enumerate(procs):
             read_event(p, "ready", 240)
             print(f"peer {i} ready", file=sys.stderr)
+        sampler = LinkSampler(lab, switch, sw_devs) if args.timeline else None
         started = time.monotonic()
         for p in procs:
             assert p.stdin is not None
@@ -74,14 +156,17 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
             p.stdin.flush()
         done = [read_event(p, "done", 900) for p in procs]
         wall = time.monotonic() - started
+        timeline = sampler.stop(sum(up), mbit * n) if sampler is not None else None
         line_after = lab.line_stats() if line is not None else {}
         for p in procs:
             assert p.stdin is not None
             p.stdin.close()
     slowest = max(float(d["seconds"]) for d in done)  # type: ignore[arg-type]
-    bound = (n - 1) * mib * 2**20 * 8 / (mbit * 1e6)
+    bound = bandwidth_bound(up, mbit, mib)
     return {"peers": n, "blob_mib": mib, "mbit": mbit, "link": shaping,
-            "fetch": "whole blobs" if args.whole else "swarming",
+            **({"up_mbit": up} if args.slow_up else {}),
+            "fetch": "plain tcp" if args.transport == "tcp"
+            else "whole blobs" if args.whole else "swarming",
             "rtt_ms_requested": args.rtt_ms, **rtt_report(args.rtt_ms, line, ping),
             **line_report(line_before, line_after),
             "all_ok": all(d["ok"] for d in done),
@@ -89,9 +174,53 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
             "nodes_cpu_s": round(sum(c for d in done if isinstance(c := d.get("cpu_s"), float)),
                                  1),
             "cores": os.cpu_count(),
+            # honest peers cut off by a fetcher as too slow, and the bytes fetched in all
+            "too_slow_cutoffs": sum(int(d.get("too_slow", 0)) for d in done),  # type: ignore[call-overload]
+            "bytes_in_per_needed": round(sum(int(d.get("bytes_in", 0)) for d in done)  # type: ignore[call-overload]
+                                         / (n * (n - 1) * mib * 2**20), 3),
             "slowest_peer_s": round(slowest, 2), "wall_s": round(wall, 2),
             "median_peer_s": round(sorted(float(d["seconds"]) for d in done)[n // 2], 2),  # type: ignore[arg-type]
-            "lower_bound_s": round(bound, 2), "ratio_to_bound": round(slowest / bound, 2)}
+            "lower_bound_s": round(bound, 2), "ratio_to_bound": round(slowest / bound, 2),
+            **({"timeline": timeline} if timeline is not None else {})}
+
+
+class LinkSampler:
+    """Byte counters of the switch's ports every `every` s, in a thread: a port's rx is
+    its peer's upload, its tx the peer's download. `stop` gives per interval the mean
+    use of the peers' uplinks and downlinks as fractions of the shaped rate."""
+
+    def __init__(self, lab: Lab, switch: str, devs: list[str], every: float = 1.0) -> None:
+        import threading
+
+        self.lab, self.switch, self.devs, self.every = lab, switch, devs, every
+        self.samples: list[tuple[float, list[tuple[int, int]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> list[tuple[int, int]]:
+        stats = {d["ifname"]: d["stats64"] for d in json.loads(
+            self.lab.sh(self.switch, "ip -j -s link show"))}
+        return [(stats[d]["rx"]["bytes"], stats[d]["tx"]["bytes"]) for d in self.devs]
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic() - t0, self._read()))
+            self._stop.wait(self.every)
+
+    def stop(self, up_mbit: float, down_mbit: float) -> list[list[float]]:
+        """Per interval: [end s, uplinks' use, downlinks' use] (all peers together)."""
+        self._stop.set()
+        self._thread.join()
+        out = []
+        for (t0, a), (t1, b) in zip(self.samples, self.samples[1:], strict=False):
+            up = sum(y[0] - x[0] for x, y in zip(a, b, strict=True)) / (t1 - t0) / (
+                up_mbit * 1e6 / 8)
+            down = sum(y[1] - x[1] for x, y in zip(a, b, strict=True)) / (t1 - t0) / (
+                down_mbit * 1e6 / 8)
+            out.append([round(t1, 1), round(up, 3), round(down, 3)])
+        return out
 
 
 def rtt_report(rtt_ms: float, line: LineSpec | None, ping: dict[str, Any]
@@ -156,6 +285,11 @@ def relay(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["_tcp"]:
+        import asyncio
+
+        asyncio.run(tcp_exchange(json.loads(sys.argv[2])))
+        return
     # a SIGTERM (e.g. from `timeout`) must still run Lab.close() and remove the namespaces
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -166,6 +300,12 @@ def main() -> None:
     parser.add_argument("--rtt-ms", type=float, default=40.0)
     parser.add_argument("--whole", action="store_true",
                         help="fetch whole blobs from their authors (no swarming)")
+    parser.add_argument("--transport", choices=["libp2p", "tcp"], default="libp2p",
+                        help="tcp: the same exchange over plain TCP (the links' floor)")
+    parser.add_argument("--slow-up", metavar="K:MBIT",
+                        help="the last K peers upload at MBIT (downlinks stay at --mbit)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="sample the links' use every second (in the JSON)")
     parser.add_argument("--runs", type=int, default=1,
                         help="repeat the dissemination; a summary line at the end")
     parser.add_argument("--json", action="store_true")

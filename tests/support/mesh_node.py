@@ -92,6 +92,14 @@ def dump_tasks(mesh: P2PMesh) -> None:
     trio.from_thread.run_sync(dump, trio_token=mesh._token)
 
 
+def dump_both(mesh: P2PMesh) -> None:
+    """The asyncio tasks' stacks (here, on the loop), then the trio tasks' (a thread)."""
+    for task in asyncio.all_tasks():
+        print(f"asyncio {task.get_name()}:", file=sys.stderr)
+        task.print_stack(limit=8, file=sys.stderr)
+    threading.Thread(target=dump_tasks, args=(mesh,)).start()
+
+
 async def stdin_lines(mesh: P2PMesh | None = None) -> asyncio.Queue[str | None]:
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
@@ -110,6 +118,24 @@ async def stdin_lines(mesh: P2PMesh | None = None) -> asyncio.Queue[str | None]:
     return queue
 
 
+class Verdicts(logging.Handler):
+    """Counts the mesh's verdicts on other peers (`too slow`, `faulted`), whatever the
+    log level: how often honest peers were cut off is a figure of the benchmarks."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.counts = {"too_slow": 0, "faulted": 0}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = str(record.msg)
+        for verdict, marker in (("too_slow", "too slow"), ("faulted", "faulted")):
+            if message.startswith("peer %s " + marker):
+                self.counts[verdict] += 1
+
+
+VERDICTS = Verdicts()
+
+
 def transfers(mesh: P2PMesh) -> list[dict[str, Any]]:
     return [{"peer": t.peer_id, "offset": t.offset, "nbytes": t.nbytes, "path": list(t.path),
              "relayed": t.relayed} for t in mesh.transfers]
@@ -120,21 +146,30 @@ async def main(cfg: dict[str, Any]) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for name in cfg.get("debug", ()):
         logging.getLogger(name).setLevel(logging.DEBUG)
+    mesh_log = logging.getLogger("node.mesh.p2p")
+    mesh_log.addHandler(VERDICTS)
+    if mesh_log.getEffectiveLevel() > logging.INFO:
+        mesh_log.setLevel(logging.INFO)  # counted; printed from WARNING on, as before
+        mesh_log.propagate = False
+        loud = logging.StreamHandler(sys.stderr)
+        loud.setLevel(logging.WARNING)
+        loud.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        mesh_log.addHandler(loud)
     role = cfg["role"]
     config = P2PConfig(
         run=cfg.get("run", "netns"), listen_host=cfg["host"], port=cfg.get("port", 0),
         policy=AddressPolicy.of(cfg["policy"]), bootstrap=tuple(cfg.get("bootstrap", ())),
         relays=tuple(cfg.get("relays", ())), relay_service=role == "relay",
         hole_punch_after=cfg.get("hole_punch_after", 2.0),
-        peer_upload_rate=cfg.get("peer_upload_rate", 0.0), max_blob_bytes=1 << 30,
+        peer_upload_rate=cfg.get("peer_upload_rate", 0.0),
+        upload_rate=cfg.get("upload_rate", 0.0), max_blob_bytes=1 << 30,
         swarm=cfg.get("swarm", True))
     mesh = P2PMesh(identity(cfg["key"]), config)
     commands = await stdin_lines(mesh)
     await mesh.start()
     # `kill -USR1 <pid>`: the same dump as the `dump` command, for a node whose stdin
     # belongs to someone else (a benchmark)
-    asyncio.get_running_loop().add_signal_handler(
-        signal.SIGUSR1, lambda: threading.Thread(target=dump_tasks, args=(mesh,)).start())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: dump_both(mesh))
     try:
         if role == "relay":
             emit("up", peer_id=mesh.peer_id, dial_addrs=list(mesh.dial_addrs))
@@ -241,7 +276,7 @@ async def swarm(mesh: P2PMesh, cfg: dict[str, Any],
     elapsed = time.monotonic() - started
     emit("done", seconds=elapsed, ok=all(hashlib.sha256(r).digest() == a.sha256
                                           for r, a in zip(results, seen.values(), strict=True)),
-         bytes_in=mesh.stats().bytes_in, cpu_s=time.process_time())
+         bytes_in=mesh.stats().bytes_in, cpu_s=time.process_time(), **VERDICTS.counts)
     await drain(commands)  # keep serving until told to stop
     task.cancel()
 
