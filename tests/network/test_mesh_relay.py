@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_relay_then_hole_punch_through_two_nats(lab: Lab) -> None:
         "policy": [f"{PUBLIC}.0/24", "10.98.2.0/24"], **common}))
     up = read_event(holder, "up", 40)
     assert up["reachability"] == "private"
-    assert any("/p2p-circuit/p2p/" in a for a in up["circuit_addrs"])  # type: ignore[union-attr]
+    assert any("/p2p-circuit/p2p/" in a for a in cast(list[str], up["circuit_addrs"]))
     fetcher = lab.spawn(ns_a, json.dumps({
         "role": "fetcher", "key": 2, "host": "10.98.1.2", "target": up["peer_id"],
         "expect_direct": True, "policy": [f"{PUBLIC}.0/24", "10.98.1.0/24"], **common}))
@@ -72,18 +73,18 @@ def test_relay_then_hole_punch_through_two_nats(lab: Lab) -> None:
     relayed = read_event(fetcher, "fetched", 60)
     assert relayed["ok"] is True
     assert relayed["reachability"] == "private"
-    pieces = relayed["transfers"]  # one per piece: every one through the relay
-    assert len(pieces) == 4, pieces  # type: ignore[arg-type]
-    for first in pieces:  # type: ignore[union-attr]
+    pieces = cast(list[dict[str, Any]], relayed["transfers"])  # one per piece, all relayed
+    assert len(pieces) == 4, pieces
+    for first in pieces:
         assert first["relayed"] is True, first
         assert any("/p2p-circuit" in p for p in first["path"]), first
 
     direct = read_event(fetcher, "fetched", 60)
     assert direct["ok"] is True
-    pieces = direct["transfers"]
-    assert len(pieces) == 4, pieces  # type: ignore[arg-type]
-    for second in pieces:  # type: ignore[union-attr]
+    pieces = cast(list[dict[str, Any]], direct["transfers"])
+    assert len(pieces) == 4, pieces
+    for second in pieces:
         assert second["relayed"] is False, second
         # the direct path ends at b's NAT public address (not b's private one or the relay)
         assert second["path"][0].startswith(f"/ip4/{PUBLIC}.3/tcp/"), second
-    assert direct["direct"][0].startswith(f"/ip4/{PUBLIC}.3/tcp/"), direct
+    assert cast(list[str], direct["direct"])[0].startswith(f"/ip4/{PUBLIC}.3/tcp/"), direct

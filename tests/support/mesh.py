@@ -36,6 +36,7 @@ class Cluster:
         for _ in range(n):
             ident = identity(self._next_key)
             self._next_key += 1
+            mesh: Any
             if self.kind == "memory":
                 mesh = self.network.node(ident, self.run)
             else:
@@ -81,10 +82,14 @@ async def announce_until_seen(announcer: Any, collectors: list[Collector], windo
     """Announce (repeating, since gossip meshes form asynchronously) until all collectors saw it."""
     deadline = time.monotonic() + timeout
     while True:
-        ann = await announcer.announce(window, blob)
+        ann: Announcement = await announcer.announce(window, blob)
         sha, peer = ann.sha256, ann.peer_id
+
+        def seen(sha: bytes = sha, peer: str = peer) -> bool:
+            return all(c.has(sha, peer) for c in collectors)
+
         try:
-            await wait_until(lambda sha=sha, peer=peer: all(c.has(sha, peer) for c in collectors),
+            await wait_until(seen,
                              timeout=min(1.0, max(0.05, deadline - time.monotonic())),
                              what="announcement delivery")
             return ann
