@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.engine.plan import Box, Workload, plan
 from node.mesh.p2p_pieces import upload_slots
+from node.mesh.pieces import IN_FLIGHT
 from node.sim.dissemination import Link, Policy, Scenario, simulate
 
 MIB = 1 << 20
@@ -106,7 +107,7 @@ def direct_bound(run: dict[str, Any]) -> float:
     each other peer, so each peer sends and receives (N-1) blobs through its links."""
     n, bits = int(run["peers"]), float(run["blob_mib"]) * MIB * 8
     up = run.get("up_mbit") or [run["mbit"]] * n
-    return max((n - 1) * bits / (min(u, run["mbit"]) * 1e6) for u in up)
+    return max((n - 1) * bits / (min(float(u), float(run["mbit"])) * 1e6) for u in up)
 
 
 def link_goodput(path: Path | None) -> float:
@@ -138,7 +139,7 @@ def validate(path: Path, host_mibps: float | None, goodput: float = 1.0
         # the lab's slow peers declare their uplink (`upload_rate`), and serve fewer at once
         slots = tuple(upload_slots(u * 1e6 / 8 if u < run["mbit"] else 0) for u in up)
         sim = simulate(Scenario(links, tuple(range(n)), size, policy, host_bps=host,
-                                holder_slots=slots))
+                                holder_slots=slots, in_flight=run.get("in_flight", IN_FLIGHT)))
         measured = float(run["slowest_peer_s"])
         out.append({"peers": n, "policy": policy, "blob_mib": run["blob_mib"],
                     "mbit": run["mbit"], "up_mbit": run.get("up_mbit"),

@@ -34,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from node.mesh.p2p_pieces import fetch_slots
 from tests.support.delay_line import LineSpec
 from tests.support.netns import Lab, available, read_event
 
@@ -141,7 +142,8 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
                    "bootstrap": boot, "swarm": not args.whole,
                    # a slow uplink's operator says so, and the node serves fewer pieces
                    # at once instead of every one below the fetchers' minimum rate
-                   "upload_rate": up[i] * 1e6 / 8 if up[i] < mbit else 0.0}
+                   "upload_rate": up[i] * 1e6 / 8 if up[i] < mbit else 0.0,
+                   "download_rate": mbit * 1e6 / 8 if args.declare_downlink else 0.0}
             procs.append(lab.spawn(ns, json.dumps(cfg)))
             if i == 0:
                 boot = [f"/ip4/10.97.0.1/tcp/4001/p2p/{peer_id_of(lab, procs[0])}"]
@@ -165,6 +167,7 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
     bound = bandwidth_bound(up, mbit, mib)
     return {"peers": n, "blob_mib": mib, "mbit": mbit, "link": shaping,
             **({"up_mbit": up} if args.slow_up else {}),
+            "in_flight": fetch_slots(mbit * 1e6 / 8 if args.declare_downlink else 0.0),
             "fetch": "plain tcp" if args.transport == "tcp"
             else "whole blobs" if args.whole else "swarming",
             "rtt_ms_requested": args.rtt_ms, **rtt_report(args.rtt_ms, line, ping),
@@ -304,6 +307,8 @@ def main() -> None:
                         help="tcp: the same exchange over plain TCP (the links' floor)")
     parser.add_argument("--slow-up", metavar="K:MBIT",
                         help="the last K peers upload at MBIT (downlinks stay at --mbit)")
+    parser.add_argument("--declare-downlink", action="store_true",
+                        help="nodes declare their downlink (more piece requests open)")
     parser.add_argument("--timeline", action="store_true",
                         help="sample the links' use every second (in the JSON)")
     parser.add_argument("--runs", type=int, default=1,

@@ -101,6 +101,17 @@ def parse_amount(text: str) -> int:
     return int(value)
 
 
+def nonnegative(text: str) -> float:
+    """A number >= 0 (a rate; 0: unknown or unlimited); an argparse type."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
 def host_port(text: str) -> tuple[str, int]:
     """'HOST:PORT' -> (host, port); an argparse type."""
     host, _, port = text.rpartition(":")
@@ -193,6 +204,12 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
              help="file with bootstrap multiaddrs (waited for up to 120 s)")
     add_flag(g, "--allow", env="ALLOW", action="append",
              help="CIDR the mesh may dial (repeatable; default 127.0.0.0/8)")
+    add_flag(g, "--uplink-mbit", env="UPLINK_MBIT", type=nonnegative, default=0.0,
+             help="this node's upload rate in Mbit/s (0: unknown, unlimited): caps what "
+                  "the mesh sends, and a slow uplink serves fewer pieces at once")
+    add_flag(g, "--downlink-mbit", env="DOWNLINK_MBIT", type=nonnegative, default=0.0,
+             help="this node's download rate in Mbit/s (0: unknown): piece requests kept "
+                  "open follow it (4 when unknown, up to 8)")
     add_flag(g, "--http", env="HTTP", type=host_port,
              help="HOST:PORT for this node's status page, /metrics and /healthz")
     add_flag(g, "--stake", env="STAKE", type=parse_amount, default=parse_amount("1ether"),
@@ -304,8 +321,11 @@ def build_mesh(args: argparse.Namespace, identity: Any, run: str, **extra: Any) 
     from node.mesh.p2p import P2PConfig, P2PMesh
 
     policy = AddressPolicy.of(args.allow) if args.allow else LOOPBACK
+    rates = {"upload_rate": args.uplink_mbit * 1e6 / 8,
+             "download_rate": args.downlink_mbit * 1e6 / 8}
     return P2PMesh(identity, P2PConfig(run=run, listen_host=args.listen_host, port=args.port,
-                                       bootstrap=bootstrap_addrs(args), policy=policy, **extra))
+                                       bootstrap=bootstrap_addrs(args), policy=policy,
+                                       **rates, **extra))
 
 
 def build_chain(args: argparse.Namespace, identity: Any) -> Any:

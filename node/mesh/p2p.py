@@ -68,10 +68,10 @@ from node.mesh.p2p_host import (
     listen_multiaddr,
     peer_address,
 )
-from node.mesh.p2p_pieces import PIECE_PROTOCOL, Partial, upload_slots
+from node.mesh.p2p_pieces import PIECE_PROTOCOL, Partial, fetch_slots, upload_slots
 from node.mesh.p2p_swarm import PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
-from node.mesh.pieces import IN_FLIGHT, piece_hashes, pieces_root
+from node.mesh.pieces import piece_hashes, pieces_root
 from protocol.identity import Identity
 
 __all__ = ["P2PConfig", "P2PMesh", "Transfer"]
@@ -102,6 +102,7 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         self._lists: dict[bytes, bytes] = {}  # piece-hash lists of blobs held whole
         self._upload_slots: trio.Semaphore | None = None
         self._fetch_slots: trio.Semaphore | None = None  # piece requests open, all fetches
+        self._fetch_limit = fetch_slots(config.download_rate)  # ... how many
         self._slot_waiters: set[Any] = set()  # fetches waiting for one (their channels)
         self._source_load: Counter[str] = Counter()  # piece requests open, per source
         self._source_rates: dict[str, float] = {}  # per source: its last piece, bytes/s
@@ -265,7 +266,8 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         host.set_stream_handler(TProtocol(BLOB_PROTOCOL), self._guarded_blob_handler)
         host.set_stream_handler(TProtocol(PIECE_PROTOCOL), self._guarded_piece_handler)
         self._upload_slots = trio.Semaphore(upload_slots(cfg.upload_rate))
-        self._fetch_slots = trio.Semaphore(IN_FLIGHT)
+        self._fetch_limit = fetch_slots(cfg.download_rate)
+        self._fetch_slots = trio.Semaphore(self._fetch_limit)
         async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery, \
                 contextlib.AsyncExitStack() as stack:
             self._nursery = nursery

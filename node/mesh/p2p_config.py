@@ -31,6 +31,9 @@ class P2PConfig:
     peer_upload_rate: float = 0.0
     # blob and piece bytes/s served to everyone together (0 = unlimited): the uplink
     upload_rate: float = 0.0
+    # the downlink's bytes/s, if the operator knows it (0 = unknown): piece requests
+    # kept open at once follow it (`fetch_slots`), 4 when unknown
+    download_rate: float = 0.0
     # --- swarming (node/mesh/p2p_swarm.py) ---------------------------------------------
     swarm: bool = True  # fetch announced blobs piece by piece from every holder
     piece_requests_per_second: float = 100.0  # piece, list and bitfield requests per peer
@@ -46,8 +49,8 @@ class P2PConfig:
     autonat_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.peer_upload_rate < 0 or self.upload_rate < 0:
-            raise MeshError("upload rates must be >= 0 (0 = unlimited)")
+        if self.peer_upload_rate < 0 or self.upload_rate < 0 or self.download_rate < 0:
+            raise MeshError("upload and download rates must be >= 0 (0 = unlimited/unknown)")
         if self.hole_punch_after < 0:
             raise MeshError("hole_punch_after must be >= 0")
 

@@ -21,6 +21,8 @@ import numpy as np
 from node.mesh.base import Announcement
 from node.mesh.p2p_blob import PeerFault
 from node.mesh.pieces import (
+    IN_FLIGHT,
+    MAX_IN_FLIGHT,
     PER_SOURCE,
     UPLOAD_SLOTS,
     fastest_first,
@@ -61,6 +63,17 @@ def upload_slots(upload_rate: float) -> int:
     if upload_rate <= 0:
         return UPLOAD_SLOTS
     return max(1, min(UPLOAD_SLOTS, int(upload_rate // SLOT_RATE)))
+
+
+def fetch_slots(download_rate: float) -> int:
+    """Piece requests a node keeps open at once over all its fetches: `IN_FLIGHT`
+    when its downlink is unknown (0), else as many as the downlink gives `SLOT_RATE`
+    each, from 1 to `MAX_IN_FLIGHT`. More requests hide more round trips; too many
+    on a slow downlink would leave each below the minimum rate, and the node would
+    cut honest holders off as too slow."""
+    if download_rate <= 0:
+        return IN_FLIGHT
+    return max(1, min(MAX_IN_FLIGHT, int(download_rate // SLOT_RATE)))
 
 
 def piece_request(digest: bytes, index: int) -> bytes:

@@ -9,16 +9,16 @@ slots (`UPLOAD_SLOTS`; BUSY beyond them).
 A fetch (`_swarm_fetch`) first gets the hash list from any holder and checks it
 against the announcement's signed `pieces` root, and announces the blob under its
 own name (same hash, size and root: "I serve its pieces"), so that the other
-fetchers learn of it; then it keeps up to `IN_FLIGHT` piece requests open, each for
+fetchers learn of it; then it keeps up to `fetch_slots` piece requests open, each for
 the rarest piece it lacks (node/mesh/pieces.py) from the least-used source that has
 it, learning who has what from the holders' bitfields, asked again every
-`HAVE_EVERY_S`. The node's fetches share `IN_FLIGHT` request slots and one request
-per source (`PER_SOURCE`), as the simulator assumes: more would split the node's own
-downlink so thin that honest holders miss the piece minimum rate and are cut off as
-too slow. They also share what each source's last piece took: among the sources it
-uses least, a fetch asks the fastest (`fastest_first`). Every piece is checked
-against its hash, so a wrong piece names its sender exactly: that source is
-penalised and not asked again.
+`HAVE_EVERY_S`. The node's fetches share its `fetch_slots` (4, or what a declared
+downlink carries: up to 8) and one request per source (`PER_SOURCE`), as the
+simulator assumes: more would split the node's own downlink so thin that honest
+holders miss the piece minimum rate and are cut off as too slow. They also share
+what each source's last piece took: among the sources it uses least, a fetch asks
+the fastest (`fastest_first`). Every piece is checked against its hash, so a wrong
+piece names its sender exactly: that source is penalised and not asked again.
 The whole blob's SHA-256 is checked at the end.
 """
 
@@ -66,7 +66,6 @@ from node.mesh.p2p_pieces import (
     read_bitfield,
 )
 from node.mesh.pieces import (
-    IN_FLIGHT,
     PIECE_BYTES,
     piece_count,
     piece_hashes,
@@ -96,6 +95,7 @@ class PieceTransfers:
     _slot_waiters: set[Any]
     _source_load: Counter[str]
     _source_rates: dict[str, float]
+    _fetch_limit: int
 
     if TYPE_CHECKING:  # from the blob mixin (node/mesh/p2p_transfer.py)
         async def _admit(self, stream: Any) -> str | None: ...
@@ -302,7 +302,7 @@ class PieceTransfers:
 
     def _launch(self, job: FetchJob, rng: np.random.Generator, nursery: trio.Nursery,
                 send: Any) -> None:
-        while len(job.asked) < IN_FLIGHT:
+        while len(job.asked) < self._fetch_limit:
             choice = job.choose(trio.current_time(), rng)
             if choice is None or not self._take_fetch_slot():
                 if choice is not None or job.waiting_on_load():

@@ -28,6 +28,7 @@ import numpy as np
 PIECE_BYTES = 1 << 20  # the default piece: 1 MiB
 UPLOAD_SLOTS = 8  # requests a holder serves at once
 IN_FLIGHT = 4  # piece requests a fetcher keeps open, over all its fetches together
+MAX_IN_FLIGHT = 8  # ... when its downlink is known to carry that many
 PER_SOURCE = 1  # of which at most this many with any one holder
 
 

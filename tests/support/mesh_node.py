@@ -162,7 +162,8 @@ async def main(cfg: dict[str, Any]) -> None:
         relays=tuple(cfg.get("relays", ())), relay_service=role == "relay",
         hole_punch_after=cfg.get("hole_punch_after", 2.0),
         peer_upload_rate=cfg.get("peer_upload_rate", 0.0),
-        upload_rate=cfg.get("upload_rate", 0.0), max_blob_bytes=1 << 30,
+        upload_rate=cfg.get("upload_rate", 0.0), download_rate=cfg.get("download_rate", 0.0),
+        max_blob_bytes=1 << 30,
         swarm=cfg.get("swarm", True))
     mesh = P2PMesh(identity(cfg["key"]), config)
     commands = await stdin_lines(mesh)

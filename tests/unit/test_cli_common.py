@@ -69,6 +69,23 @@ def test_node_flags_read_the_environment(monkeypatch: pytest.MonkeyPatch,
     assert (args.checkpoint_every, args.gather_grace) == (20, 3.0)
 
 
+def test_link_rates_reach_the_mesh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--uplink-mbit / --downlink-mbit (or their env) become the mesh's byte rates: a
+    declared 10 Mbit/s downlink keeps 6 piece requests open, 2.5 Mbit/s up serves one
+    piece at a time; a negative rate is a usage error."""
+    from node.cli.common import build_mesh
+    from tests.support.keys import identity
+
+    monkeypatch.setenv("GRADMESH_DOWNLINK_MBIT", "10")
+    p = argparse.ArgumentParser()
+    add_node_flags(p)
+    mesh = build_mesh(p.parse_args(["--uplink-mbit", "2.5"]), identity(1), "rates")
+    assert (mesh._cfg.upload_rate, mesh._cfg.download_rate) == (2.5e6 / 8, 10e6 / 8)
+    assert mesh._fetch_limit == 6
+    with pytest.raises(SystemExit):
+        p.parse_args(["--uplink-mbit", "-1"])
+
+
 def test_the_overlap_flag_reaches_the_run_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args(["miner"])
     assert build_spec(args).overlap is False

@@ -18,10 +18,13 @@ from node.mesh.p2p_pieces import (
     FetchJob,
     Partial,
     bitfield,
+    fetch_slots,
     read_bitfield,
     upload_slots,
 )
 from node.mesh.pieces import (
+    IN_FLIGHT,
+    MAX_IN_FLIGHT,
     PER_SOURCE,
     PIECE_BYTES,
     UPLOAD_SLOTS,
@@ -129,3 +132,13 @@ def test_a_fetch_whose_sources_are_busy_with_the_nodes_other_requests_waits() ->
     assert job.waiting_on_load()
     job.faulted.add("a")
     assert not job.waiting_on_load()
+
+
+@pytest.mark.parametrize(("rate", "slots"), [
+    (0, IN_FLIGHT),  # downlink unknown
+    (10e6 / 8, 6),  # 10 Mbit/s: six requests at 1.5x the pieces' minimum each
+    (100e6 / 8, MAX_IN_FLIGHT),
+    (100e3, 1),  # below one slot: still one request
+])
+def test_a_declared_downlink_sets_the_requests_kept_open(rate: float, slots: int) -> None:
+    assert fetch_slots(rate) == slots
