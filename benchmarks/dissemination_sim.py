@@ -139,7 +139,9 @@ def validate(path: Path, host_mibps: float | None, goodput: float = 1.0
         # the lab's slow peers declare their uplink (`upload_rate`), and serve fewer at once
         slots = tuple(upload_slots(u * 1e6 / 8 if u < run["mbit"] else 0) for u in up)
         sim = simulate(Scenario(links, tuple(range(n)), size, policy, host_bps=host,
-                                holder_slots=slots, in_flight=run.get("in_flight", IN_FLIGHT)))
+                                holder_slots=slots, in_flight=run.get("in_flight", IN_FLIGHT),
+                                # runs before requests were pipelined took 3 round trips
+                                request_rtts=run.get("request_rtts", 3)))
         measured = float(run["slowest_peer_s"])
         out.append({"peers": n, "policy": policy, "blob_mib": run["blob_mib"],
                     "mbit": run["mbit"], "up_mbit": run.get("up_mbit"),

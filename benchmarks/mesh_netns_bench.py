@@ -168,6 +168,8 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
     return {"peers": n, "blob_mib": mib, "mbit": mbit, "link": shaping,
             **({"up_mbit": up} if args.slow_up else {}),
             "in_flight": fetch_slots(mbit * 1e6 / 8 if args.declare_downlink else 0.0),
+            # round trips before a piece's bytes flow (node/mesh/p2p_select.py)
+            "request_rtts": 1,
             "fetch": "plain tcp" if args.transport == "tcp"
             else "whole blobs" if args.whole else "swarming",
             "rtt_ms_requested": args.rtt_ms, **rtt_report(args.rtt_ms, line, ping),

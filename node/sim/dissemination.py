@@ -18,9 +18,9 @@ contribution it did not write. Two policies:
 Bytes move at max-min fair rates over every peer's upload and download (how TCP flows
 share links when the core is not the bottleneck), optionally also under a per-peer
 cap on bytes in + out per second (`host_bps`: a CPU-bound protocol stack). A request
-costs `request_rtts` path RTTs before its bytes flow: the mesh opens a stream per
-request, and py-libp2p's multistream-select takes one round trip for its handshake and
-one for the protocol before the request goes out and the header comes back. Pure: the
+costs `request_rtts` path RTTs before its bytes flow: one, as the mesh sends a piece
+request together with the stream's multistream-select handshake and protocol
+(node/mesh/p2p_select.py; py-libp2p's own dialogue takes three). Pure: the
 clock is simulated and every random choice comes from `seed`, so a run replays exactly.
 """
 
@@ -67,7 +67,7 @@ class Scenario:
     per_source: int = PER_SOURCE  # swarm: requests a fetcher has open with one holder
     streams: int = 8  # direct: whole contributions fetched at once
     host_bps: float | None = None  # cap on each peer's bytes in + out per second
-    request_rtts: float = 3.0  # round trips before a request's bytes flow
+    request_rtts: float = 1.0  # round trips before a request's bytes flow
     # what a flow's ACKs take of its receiver's uplink, per byte received: a 66-byte
     # ACK for every two 1448-byte segments (delayed ACKs)
     ack_share: float = 66 / (2 * 1448)

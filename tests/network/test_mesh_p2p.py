@@ -19,7 +19,8 @@ from node.mesh import LOOPBACK, AddressNotAllowedError, FetchError
 from node.mesh.base import Announcement, NoSourceError, sha256
 from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
 from node.mesh.p2p_blob import OK, REQUEST_LEN, PeerTooSlow, PeerUnavailable, response_header
-from node.mesh.p2p_pieces import HAVE, piece_header
+from node.mesh.p2p_pieces import HAVE, piece_header, read_bitfield
+from node.mesh.p2p_select import ProtocolRefused
 from node.mesh.pieces import IN_FLIGHT, PER_SOURCE, PIECE_BYTES
 from tests.support.keys import identity
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
@@ -436,3 +437,23 @@ def test_a_failed_piece_puts_its_source_last_and_a_busy_one_keeps_its_place() ->
     assert mesh._source_rates["dripping"] == 0.0
     assert "busy" not in mesh._source_rates
     assert not any(mesh._source_load.values())
+
+
+async def test_a_pipelined_stream_carries_its_request_and_a_refused_protocol_is_typed(
+        cluster: Cluster) -> None:
+    """Piece requests go out with multistream-select's handshake and protocol in one
+    write (node/mesh/p2p_select.py) to py-libp2p's unchanged listener: the answer
+    arrives; a protocol the remote does not speak is a typed `ProtocolRefused`, and
+    the connection stays usable."""
+    holder, fetcher = await cluster.add(2)
+    blob = os.urandom(3 * PIECE_BYTES)
+    await holder.announce(1, blob)
+    bits = await fetcher._call(fetcher._ask, holder.peer_id, sha256(blob), HAVE, 1,
+                               timeout=10)
+    assert read_bitfield(bits, 3).all()
+    with pytest.raises(ProtocolRefused):
+        await fetcher._call(fetcher._open, holder.peer_id, "/gradmesh/none/1", b"x",
+                            timeout=10)
+    again = await fetcher._call(fetcher._ask, holder.peer_id, sha256(blob), 1, PIECE_BYTES,
+                                timeout=10)
+    assert again == blob[PIECE_BYTES:2 * PIECE_BYTES]
