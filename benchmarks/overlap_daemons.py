@@ -67,9 +67,9 @@ class TimedNet(MemNet):
             setattr(miner.engine, part, self._timed(part, getattr(miner.engine, part)))
         save = miner.save_checkpoint
 
-        async def timed_save() -> None:
+        async def timed_save(**kwargs: Any) -> None:  # what the window loop waits for
             t0 = time.time()
-            await save()
+            await save(**kwargs)
             self.phases.setdefault("checkpoint", []).append(time.time() - t0)
 
         miner.save_checkpoint = timed_save  # type: ignore[method-assign]

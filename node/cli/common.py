@@ -216,8 +216,8 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
              help="wei to stake on registration, e.g. 1ether")
     add_flag(g, "--checkpoint-every", env="CHECKPOINT_EVERY", type=int, default=2,
              help="windows between checkpoints of θ (to this node's disk, and served to "
-                  "peers that catch up); each one sits between two windows' training, "
-                  "~9 s per GB of θ on a 2-core machine (docs/daemons.md)")
+                  "peers that catch up); written while the next window trains, after a "
+                  "snapshot between windows (docs/daemons.md)")
     add_flag(g, "--gather-grace", env="GATHER_GRACE", type=float, default=3.0,
              help="seconds after a window ends that fetches in flight may still finish")
 

@@ -53,9 +53,12 @@ class Engine(Protocol):
       error feedback): fp32 CPU copies, keyed by name; unknown or misshaped
       entries are ignored on load.
     * `save_local(window, meta)` writes θ and the local state to this node's
-      checkpoint store; `latest_local()` returns the newest checkpoint there that
-      verifies (None without a store or a checkpoint) and `restore_local(c)`
-      loads θ and local state from it.
+      checkpoint store. `write_local(window, params, state, meta)` writes a snapshot
+      taken earlier with `full_params()` and `local_state()` instead; it reads nothing
+      of the engine, so it may run on another thread while the engine trains
+      (`EngineError` without a store, for both). `latest_local()` returns the
+      newest checkpoint there that verifies (None without a store or a checkpoint)
+      and `restore_local(c)` loads θ and local state from it.
     * `evaluator()` is a scratch model for scoring updates without touching θ.
     """
 
@@ -94,6 +97,9 @@ class Engine(Protocol):
     def load_local_state(self, state: Mapping[str, Tensor]) -> None: ...
 
     def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None: ...
+
+    def write_local(self, window: int, params: Sequence[Tensor], state: Mapping[str, Tensor],
+                    meta: Mapping[str, MetaValue]) -> None: ...
 
     def latest_local(self) -> LocalCheckpoint | None: ...
 

@@ -156,9 +156,13 @@ class LocalEngine:
         self._outer.load_local_state(state)
 
     def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
+        self.write_local(window, self.full_params(), self.local_state(), meta)
+
+    def write_local(self, window: int, params: Sequence[Tensor], state: Mapping[str, Tensor],
+                    meta: Mapping[str, MetaValue]) -> None:
         if self._store is None:
             raise EngineError("this engine has no checkpoint store")
-        self._store.save(window, self.full_params(), self.local_state(), meta)
+        self._store.save(window, params, state, meta)
 
     def latest_local(self) -> LocalCheckpoint | None:
         return self._store.latest() if self._store is not None else None

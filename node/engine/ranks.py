@@ -146,6 +146,10 @@ class Leader:
     def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
         self._call("save_local", window, dict(meta))
 
+    def write_local(self, window: int, params: Sequence[Tensor], state: Mapping[str, Tensor],
+                    meta: Mapping[str, MetaValue]) -> None:
+        self.engine.write_local(window, params, state, meta)  # a file on rank 0: no collective
+
     def latest_local(self) -> LocalCheckpoint | None:
         return self.engine.latest_local()  # reads a file: no collective
 

@@ -209,6 +209,15 @@ class ShardedEngine:
             self._store.save(window, params, state, meta)
         dist.barrier()  # the file exists before any rank looks for it
 
+    def write_local(self, window: int, params: Sequence[Tensor], state: Mapping[str, Tensor],
+                    meta: Mapping[str, MetaValue]) -> None:
+        """Rank 0 writes (no collective: the other ranks read the file when they restore,
+        after the leader has it, node/engine/ranks.py)."""
+        if self._reader is None:
+            raise EngineError("this engine has no checkpoint store")
+        if self._store is not None:
+            self._store.save(window, params, state, meta)
+
     def latest_local(self) -> LocalCheckpoint | None:
         return self._reader.latest() if self._reader is not None else None
 

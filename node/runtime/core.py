@@ -34,6 +34,7 @@ from node.runtime.aio import pause
 from node.runtime.catchup import CatchUpError, CatchUpInputs, catch_up
 from node.runtime.chainview import AsyncChain
 from node.runtime.checkpoint import make_checkpoint
+from node.runtime.checkpointer import Checkpointer, Snapshot
 from node.runtime.gather import Gatherer
 from node.runtime.records import HeadRecord, WindowRecord, head_key, window_key
 from node.runtime.runfile import check_recorded
@@ -109,6 +110,7 @@ class NodeCore:
                                  refresh=self._refresh_soon)
         self._miners_read = 0.0
         self._bytes_mark = (0, 0)
+        self.checkpointer = Checkpointer(self._write_checkpoint, self.event)
 
     # --- status -----------------------------------------------------------------------
     def event(self, window: int, text: str) -> None:
@@ -169,6 +171,7 @@ class NodeCore:
                     for task in helpers:
                         task.cancel()
         finally:
+            await self.checkpointer.wait()
             await self.shutdown()
             await self.mesh.stop()
             self.state = "stopped"
@@ -245,7 +248,7 @@ class NodeCore:
             await self.mesh.hold(window, by_sha[c.sha256])
         await self._put_window_record(window, [(c.signer, c.sha256) for c in chosen])
         if self.window % self.cfg.checkpoint_every == 0:
-            await self.save_checkpoint()
+            await self.save_checkpoint(wait=False)  # written while the next window trains
         await self._put_head()
         self.mesh.forget(self.window - self.cfg.keep_windows)
         self.gatherer.forget(self.window - 2 - self.lag)
@@ -384,16 +387,31 @@ class NodeCore:
         await asyncio.to_thread(self.engine.save_local, self.applied + 1,
                                 {"digest": self.digest.hex(), "run": self.spec.run})
 
-    async def save_checkpoint(self) -> None:
-        """Checkpoint θ: locally, and served to peers (labelled as `save_local`)."""
-        window = self.applied + 1
-        await self.save_local()
+    async def save_checkpoint(self, *, wait: bool = True) -> None:
+        """Checkpoint θ: locally, and served to peers (labelled as `save_local`). The
+        caller waits for the snapshot alone when `wait` is False; the rest is written
+        behind it (node/runtime/checkpointer.py)."""
+        if wait:
+            await self.checkpointer.wait()
+        elif not self.checkpointer.ready(self.applied + 1):
+            return
         params = await asyncio.to_thread(self.engine.full_params)
+        state = await asyncio.to_thread(self.engine.local_state)
+        self.checkpointer.start(Snapshot(self.applied + 1, params, state,
+                                         {"digest": self.digest.hex(), "run": self.spec.run}))
+        if wait:
+            await self.checkpointer.wait()
+
+    async def _write_checkpoint(self, snap: Snapshot) -> None:
+        """A snapshot to this node's disk, then signed and served to peers; the head record
+        names it."""
+        await asyncio.to_thread(self.engine.write_local, snap.window, snap.params, snap.state,
+                                snap.meta)
         manifest, chunks = await asyncio.to_thread(
-            make_checkpoint, self.identity, run=self.spec.run, window=window,
-            model=self.spec.model, manifest=self.manifest, params=params)
+            make_checkpoint, self.identity, run=self.spec.run, window=snap.window,
+            model=self.spec.model, manifest=self.manifest, params=snap.params)
         for chunk in chunks:
-            await self.mesh.hold(window, chunk)
-        encoded = manifest.encode()
-        self.checkpoint = (window, await self.mesh.hold(window, encoded))
-        self.event(window, "checkpoint")
+            await self.mesh.hold(snap.window, chunk)
+        self.checkpoint = (snap.window, await self.mesh.hold(snap.window, manifest.encode()))
+        self.event(snap.window, "checkpoint")
+        await self._put_head()

@@ -251,11 +251,32 @@ def test_local_checkpoints_round_trip(make: Callable[..., Engine], tmp_path: Pat
     assert all(torch.equal(fresh.local_state()[k], v) for k, v in state.items())
 
 
+def test_a_snapshot_is_written_as_it_was_taken(make: Callable[..., Engine],
+                                                tmp_path: Path) -> None:
+    # what a checkpoint written behind the window loop relies on (node/runtime/checkpointer.py)
+    engine = make(store=tmp_path)
+    params, state, digest = engine.full_params(), engine.local_state(), engine.digest()
+    engine.train(_batches(0))
+    engine.encode()
+    engine.apply(select(_contributions(make, 2), _expect(engine), None)[0])
+    assert engine.digest() != digest
+    engine.write_local(3, params, state, {"run": "contract"})
+    checkpoint = make(store=tmp_path).latest_local()
+    assert checkpoint is not None
+    assert checkpoint.window == 3
+    fresh = make()
+    fresh.restore_local(checkpoint)
+    assert fresh.digest() == digest
+    assert all(torch.equal(fresh.local_state()[k], v) for k, v in state.items())
+
+
 def test_without_a_store_there_is_nothing_to_save_or_restore(make: Callable[..., Engine]) -> None:
     engine = make()
     assert engine.latest_local() is None
     with pytest.raises(EngineError):
         engine.save_local(1, {})
+    with pytest.raises(EngineError):
+        engine.write_local(1, engine.full_params(), engine.local_state(), {})
 
 
 def test_the_evaluator_is_scratch_space(make: Callable[..., Engine]) -> None:
