@@ -69,6 +69,7 @@ from node.mesh.p2p_host import (
     peer_address,
 )
 from node.mesh.p2p_pieces import PIECE_PROTOCOL, Partial, fetch_slots, upload_slots
+from node.mesh.p2p_slots import FetchSlots
 from node.mesh.p2p_swarm import PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
 from node.mesh.pieces import piece_hashes, pieces_root
@@ -101,9 +102,8 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         self._piece_bytes_out: dict[bytes, int] = {}  # piece bytes sent per blob
         self._lists: dict[bytes, bytes] = {}  # piece-hash lists of blobs held whole
         self._upload_slots: trio.Semaphore | None = None
-        self._fetch_slots: trio.Semaphore | None = None  # piece requests open, all fetches
-        self._fetch_limit = fetch_slots(config.download_rate)  # ... how many
-        self._slot_waiters: set[Any] = set()  # fetches waiting for one (their channels)
+        # requests open at once over all fetches (node/mesh/p2p_slots.py)
+        self._fetch_slots = FetchSlots(fetch_slots(config.download_rate))
         self._source_load: Counter[str] = Counter()  # piece requests open, per source
         self._source_rates: dict[str, float] = {}  # per source: its last piece, bytes/s
         rate = config.upload_rate
@@ -266,8 +266,6 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         host.set_stream_handler(TProtocol(BLOB_PROTOCOL), self._guarded_blob_handler)
         host.set_stream_handler(TProtocol(PIECE_PROTOCOL), self._guarded_piece_handler)
         self._upload_slots = trio.Semaphore(upload_slots(cfg.upload_rate))
-        self._fetch_limit = fetch_slots(cfg.download_rate)
-        self._fetch_slots = trio.Semaphore(self._fetch_limit)
         async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery, \
                 contextlib.AsyncExitStack() as stack:
             self._nursery = nursery
@@ -449,16 +447,18 @@ class P2PMesh(PieceTransfers, BlobTransfers):
         return self._blobs.add(window, blob)
 
     def forget(self, before_window: int) -> int:
-        for digest in [d for d, p in self._partials.items() if p.window < before_window]:
-            del self._partials[digest]
+        # the trio thread adds to these dicts meanwhile: iterate over copies (`list` of a
+        # dict is one call under the GIL), and drop keys that may be gone already
+        for digest, partial in list(self._partials.items()):
+            if partial.window < before_window:
+                self._partials.pop(digest, None)
         dropped = self._blobs.forget(before_window)
-        for digest in [d for d in self._seeding if d not in self._blobs]:
-            del self._seeding[digest]
-        for digest in [d for d in self._lists if d not in self._blobs]:
-            del self._lists[digest]
-        for digest in [d for d in self._piece_bytes_out
+        for table in (self._seeding, self._lists):
+            for digest in [d for d in list(table) if d not in self._blobs]:
+                table.pop(digest, None)
+        for digest in [d for d in list(self._piece_bytes_out)
                        if d not in self._blobs and d not in self._partials]:
-            del self._piece_bytes_out[digest]
+            self._piece_bytes_out.pop(digest, None)
         return dropped
 
     def subscribe(self) -> Subscription:

@@ -65,6 +65,7 @@ from node.mesh.p2p_pieces import (
     piece_request,
     read_bitfield,
 )
+from node.mesh.p2p_slots import FetchSlots
 from node.mesh.pieces import (
     PIECE_BYTES,
     piece_count,
@@ -74,6 +75,7 @@ from node.mesh.pieces import (
 )
 
 log = logging.getLogger("node.mesh.p2p")
+RATES_KEPT = 1024  # sources whose last piece rate a node remembers (most recent)
 
 
 class PieceTransfers:
@@ -91,11 +93,9 @@ class PieceTransfers:
     _piece_bytes_out: dict[bytes, int]
     limits: ReadLimits
     _upload_slots: trio.Semaphore | None
-    _fetch_slots: trio.Semaphore | None
-    _slot_waiters: set[Any]
+    _fetch_slots: FetchSlots
     _source_load: Counter[str]
     _source_rates: dict[str, float]
-    _fetch_limit: int
 
     if TYPE_CHECKING:  # from the blob mixin (node/mesh/p2p_transfer.py)
         async def _admit(self, stream: Any) -> str | None: ...
@@ -260,7 +260,7 @@ class PieceTransfers:
                             await self._settle(job, piece, peer, result)
                 nursery.cancel_scope.cancel()
         finally:
-            self._slot_waiters.discard(send)
+            self._fetch_slots.unwatch(send)
         blob = partial.whole if partial.whole is not None else partial.blob()
         if hashlib.sha256(blob).digest() != ann.sha256:  # the announcer signed a bad list
             failures[ann.peer_id] = "PeerFault: pieces do not make the announced blob"
@@ -301,37 +301,17 @@ class PieceTransfers:
 
     def _launch(self, job: FetchJob, rng: np.random.Generator, nursery: trio.Nursery,
                 send: Any) -> None:
-        while len(job.asked) < self._fetch_limit:
+        while len(job.asked) < self._fetch_slots.limit:
             choice = job.choose(trio.current_time(), rng)
-            if choice is None or not self._take_fetch_slot():
+            if choice is None or not self._fetch_slots.take():
                 if choice is not None or job.waiting_on_load():
                     job.stuck_since = None  # waiting for the node's own requests is not
-                    self._slot_waiters.add(send)  # being stuck: woken when one ends
+                    self._fetch_slots.watch(send)  # being stuck: woken when one ends
                 return
             piece, peer = choice
             job.asked[piece] = peer
             job.load[peer] += 1  # the node's count: `_one_piece` takes it back
             nursery.start_soon(self._one_piece, peer, job.ann.sha256, piece, send)
-
-    def _take_fetch_slot(self) -> bool:
-        """One of the node's fetch slots, if one is free."""
-        if self._fetch_slots is None:
-            return True
-        try:
-            self._fetch_slots.acquire_nowait()
-            return True
-        except trio.WouldBlock:
-            return False
-
-    def _give_fetch_slot(self) -> None:
-        """Free a fetch slot and wake every fetch waiting for one or for a source this
-        node was using (one of them takes it, the others wait again)."""
-        if self._fetch_slots is not None:
-            self._fetch_slots.release()
-        waiters, self._slot_waiters = self._slot_waiters, set()
-        for send in waiters:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                send.send_nowait((-1, "", None))
 
     async def _one_piece(self, peer: str, digest: bytes, piece: int, send: Any) -> None:
         asked = trio.current_time()
@@ -339,15 +319,22 @@ class PieceTransfers:
             with trio.fail_after(PIECE_TIMEOUT_S):
                 result: Any = await self._ask(peer, digest, piece, PIECE_BYTES)
             # what this source gave us, request to last byte: the next choice's guide
-            self._source_rates[peer] = len(result) / max(trio.current_time() - asked, 1e-6)
+            self._rate_seen(peer, len(result) / max(trio.current_time() - asked, 1e-6))
         except Exception as exc:  # reported, judged by `_settle`
             result = exc
             if not isinstance(exc, PeerUnavailable):  # slow, silent or broken (busy is
-                self._source_rates[peer] = 0.0  # honest): last choice until it serves
+                self._rate_seen(peer, 0.0)  # honest): last choice until it serves
         finally:
             self._source_load[peer] -= 1
-            self._give_fetch_slot()
+            self._fetch_slots.give()
         await send.send((piece, peer, result))
+
+    def _rate_seen(self, peer: str, rate: float) -> None:
+        """Remember `peer`'s last rate; the `RATES_KEPT` sources heard from last are kept."""
+        self._source_rates.pop(peer, None)
+        self._source_rates[peer] = rate
+        while len(self._source_rates) > RATES_KEPT:
+            del self._source_rates[next(iter(self._source_rates))]
 
     async def _settle(self, job: FetchJob, piece: int, peer: str, result: Any) -> None:
         del job.asked[piece]

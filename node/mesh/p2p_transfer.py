@@ -5,7 +5,8 @@ most `per_peer_streams` at once, and `peer_upload_rate` bytes/s), refused for
 banned peers and answered from the given offset. Fetching: announcers are tried
 in turn; a source that dies or stalls mid-blob is resumed at the next one from
 the received offset (a faulting source's own bytes are dropped first), and the
-SHA-256 of the whole blob is checked at the end whoever sent which part. A source
+SHA-256 of the whole blob is checked at the end whoever sent which part. Each
+stream takes `whole_cost` of the node's fetch slots (node/mesh/p2p_slots.py). A source
 that failed transiently is tried again after a backoff (0.25 s, then 0.5 s); a
 connection the swarm still lists after its peer hung up is dropped and redialled.
 """
@@ -54,6 +55,7 @@ from node.mesh.p2p_blob import (
 from node.mesh.p2p_config import P2PConfig
 from node.mesh.p2p_host import connection_addrs, is_relayed
 from node.mesh.p2p_select import open_pipelined
+from node.mesh.p2p_slots import FetchSlots, whole_cost
 
 log = logging.getLogger("node.mesh.p2p")
 
@@ -106,8 +108,13 @@ class BlobTransfers:
     _served: int
     _fetched: int
     _uplink: ByteBucket | None
+    _fetch_slots: FetchSlots
     transfers: deque[Transfer]
     limits: ReadLimits
+
+    @property
+    def _whole_cost(self) -> int:
+        return whole_cost(self.limits.min_rate, self._fetch_slots.limit)
 
     @property
     def address(self) -> bytes:
@@ -255,7 +262,11 @@ class BlobTransfers:
             await trio.sleep(max(0.0, retry_at.get(peer, 0.0) - trio.current_time()))
             attempts[peer] = attempts.get(peer, 0) + 1
             try:
-                return await self._fetch_from(peer, digest, size, partial)
+                # the node's fetch slots, shared with its piece requests: whole blobs
+                # fetched side by side would otherwise split its downlink below the
+                # minimum rate and cut honest sources off as too slow
+                async with self._fetch_slots.held(self._whole_cost):
+                    return await self._fetch_from(peer, digest, size, partial)
             except PeerTooSlow as exc:  # its bytes so far are kept: the hash judges them
                 faulted.add(peer)
                 failures[peer] = f"PeerTooSlow: {exc}"

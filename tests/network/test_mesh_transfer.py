@@ -78,3 +78,34 @@ async def test_upload_rate_is_limited_per_peer(cluster: Cluster) -> None:
         assert sources == {server.peer_id}
     for c in collectors:
         c.cancel()
+
+
+async def test_whole_blobs_fetched_side_by_side_share_the_nodes_fetch_slots(
+        cluster: Cluster) -> None:
+    """Each whole-blob stream takes two of the node's four fetch slots (its minimum rate
+    is two piece minimums): three blobs asked for at once go two at a time. Side by side
+    without a limit, they would split a slow downlink below the minimum rate and cut
+    their honest authors off as too slow (seen at 10 Mbit/s in the namespace lab)."""
+    authors = await cluster.add(3, peer_upload_rate=2 * MIB)  # ~2 s a blob
+    (fetcher,) = await cluster.add(1, swarm=False)
+    collector = Collector(fetcher)
+    blobs = [os.urandom(4 * MIB) for _ in authors]
+    anns = [await announce_until_seen(a, [collector], 1, b) for a, b in zip(authors, blobs)]
+    open_now = most = 0
+    fetch_from = fetcher._fetch_from
+
+    async def counting(*args: object) -> bytes:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            return await fetch_from(*args)  # type: ignore[no-any-return]
+        finally:
+            open_now -= 1
+
+    fetcher._fetch_from = counting
+    got = await asyncio.gather(*(fetcher.fetch(a, timeout=60) for a in anns))
+    assert got == blobs
+    assert most == 2
+    assert all(fetcher.peer_score(a.peer_id) >= 0 for a in authors)
+    collector.cancel()
