@@ -1,4 +1,5 @@
-"""The blob reply header: what counts as an honest refusal and what as a fault."""
+"""The blob reply: what counts as an honest refusal and what as a fault, and a transfer
+resumed at a second source (`Partial`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from node.mesh.p2p_blob import (  # noqa: E402
     BUSY,
     NOT_FOUND,
     OK,
+    Partial,
     PeerFault,
     PeerTooSlow,
     PeerUnavailable,
@@ -75,3 +77,46 @@ def test_a_source_that_sends_nothing_is_too_slow_not_a_liar() -> None:
 
     with pytest.raises(PeerTooSlow, match="no data"):
         trio.run(main)
+
+
+class Trickle(FakeStream):
+    """At most `step` bytes a read, as a socket hands them over."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        super().__init__(data)
+        self.step = step
+
+    async def read(self, n: int) -> bytes:
+        return await super().read(min(n, self.step))
+
+
+def test_a_resumed_transfer_keeps_one_source_and_drops_a_faulting_ones_bytes() -> None:
+    """Two sources into one `Partial`: the second resumes at the first's offset, the hash
+    spans both; a rollback drops exactly the current source's bytes and hash state."""
+    blob = bytes(range(256)) * 40
+    digest = hashlib.sha256(blob).digest()
+    part = Partial()
+    part.mark()
+    part.add(blob[:3000])
+    part.sources.append(("a", 0, 3000))
+    part.mark()
+    part.add(b"junk" * 100)  # the next source lies, then is rolled back
+    part.sources.append(("liar", 3000, 400))
+    part.rollback()
+    assert part.offset == 3000
+    assert part.sources == [("a", 0, 3000)]
+
+    async def rest() -> bytes:
+        rest = response_header(OK, len(blob)) + blob[3000:]
+        return await read_response(Trickle(rest, 700), digest, len(blob), LIMITS,
+                                   lambda n: None, part, "b")
+
+    assert trio.run(rest) == blob
+    assert part.sources == [("a", 0, 3000), ("b", 3000, len(blob) - 3000)]
+
+
+def test_read_exact_joins_what_arrives_in_pieces() -> None:
+    async def main() -> bytes:
+        return await read_exact(Trickle(b"0123456789" * 50, 64), 333, idle_timeout=1.0)
+
+    assert trio.run(main) == (b"0123456789" * 50)[:333]
