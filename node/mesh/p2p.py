@@ -6,10 +6,11 @@ resolves with `call_soon_threadsafe`. Cancelling the asyncio side cancels the
 trio task. Announcements flow back to asyncio queues the same way.
 
 Split: host construction in `p2p_host`, the blob wire protocol in `p2p_blob`,
-relay / AutoNAT / DCUtR in `p2p_nat`, the config in `p2p_config`; this module
-holds the mesh itself (lifecycle, bridge, gossip, blob serving and fetching,
-records). Identity: the libp2p secp256k1 key is the node's chain key, so a
-peer id names exactly one Ethereum address.
+relay / AutoNAT / DCUtR in `p2p_nat`, the config in `p2p_config`; the mixins
+`Announcements` (`p2p_gossip`), `PieceTransfers` (`p2p_swarm`) and
+`BlobTransfers` (`p2p_transfer`); this module holds the mesh itself
+(lifecycle, bridge, blobs held, records). Identity: the libp2p secp256k1 key
+is the node's chain key, so a peer id names exactly one Ethereum address.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from libp2p.tools.anyio_service import background_trio_service
 from node.mesh.base import (
     MAX_ADDRS,
     Announcement,
-    BadAnnouncementError,
     BlobStore,
     BlobTooLargeError,
     DialError,
@@ -45,7 +45,6 @@ from node.mesh.base import (
     MeshStats,
     MeshTimeoutError,
     RecordKey,
-    Subscription,
     broadcast,
     open_record,
     record_seq,
@@ -57,6 +56,7 @@ from node.mesh.p2p_blob import (
     ReadLimits,
 )
 from node.mesh.p2p_config import P2PConfig
+from node.mesh.p2p_gossip import Announcements
 from node.mesh.p2p_host import (
     AllowlistTCP,
     RecordValidator,
@@ -72,7 +72,6 @@ from node.mesh.p2p_pieces import PIECE_PROTOCOL, Partial, fetch_slots, upload_sl
 from node.mesh.p2p_slots import FetchSlots
 from node.mesh.p2p_swarm import PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
-from node.mesh.pieces import piece_hashes, pieces_root
 from protocol.identity import Identity
 
 __all__ = ["P2PConfig", "P2PMesh", "Transfer"]
@@ -86,7 +85,7 @@ log = logging.getLogger(__name__)
 
 
 
-class P2PMesh(PieceTransfers, BlobTransfers):
+class P2PMesh(Announcements, PieceTransfers, BlobTransfers):
     """A `Mesh` over py-libp2p. Construct freely; `start()` opens sockets."""
 
     def __init__(self, identity: Identity, config: P2PConfig) -> None:
@@ -373,72 +372,6 @@ class P2PMesh(PieceTransfers, BlobTransfers):
                     self._token.run_sync_soon(scopes[0].cancel)
             raise
 
-    # ---- announcements ------------------------------------------------------------
-    def _validate_gossip(self, msg_forwarder: ID, msg: Any) -> bool:
-        try:
-            ann = Announcement.decode(msg.data)
-            self._check_binding(ann, ID(msg.from_id))
-        except (BadAnnouncementError, ValueError):
-            return False
-        return ann.run == self._cfg.run
-
-    def _check_binding(self, ann: Announcement, source: ID) -> None:
-        if ann.peer_id != source.to_base58():
-            raise BadAnnouncementError("announcement peer id is not its gossip source")
-        if peer_address(source) != ann.announcer:
-            raise BadAnnouncementError("peer id key does not match the announcer address")
-
-    async def _pump_announcements(self, sub: Any) -> None:
-        while True:
-            msg = await sub.get()
-            try:
-                ann = Announcement.decode(msg.data)
-                self._check_binding(ann, ID(msg.from_id))
-            except (BadAnnouncementError, ValueError):
-                continue
-            if ann.announcer == self.address or ann.run != self._cfg.run:
-                continue
-            self._remember(ann)
-            assert self._loop is not None
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._deliver, ann)
-
-    def _remember(self, ann: Announcement) -> None:
-        self._sources[ann.sha256][ann.peer_id] = ann
-        allowed = self._cfg.policy.filter(ann.addrs)
-        circuits = [f"{a}/p2p/{ann.peer_id}" for a in allowed
-                    if a.endswith("/p2p-circuit") and "/p2p/" in a]
-        if circuits:
-            self._circuits[ann.peer_id] = circuits
-        addrs = [multiaddr.Multiaddr(a) for a in allowed if "/p2p-circuit" not in a]
-        if addrs:
-            with contextlib.suppress(Exception):
-                self._host.get_peerstore().add_addrs(ID.from_base58(ann.peer_id), addrs, 3600)
-
-    def _deliver(self, ann: Announcement) -> None:
-        broadcast(self._subs, ann)
-
-    async def announce(self, window: int, blob: bytes) -> Announcement:
-        if not self._running:
-            raise MeshStateError("mesh is not running")
-        if len(blob) > self._cfg.max_blob_bytes:
-            raise BlobTooLargeError(f"blob of {len(blob)} bytes exceeds {self._cfg.max_blob_bytes}")
-        digest = self._blobs.add(window, blob)
-        hashes = piece_hashes(blob)
-        self._lists[digest] = b"".join(hashes)
-        ann = Announcement.create(self._identity, run=self._cfg.run, window=window,
-                                  blob_sha256=digest, size=len(blob), peer_id=self.peer_id,
-                                  addrs=self.advertised_addrs, pieces=pieces_root(hashes))
-        await self._call(self._pubsub.publish, self._topic, ann.encode(), timeout=10.0)
-        return ann
-
-    async def _announce_serving(self, ann: Announcement) -> None:
-        """Gossip (trio side) that this node serves the pieces of `ann`'s blob."""
-        own = Announcement.create(self._identity, run=ann.run, window=ann.window,
-                                  blob_sha256=ann.sha256, size=ann.size, peer_id=self.peer_id,
-                                  addrs=self.advertised_addrs, pieces=ann.pieces)
-        await self._pubsub.publish(self._topic, own.encode())
-
     async def hold(self, window: int, blob: bytes) -> bytes:
         if not self._running:
             raise MeshStateError("mesh is not running")
@@ -460,11 +393,6 @@ class P2PMesh(PieceTransfers, BlobTransfers):
                        if d not in self._blobs and d not in self._partials]:
             self._piece_bytes_out.pop(digest, None)
         return dropped
-
-    def subscribe(self) -> Subscription:
-        if not self._running:
-            raise MeshStateError("mesh is not running")
-        return Subscription(self._subs)
 
     # ---- records ---------------------------------------------------------------------------
     async def put_record(self, key: RecordKey, value: bytes) -> None:

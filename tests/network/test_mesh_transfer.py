@@ -90,7 +90,8 @@ async def test_whole_blobs_fetched_side_by_side_share_the_nodes_fetch_slots(
     (fetcher,) = await cluster.add(1, swarm=False)
     collector = Collector(fetcher)
     blobs = [os.urandom(4 * MIB) for _ in authors]
-    anns = [await announce_until_seen(a, [collector], 1, b) for a, b in zip(authors, blobs)]
+    anns = [await announce_until_seen(a, [collector], 1, b)
+            for a, b in zip(authors, blobs, strict=True)]
     open_now = most = 0
     fetch_from = fetcher._fetch_from
 
