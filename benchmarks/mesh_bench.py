@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,7 +35,8 @@ from protocol.identity import Identity
 CHUNK = 1 << 20
 
 
-async def raw_tcp(blob: bytes) -> tuple[float, float]:
+def raw_server(blob: bytes) -> Any:
+    """An asyncio stream handler: a 32-byte request, then the blob's length and the blob."""
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(32)
         writer.write(len(blob).to_bytes(8, "big"))
@@ -44,7 +46,11 @@ async def raw_tcp(blob: bytes) -> tuple[float, float]:
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return serve
+
+
+async def raw_tcp(blob: bytes) -> tuple[float, float]:
+    server = await asyncio.start_server(raw_server(blob), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     cpu, started = time.process_time(), time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

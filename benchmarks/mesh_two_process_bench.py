@@ -26,10 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.mesh_bench import CHUNK, raw_server
 from node.mesh.p2p import P2PConfig, P2PMesh
 from protocol.identity import Identity
-
-CHUNK = 1 << 20
 
 
 def _blob(mib: int) -> bytes:
@@ -53,18 +52,7 @@ async def _commands() -> None:
 
 
 async def serve_raw(mib: int) -> None:
-    blob = _blob(mib)
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readexactly(32)
-        writer.write(len(blob).to_bytes(8, "big"))
-        view = memoryview(blob)
-        for i in range(0, len(blob), CHUNK):
-            writer.write(view[i:i + CHUNK])
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(raw_server(_blob(mib)), "127.0.0.1", 0)
     _say(port=server.sockets[0].getsockname()[1])
     await _commands()
     server.close()
