@@ -171,10 +171,12 @@ class NodeCore:
                     for task in helpers:
                         task.cancel()
         finally:
-            await self.checkpointer.wait()
-            await self.shutdown()
-            await self.mesh.stop()
-            self.state = "stopped"
+            try:
+                await self.checkpointer.wait()  # a checkpoint being written is finished
+            finally:
+                await self.shutdown()
+                await self.mesh.stop()
+                self.state = "stopped"
 
     def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
         """Extra tasks a service runs beside the window loop."""
