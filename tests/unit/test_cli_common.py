@@ -81,7 +81,7 @@ def test_link_rates_reach_the_mesh(monkeypatch: pytest.MonkeyPatch) -> None:
     add_node_flags(p)
     mesh = build_mesh(p.parse_args(["--uplink-mbit", "2.5"]), identity(1), "rates")
     assert (mesh._cfg.upload_rate, mesh._cfg.download_rate) == (2.5e6 / 8, 10e6 / 8)
-    assert mesh._fetch_limit == 6
+    assert mesh._fetch_slots.limit == 6
     with pytest.raises(SystemExit):
         p.parse_args(["--uplink-mbit", "-1"])
 
