@@ -22,6 +22,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,14 @@ async def guest_bridge_latency(calls: int) -> float:
             await stop.wait()
             nursery.cancel_scope.cancel()
 
+    def soon_threadsafe(fn: Callable[[], None]) -> None:
+        loop.call_soon_threadsafe(fn)
+
+    def soon(fn: Callable[[], None]) -> None:
+        loop.call_soon(fn)
+
     trio.lowlevel.start_guest_run(
-        trio_main, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-        run_sync_soon_not_threadsafe=loop.call_soon,
+        trio_main, run_sync_soon_threadsafe=soon_threadsafe, run_sync_soon_not_threadsafe=soon,
         done_callback=lambda outcome: done.set_result(None), host_uses_signal_set_wakeup_fd=True)
     _token, nursery, stop = await ready
 

@@ -3,9 +3,11 @@
 benchmarks/mesh_bench.py puts both ends of a fetch in one process: one GIL then
 carries the sender's and the receiver's Python work, which two nodes never share.
 Here the serving end runs in a child process (`serve-raw` / `serve-libp2p` below)
-and the fetching end in this one, for the raw TCP baseline (asyncio streams) and a
-libp2p whole-blob fetch (TCP + Noise + yamux, SHA-256 checked), in the same run.
-CPU seconds per GiB count both processes.
+and the fetching end in this one, in the same run and taken in turn: two raw TCP
+baselines (asyncio streams, the stack a Python service uses; and a blocking
+socket's `recv_into` one buffer, the floor of any Python reader) and a libp2p
+whole-blob fetch (TCP + Noise + yamux, SHA-256 checked). CPU seconds per GiB
+count both processes.
 
     python benchmarks/mesh_two_process_bench.py [--mib 64] [--repeat 3] [--json]
 """
@@ -17,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -103,50 +106,107 @@ async def _timed(child: Child, fetch: Any, size: int) -> tuple[float, float]:
     return size / elapsed / 2**20, cpu / (size / 2**30)
 
 
-async def raw_runs(mib: int, repeat: int) -> list[tuple[float, float]]:
-    child, blob = Child("serve-raw", mib), _blob(mib)
+class RawEnd:
+    """The raw TCP baseline: a serving child, and one fetch of its blob per call,
+    read with asyncio streams (chunks kept, joined once, as the libp2p fetch does)."""
 
-    async def fetch() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", child.hello["port"])
+    name = "raw_tcp"
+
+    def __init__(self, mib: int) -> None:
+        self.child, self.blob = Child("serve-raw", mib), _blob(mib)
+
+    async def start(self) -> None:
+        pass
+
+    async def fetch(self) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.child.hello["port"])
         writer.write(b"\0" * 32)
         n = int.from_bytes(await reader.readexactly(8), "big")
-        got = bytearray()
-        while len(got) < n:
-            got += await reader.read(CHUNK)
+        parts, got = [], 0
+        while got < n:
+            parts.append(await reader.read(CHUNK))
+            got += len(parts[-1])
         writer.close()
-        assert bytes(got) == blob
+        assert b"".join(parts) == self.blob
 
-    try:
-        return [await _timed(child, fetch, len(blob)) for _ in range(repeat)]
-    finally:
-        child.close()
+    async def stop(self) -> None:
+        self.child.close()
 
 
-async def libp2p_runs(mib: int, repeat: int) -> list[tuple[float, float]]:
-    child, blob = Child("serve-libp2p", mib), _blob(mib)
-    mesh = P2PMesh(_ident(2), P2PConfig(run="bench2", bootstrap=tuple(child.hello["addrs"])))
-    await mesh.start()
-    target = (child.hello["peer_id"], bytes.fromhex(child.hello["sha"]))
+class RecvIntoEnd(RawEnd):
+    """The floor of any Python reader: a blocking socket's `recv_into` one buffer
+    sized in advance (in a worker thread), no event loop in the data path."""
 
-    async def fetch() -> None:
-        assert await mesh.fetch(target, timeout=300) == blob
-        mesh.forget(10)  # fetched blobs are kept: forget it so the next run fetches again
+    name = "raw_recv_into"
 
-    try:
-        return [await _timed(child, fetch, len(blob)) for _ in range(repeat)]
-    finally:
-        await mesh.stop()
-        child.close()
+    async def fetch(self) -> None:
+        await asyncio.to_thread(self._fetch)
+
+    def _fetch(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.child.hello["port"])) as sock:
+            sock.sendall(b"\0" * 32)
+            n = int.from_bytes(_recv_exactly(sock, 8), "big")
+            assert _recv_exactly(sock, n) == self.blob
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        step = sock.recv_into(view[got:], min(CHUNK, n - got))
+        if not step:
+            raise ConnectionError("the serving end hung up early")
+        got += step
+    return buf
+
+
+class Libp2pEnd:
+    """A libp2p whole-blob fetch from a serving child, forgotten after each call."""
+
+    name = "libp2p_fetch"
+
+    def __init__(self, mib: int) -> None:
+        self.child, self.blob = Child("serve-libp2p", mib), _blob(mib)
+        hello = self.child.hello
+        self.mesh = P2PMesh(_ident(2), P2PConfig(run="bench2", bootstrap=tuple(hello["addrs"])))
+        self.target = (hello["peer_id"], bytes.fromhex(hello["sha"]))
+
+    async def start(self) -> None:
+        await self.mesh.start()
+
+    async def fetch(self) -> None:
+        assert await self.mesh.fetch(self.target, timeout=300) == self.blob
+        self.mesh.forget(10)  # fetched blobs are kept: forget it so the next fetch is real
+
+    async def stop(self) -> None:
+        await self.mesh.stop()
+        self.child.close()
 
 
 async def measure(mib: int, repeat: int) -> dict[str, float]:
-    raw, p2p = await raw_runs(mib, repeat), await libp2p_runs(mib, repeat)
-    med = [statistics.median(r[i] for r in runs) for runs in (raw, p2p) for i in (0, 1)]
-    return {"mib": mib, "repeat": repeat, "cores": os.cpu_count() or 0,
-            "raw_tcp_mib_s": round(med[0], 1), "raw_tcp_cpu_s_per_gib": round(med[1], 2),
-            "libp2p_fetch_mib_s": round(med[2], 1),
-            "libp2p_fetch_cpu_s_per_gib": round(med[3], 2),
-            "ratio_libp2p_to_raw": round(med[2] / med[0], 3)}
+    """The three fetches taken in turn (after one unmeasured warm-up each), so a busy
+    moment on a shared machine falls on all of them; each ratio is the median of the
+    rounds' ratios."""
+    ends: list[Any] = [RawEnd(mib), RecvIntoEnd(mib), Libp2pEnd(mib)]
+    runs: list[list[tuple[float, float]]] = [[] for _ in ends]
+    try:
+        for end in ends:
+            await end.start()
+            await end.fetch()
+        for _ in range(repeat):
+            for end, out in zip(ends, runs, strict=True):
+                out.append(await _timed(end.child, end.fetch, mib << 20))
+    finally:
+        for end in ends:
+            await end.stop()
+    result: dict[str, float] = {"mib": mib, "repeat": repeat, "cores": os.cpu_count() or 0}
+    for end, rs in zip(ends, runs, strict=True):
+        result[f"{end.name}_mib_s"] = round(statistics.median(r[0] for r in rs), 1)
+        result[f"{end.name}_cpu_s_per_gib"] = round(statistics.median(r[1] for r in rs), 2)
+    for end, rs in zip(ends[:2], runs[:2], strict=True):
+        ratio = statistics.median(p[0] / r[0] for r, p in zip(rs, runs[2], strict=True))
+        result[f"ratio_libp2p_to_{end.name}"] = round(ratio, 3)
+    return result
 
 
 def main() -> None:

@@ -56,7 +56,8 @@ class BufferedPacketReader(NoisePacketReadWriter):
         end = SIZE_NOISE_MESSAGE_LEN + int.from_bytes(self._buffer[:SIZE_NOISE_MESSAGE_LEN],
                                                       "big")
         await self._fill(end)
-        msg = bytes(self._buffer[SIZE_NOISE_MESSAGE_LEN:end])
+        with memoryview(self._buffer) as view:  # one copy, not a slice's and then bytes'
+            msg = bytes(view[SIZE_NOISE_MESSAGE_LEN:end])
         del self._buffer[:end]
         return msg
 
@@ -79,7 +80,8 @@ class BatchedNoiseTransport(NoiseTransportReadWriter):
             packet = self.encrypt(bytes(view[start:start + MAX_PLAINTEXT_LENGTH]))
             out += len(packet).to_bytes(SIZE_NOISE_MESSAGE_LEN, "big")
             out += packet
-        await self.read_writer.read_write_closer.write(bytes(out))
+        # py-libp2p annotates `bytes`; its socket write takes any buffer, so no copy here
+        await self.read_writer.read_write_closer.write(out)  # type: ignore[arg-type]
 
 
 def install() -> None:

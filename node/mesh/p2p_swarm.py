@@ -158,7 +158,7 @@ class PieceTransfers:
         if size:
             self._served += (before + n) // size - before // size
 
-    async def _send_piece(self, stream: Any, peer: str, body: bytes) -> None:
+    async def _send_piece(self, stream: Any, peer: str, body: bytes | memoryview) -> None:
         """The header at once, then the body as the upload budgets allow, a chunk at a
         time: the fetcher sees bytes flowing, never a silent wait for a whole piece's
         budget."""
@@ -186,7 +186,7 @@ class PieceTransfers:
             self._lists[digest] = b"".join(piece_hashes(blob))
         return self._lists[digest]
 
-    def _piece_body(self, digest: bytes, index: int) -> bytes | None:
+    def _piece_body(self, digest: bytes, index: int) -> bytes | memoryview | None:
         """What to answer `index` of `digest` with, from a whole blob or a partial one."""
         blob = self._blobs.get(digest)
         if blob is not None:
@@ -197,7 +197,7 @@ class PieceTransfers:
                 return bitfield(np.ones(n, dtype=bool))
             if index < n:
                 start, length = piece_span(index, len(blob))
-                return blob[start:start + length]
+                return memoryview(blob)[start:start + length]  # sent as is, not copied
             return None
         partial = self._partials.get(digest)
         if partial is None or partial.hashes is None:

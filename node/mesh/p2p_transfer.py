@@ -184,8 +184,9 @@ class BlobTransfers:
         about 1/8 s of budget (1 MiB when nothing limits), each paid for as it goes."""
         buckets = self._upload_buckets(self._peers[peer])
         step = min([b.piece_size() for b in buckets], default=1 << 20)
+        view = memoryview(data)  # slices are not copies: yamux copies once, into its frame
         for start in range(0, len(data), step):
-            chunk = bytes(data[start:start + step])
+            chunk = view[start:start + step]
             for bucket in buckets:
                 await bucket.spend(len(chunk))
             await stream.write(chunk)
