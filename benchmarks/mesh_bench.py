@@ -74,10 +74,10 @@ def _ident(n: int) -> Identity:
     return Identity.from_secret(hashlib.sha256(f"bench-{n}".encode()).digest())
 
 
-async def libp2p_pair() -> tuple[P2PMesh, P2PMesh]:
-    a = P2PMesh(_ident(1), P2PConfig(run="bench"))
+async def libp2p_pair(**config: Any) -> tuple[P2PMesh, P2PMesh]:
+    a = P2PMesh(_ident(1), P2PConfig(run="bench", **config))
     await a.start()
-    b = P2PMesh(_ident(2), P2PConfig(run="bench", bootstrap=a.dial_addrs))
+    b = P2PMesh(_ident(2), P2PConfig(run="bench", bootstrap=a.dial_addrs, **config))
     await b.start()
     return a, b
 

@@ -29,6 +29,18 @@ on the two-process loopback benchmark that took a fetch from ~285 to ~335 MiB/s
 the receive window bounds a frame, and a sender never writes past it, so peers
 on any yamux read these frames.
 
+py-libp2p 0.8.1 also returns a stream's receive credit (a WINDOW_UPDATE frame: an
+encryption and a socket write) after nearly every read smaller than half the
+window, down to the one-byte reads of a protocol negotiation's varints: on
+loopback a piece or HAVE request cost ~6 CPU ms, a quarter of it in those
+frames. A `QuietStartStream` keeps the credit of its first `QUIET_BYTES` read
+(a request, a negotiation, a bitfield: most streams end within them) and
+returns it with the first update after them; from then on it returns credit as
+py-libp2p does. What it keeps is a sixteenth of the 256 KiB window, so no
+sender ever waits for it. Holding back all credit below half the window, as
+go-yamux does, made bulk transfers stall: a py-libp2p sender whose window runs
+out polls for credit every 10 ms (docs/mesh.md, "Credit").
+
 Everything else is py-libp2p's own. py-libp2p builds its yamux connections by the
 name `Yamux` in `libp2p.stream_muxer.muxer_multistream` (the class given in the
 muxer options is not used for yamux), so `install()` points that name here.
@@ -47,12 +59,13 @@ from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer import muxer_multistream
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
 from libp2p.stream_muxer.yamux import yamux as yamux_module
-from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 log = logging.getLogger("node.mesh.p2p")
 
 WRITE_STALL_S = 30.0  # a frame not taken in this long: the peer is not reading
 FRAME_BYTES = 2 * MAX_PLAINTEXT_LENGTH  # a data frame, its header included
+QUIET_BYTES = 16 * 1024  # a stream's first bytes read return no credit of their own
 
 
 class ReaderSafeYamux(Yamux):
@@ -98,11 +111,27 @@ class ReaderSafeYamux(Yamux):
             raise MuxedConnUnavailable("the peer stopped reading: connection closed")
 
 
+class QuietStartStream(YamuxStream):
+    """A yamux stream whose first `QUIET_BYTES` read send no window update."""
+
+    _read_total = 0
+
+    async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
+        self._read_total += bytes_read
+        if bytes_read > 0 and self._read_total <= QUIET_BYTES:
+            async with self.window_lock:  # owed: returned with the next update
+                self._pending_recv_release += bytes_read
+            return
+        await super()._auto_tune_and_send_window_update(bytes_read=bytes_read)
+
+
 def install() -> None:
-    """Every yamux connection py-libp2p makes from now on is a `ReaderSafeYamux`,
-    and every data frame it writes fills whole Noise messages (idempotent)."""
+    """Every yamux connection py-libp2p makes from now on is a `ReaderSafeYamux`
+    whose streams are `QuietStartStream`s, and every data frame it writes fills
+    whole Noise messages (idempotent)."""
     muxer_multistream.Yamux = ReaderSafeYamux  # type: ignore[attr-defined]
     yamux_module.MAX_MESSAGE_SIZE = FRAME_BYTES  # read by py-libp2p's stream writes
+    yamux_module.YamuxStream = QuietStartStream  # type: ignore[misc]  # what it builds
 
 
 def muxer_options() -> dict[Any, Any]:

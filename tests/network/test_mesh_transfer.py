@@ -1,5 +1,5 @@
 """Blob transfers on 127.0.0.1: resuming at the next announcer, per-peer upload rate limits,
-fetch slots, and the frames a transfer leaves in."""
+fetch slots, and the frames a transfer leaves in and returns credit with."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import pytest
 pytest.importorskip("libp2p")
 
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 from node.mesh.base import sha256
 from node.mesh.p2p_noise import BatchedNoiseTransport
+from node.mesh.p2p_pieces import HAVE
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
 MIB = 1 << 20
@@ -139,3 +141,30 @@ async def test_a_bulk_transfer_leaves_as_whole_noise_messages(
     # beyond the full messages: a few control frames and a short one per 1 MiB sent
     # (frames of 64 KiB, the second Noise message of each 17 bytes, came to ~2x)
     assert len(messages) <= math.ceil(sum(messages) / MAX_PLAINTEXT_LENGTH) + 16
+
+
+async def test_request_streams_send_no_window_updates(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a stream's first 16 KiB read (a negotiation's one-byte varint reads, a request, a
+    # bitfield) return no credit of their own (node/mesh/p2p_yamux.py); py-libp2p
+    # alone sent a WINDOW_UPDATE frame after nearly every read
+    updates: list[int] = []
+    send_update = YamuxStream.send_window_update
+
+    async def counting(self: YamuxStream, increment: int, skip_lock: bool = False) -> None:
+        updates.append(increment)
+        await send_update(self, increment, skip_lock)
+
+    fetcher, holder = await cluster.add(2)
+    blob = os.urandom(2 * MIB)
+    ann = await announce_until_seen(holder, [Collector(fetcher)], 1, blob)
+    monkeypatch.setattr(YamuxStream, "send_window_update", counting)
+
+    async def ask_haves() -> None:
+        for _ in range(20):
+            await fetcher._ask(holder.peer_id, ann.sha256, HAVE, 1)
+
+    await fetcher._call(ask_haves, timeout=30)
+    assert updates == []
+    assert await fetcher.fetch(ann, timeout=30) == blob  # bulk credit still flows
+    assert updates  # past its first 16 KiB, a stream returns credit as it reads
