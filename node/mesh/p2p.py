@@ -57,6 +57,7 @@ from node.mesh.p2p_blob import (
 )
 from node.mesh.p2p_config import P2PConfig
 from node.mesh.p2p_gossip import Announcements
+from node.mesh.p2p_haves import HAVES_PROTOCOL, HaveBatches
 from node.mesh.p2p_host import (
     AllowlistTCP,
     RecordValidator,
@@ -85,7 +86,7 @@ log = logging.getLogger(__name__)
 
 
 
-class P2PMesh(Announcements, PieceTransfers, BlobTransfers):
+class P2PMesh(Announcements, PieceTransfers, HaveBatches, BlobTransfers):
     """A `Mesh` over py-libp2p. Construct freely; `start()` opens sockets."""
 
     def __init__(self, identity: Identity, config: P2PConfig) -> None:
@@ -264,6 +265,7 @@ class P2PMesh(Announcements, PieceTransfers, BlobTransfers):
         self._pubsub, self._dht = pubsub, dht
         host.set_stream_handler(TProtocol(BLOB_PROTOCOL), self._guarded_blob_handler)
         host.set_stream_handler(TProtocol(PIECE_PROTOCOL), self._guarded_piece_handler)
+        host.set_stream_handler(TProtocol(HAVES_PROTOCOL), self._guarded_haves_handler)
         self._upload_slots = trio.Semaphore(upload_slots(cfg.upload_rate))
         async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery, \
                 contextlib.AsyncExitStack() as stack:

@@ -46,6 +46,7 @@ from node.mesh.p2p_blob import (
     ReadLimits,
     read_exact,
 )
+from node.mesh.p2p_haves import next_round
 from node.mesh.p2p_pieces import (
     ATTEMPTS_PER_SOURCE,
     GIVE_UP_S,
@@ -63,7 +64,6 @@ from node.mesh.p2p_pieces import (
     bitfield,
     piece_header,
     piece_request,
-    read_bitfield,
 )
 from node.mesh.p2p_slots import FetchSlots
 from node.mesh.pieces import (
@@ -105,6 +105,8 @@ class PieceTransfers:
         def _slowed(self, peer: str, why: str) -> None: ...
         async def _open(self, peer: str, protocol: str, first: bytes = b"") -> Any: ...
         async def _announce_serving(self, ann: Announcement) -> None: ...
+        async def _have_batched(self, peer: str, digest: bytes, count: int
+                                ) -> np.ndarray: ...
         def _log_transfer(self, stream: Any, peer: str, digest: bytes, offset: int,
                           nbytes: int) -> None: ...
 
@@ -370,22 +372,24 @@ class PieceTransfers:
                 if p not in job.faulted]
 
     async def _watch_haves(self, job: FetchJob) -> None:
-        """Ask holders what they have, now and every `HAVE_EVERY_S` (the announcer has
-        signed that it holds everything)."""
+        """Ask holders what they have, now and in every round of the node's clock
+        (node/mesh/p2p_haves.py), except those known to hold everything: the announcer
+        has signed that it does, and a holder keeps a whole blob until it forgets the
+        window (then its "not found" clears the piece from its view)."""
         job.views[job.ann.peer_id] = np.ones(job.partial.count, dtype=bool)
         while True:
-            peers = [p for p in self._candidates(job) if p != job.ann.peer_id]
+            peers = [p for p in self._candidates(job) if p != job.ann.peer_id
+                     and not (p in job.views and job.views[p].all())]
             async with trio.open_nursery() as nursery:
                 for peer in peers[:HAVE_PEERS]:
                     nursery.start_soon(self._have_of, job, peer)
-            await trio.sleep(HAVE_EVERY_S)
+            await trio.sleep_until(next_round(trio.current_time()))
 
     async def _have_of(self, job: FetchJob, peer: str) -> None:
-        n = job.partial.count
         with trio.move_on_after(HAVE_EVERY_S * 4):
             try:
-                got = await self._ask(peer, job.ann.sha256, HAVE, -(-n // 8))
-                job.views[peer] = read_bitfield(got, n)
+                job.views[peer] = await self._have_batched(peer, job.ann.sha256,
+                                                           job.partial.count)
             except Exception:  # no pieces there (yet), or gone: ask again next round
                 job.views.pop(peer, None)
 

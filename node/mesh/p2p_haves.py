@@ -1,0 +1,159 @@
+"""Bitfields in batches for `P2PMesh`: one request per holder per round, for every blob
+the node gathers (a mixin; trio side of the bridge).
+
+A swarming fetch learns who holds which pieces by asking each holder for its
+bitfield every `HAVE_EVERY_S` (node/mesh/p2p_swarm.py). Asked one blob at a time,
+a node gathering 17 contributions from 16 holders opened 544 streams a second
+for that alone, each a protocol negotiation and a few frames at both ends. Here
+the asks made of one holder within `BATCH_WAIT_S` leave as one request on
+`/gradmesh/haves/1`, and the fetches' rounds keep to one clock so that their
+asks meet.
+
+Wire: the request is a count k (one byte, 1 to `MAX_BATCH`) and k SHA-256
+digests; the answer is, per digest in order, a piece header (status and length,
+node/mesh/p2p_pieces.py) and, when the status is OK, the bitfield. A digest the
+holder lacks is NOT_FOUND for that digest alone. The request counts once against
+the asker's request bucket, like any piece request.
+
+Must never: let one bad answer touch a blob other than its own beyond failing
+the request it came in (every waiter of a failed request sees the same error,
+and asks again next round).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+
+from node.mesh.p2p_blob import NOT_FOUND, OK, PeerFault, PeerUnavailable, read_exact
+from node.mesh.p2p_pieces import HAVE, HAVE_EVERY_S, HEADER_LEN, piece_header, read_bitfield
+
+log = logging.getLogger("node.mesh.p2p")
+
+HAVES_PROTOCOL = "/gradmesh/haves/1"
+MAX_BATCH = 64  # digests per request
+BATCH_WAIT_S = 0.01  # how long an ask waits for others to the same holder
+ANSWER_TIMEOUT_S = 4 * HAVE_EVERY_S
+
+
+def haves_request(digests: list[bytes]) -> bytes:
+    if not 1 <= len(digests) <= MAX_BATCH or any(len(d) != 32 for d in digests):
+        raise ValueError(f"1 to {MAX_BATCH} digests of 32 bytes")
+    return bytes([len(digests)]) + b"".join(digests)
+
+
+def next_round(now: float) -> float:
+    """When the next round of bitfield asks starts: rounds keep to one clock, so the
+    asks of a node's fetches meet in one batch per holder."""
+    return (math.floor(now / HAVE_EVERY_S) + 1) * HAVE_EVERY_S
+
+
+@dataclass
+class _Batch:
+    """The asks waiting to go to one holder: per digest, its piece count."""
+
+    counts: dict[bytes, int] = field(default_factory=dict)
+    done: trio.Event = field(default_factory=trio.Event)
+    results: dict[bytes, np.ndarray | Exception] = field(default_factory=dict)
+
+
+class HaveBatches:
+    """The bitfield half of `P2PMesh`; the attributes below are the mesh's."""
+
+    _nursery: trio.Nursery | None
+    _in: int
+
+    if TYPE_CHECKING:  # from the blob and piece mixins
+        async def _admit(self, stream: Any) -> str | None: ...
+        async def _open(self, peer: str, protocol: str, first: bytes = b"") -> Any: ...
+        def _piece_body(self, digest: bytes, index: int) -> bytes | memoryview | None: ...
+
+    _batches: dict[str, _Batch] | None = None
+
+    # ---- asking --------------------------------------------------------------------------
+    async def _have_batched(self, peer: str, digest: bytes, count: int) -> np.ndarray:
+        """`peer`'s bitfield of `digest` (`count` pieces), asked together with whatever
+        else this node asks of `peer` within `BATCH_WAIT_S`."""
+        if self._batches is None:
+            self._batches = {}
+        batch = self._batches.get(peer)
+        if batch is None or len(batch.counts) >= MAX_BATCH:
+            batch = self._batches[peer] = _Batch()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_batch, peer, batch)
+        batch.counts[digest] = count
+        await batch.done.wait()
+        result = batch.results.get(digest, PeerUnavailable("no answer"))
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _send_batch(self, peer: str, batch: _Batch) -> None:
+        await trio.sleep(BATCH_WAIT_S)
+        if self._batches is not None and self._batches.get(peer) is batch:
+            del self._batches[peer]  # later asks start the next batch
+        try:
+            with trio.fail_after(ANSWER_TIMEOUT_S):
+                batch.results.update(await self._ask_haves(peer, batch.counts))
+        except Exception as exc:  # every waiter hears it, and asks again next round
+            batch.results.update(dict.fromkeys(batch.counts, exc))
+        finally:
+            batch.done.set()
+
+    async def _ask_haves(self, peer: str, counts: dict[bytes, int]
+                         ) -> dict[bytes, np.ndarray | Exception]:
+        digests = list(counts)
+        stream = await self._open(peer, HAVES_PROTOCOL, haves_request(digests))
+        try:
+            return {d: await self._read_have(stream, counts[d]) for d in digests}
+        finally:
+            with trio.move_on_after(2), contextlib.suppress(Exception):
+                await stream.close()
+
+    async def _read_have(self, stream: Any, count: int) -> np.ndarray | Exception:
+        """One digest's answer: its bitfield, or PeerUnavailable when the holder lacks it;
+        a broken answer raises PeerFault (the rest of the stream cannot be trusted)."""
+        header = await read_exact(stream, HEADER_LEN, 5.0)
+        status, length = header[0], int.from_bytes(header[1:], "big")
+        if status == NOT_FOUND and length == 0:
+            return PeerUnavailable("not found")
+        if status != OK or length != -(-count // 8):
+            raise PeerFault(f"bad bitfield header (status {status}, length {length})")
+        self._in += length
+        return read_bitfield(await read_exact(stream, length, 5.0), count)
+
+    # ---- serving -------------------------------------------------------------------------
+    async def _guarded_haves_handler(self, stream: Any) -> None:
+        try:
+            await self._serve_haves(stream)
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:  # never let a handler error reach py-libp2p
+            log.debug("haves handler: %r", exc)
+            with contextlib.suppress(BaseException):
+                await stream.reset()
+
+    async def _serve_haves(self, stream: Any) -> None:
+        if await self._admit(stream) is None:
+            return
+        k = (await read_exact(stream, 1, 5.0))[0]
+        if not 1 <= k <= MAX_BATCH:
+            await stream.reset()
+            return
+        raw = await read_exact(stream, 32 * k, 5.0)
+        await stream.write(b"".join(self._have_answer(raw[i:i + 32])
+                                    for i in range(0, len(raw), 32)))
+        await stream.close()
+
+    def _have_answer(self, digest: bytes) -> bytes:
+        body = self._piece_body(digest, HAVE)
+        if body is None:
+            return piece_header(NOT_FOUND)
+        return piece_header(OK, len(body)) + bytes(body)
+

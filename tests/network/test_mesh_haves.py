@@ -1,0 +1,70 @@
+"""Bitfields in batches between real libp2p hosts on 127.0.0.1 (node/mesh/p2p_haves.py)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("libp2p")
+
+import trio
+
+from node.mesh.base import sha256
+from node.mesh.p2p import P2PMesh
+from node.mesh.p2p_blob import PeerUnavailable
+from node.mesh.p2p_haves import HAVES_PROTOCOL
+from node.mesh.pieces import piece_count
+from tests.support.mesh import Cluster, Collector, announce_until_seen
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster("p2p")
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def test_bitfield_asks_to_one_holder_leave_as_one_request(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    fetcher, holder = await cluster.add(2)
+    collector = Collector(fetcher)
+    anns = [await announce_until_seen(holder, [collector], i + 1, os.urandom(3 * MIB))
+            for i in range(3)]
+    opened: Counter[str] = Counter()
+    open_stream = P2PMesh._open
+
+    async def counting(self: P2PMesh, peer: str, protocol: str, first: bytes = b"") -> Any:
+        opened[protocol] += 1
+        return await open_stream(self, peer, protocol, first)
+
+    monkeypatch.setattr(P2PMesh, "_open", counting)
+    lacking = sha256(b"a blob the holder never had")
+    asks = {a.sha256: piece_count(a.size) for a in anns} | {lacking: 5}
+
+    async def ask_all() -> dict[bytes, Any]:
+        results: dict[bytes, Any] = {}
+
+        async def one(digest: bytes, count: int) -> None:
+            try:
+                results[digest] = await fetcher._have_batched(holder.peer_id, digest, count)
+            except Exception as exc:
+                results[digest] = exc
+
+        async with trio.open_nursery() as nursery:
+            for digest, count in asks.items():
+                nursery.start_soon(one, digest, count)
+        return results
+
+    results = await fetcher._call(ask_all, timeout=30)
+    assert opened == Counter({HAVES_PROTOCOL: 1})  # four asks, one stream
+    for ann in anns:
+        assert results[ann.sha256].tolist() == [True] * 3
+    assert isinstance(results[lacking], PeerUnavailable)
