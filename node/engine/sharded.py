@@ -202,11 +202,7 @@ class ShardedEngine:
         self._state.load_local_state(state)
 
     def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
-        if self._reader is None:
-            raise EngineError("this engine has no checkpoint store")
-        params, state = self.full_params(), self.local_state()
-        if self._store is not None:
-            self._store.save(window, params, state, meta)
+        self.write_local(window, self.full_params(), self.local_state(), meta)
         dist.barrier()  # the file exists before any rank looks for it
 
     def write_local(self, window: int, params: Sequence[Tensor], state: Mapping[str, Tensor],

@@ -11,9 +11,11 @@ checked against the SHA-256 of the whole blob) and rejects a mismatch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +110,20 @@ def request(digest: bytes, offset: int = 0) -> bytes:
 
 def parse_request(data: bytes) -> tuple[bytes, int]:
     return data[:32], int.from_bytes(data[32:40], "big")
+
+
+async def serve_guarded(serve: Callable[[Any], Awaitable[None]], stream: Any,
+                        what: str) -> None:
+    """`serve(stream)` as a py-libp2p stream handler: an exception escaping a handler
+    can tear the host down, so every error (cancellation aside) resets the stream."""
+    try:
+        await serve(stream)
+    except trio.Cancelled:
+        raise
+    except BaseException as exc:
+        logging.getLogger("node.mesh.p2p").debug("%s handler: %r", what, exc)
+        with contextlib.suppress(BaseException):
+            await stream.reset()
 
 
 async def read_exact(stream, n: int, idle_timeout: float) -> bytes:  # type: ignore[no-untyped-def]

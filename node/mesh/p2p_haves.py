@@ -23,7 +23,6 @@ and asks again next round).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,10 +30,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import trio
 
-from node.mesh.p2p_blob import NOT_FOUND, OK, PeerFault, PeerUnavailable, read_exact
+from node.mesh.p2p_blob import (
+    NOT_FOUND,
+    OK,
+    PeerFault,
+    PeerUnavailable,
+    read_exact,
+    serve_guarded,
+)
 from node.mesh.p2p_pieces import HAVE, HAVE_EVERY_S, HEADER_LEN, piece_header, read_bitfield
-
-log = logging.getLogger("node.mesh.p2p")
 
 HAVES_PROTOCOL = "/gradmesh/haves/1"
 MAX_BATCH = 64  # digests per request
@@ -130,14 +134,7 @@ class HaveBatches:
 
     # ---- serving -------------------------------------------------------------------------
     async def _guarded_haves_handler(self, stream: Any) -> None:
-        try:
-            await self._serve_haves(stream)
-        except trio.Cancelled:
-            raise
-        except BaseException as exc:  # never let a handler error reach py-libp2p
-            log.debug("haves handler: %r", exc)
-            with contextlib.suppress(BaseException):
-                await stream.reset()
+        await serve_guarded(self._serve_haves, stream, "haves")
 
     async def _serve_haves(self, stream: Any) -> None:
         if await self._admit(stream) is None:

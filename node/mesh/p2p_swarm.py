@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,7 @@ from node.mesh.p2p_blob import (
     PeerUnavailable,
     ReadLimits,
     read_exact,
+    serve_guarded,
 )
 from node.mesh.p2p_haves import next_round
 from node.mesh.p2p_pieces import (
@@ -74,7 +74,6 @@ from node.mesh.pieces import (
     seed_allows,
 )
 
-log = logging.getLogger("node.mesh.p2p")
 RATES_KEPT = 1024  # sources whose last piece rate a node remembers (most recent)
 
 
@@ -112,14 +111,7 @@ class PieceTransfers:
 
     # ---- serving ----------------------------------------------------------------------
     async def _guarded_piece_handler(self, stream: Any) -> None:
-        try:
-            await self._serve_piece(stream)
-        except trio.Cancelled:
-            raise
-        except BaseException as exc:  # never let a handler error reach py-libp2p
-            log.debug("piece handler: %r", exc)
-            with contextlib.suppress(BaseException):
-                await stream.reset()
+        await serve_guarded(self._serve_piece, stream, "piece")
 
     async def _serve_piece(self, stream: Any) -> None:
         peer = await self._admit(stream)

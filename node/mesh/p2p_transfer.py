@@ -51,6 +51,7 @@ from node.mesh.p2p_blob import (
     read_response,
     request,
     response_header,
+    serve_guarded,
 )
 from node.mesh.p2p_config import P2PConfig
 from node.mesh.p2p_host import connection_addrs, is_relayed
@@ -135,15 +136,7 @@ class BlobTransfers:
 
     # ---- blobs: serving -------------------------------------------------------------
     async def _guarded_blob_handler(self, stream: Any) -> None:
-        # an exception escaping a py-libp2p handler can tear the host down: catch all
-        try:
-            await self._serve_blob(stream)
-        except trio.Cancelled:
-            raise
-        except BaseException as exc:
-            log.debug("blob handler: %r", exc)
-            with contextlib.suppress(BaseException):
-                await stream.reset()
+        await serve_guarded(self._serve_blob, stream, "blob")
 
     async def _serve_blob(self, stream: Any) -> None:
         peer = stream.muxed_conn.peer_id.to_base58()

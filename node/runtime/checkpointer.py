@@ -73,11 +73,6 @@ class Checkpointer:
         if self._task is not None:
             await asyncio.wait({self._task})  # its errors are reported by `_run`
 
-    async def cancel(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await self.wait()
-
     async def _run(self, snapshot: Snapshot) -> None:
         try:
             await self._write(snapshot)

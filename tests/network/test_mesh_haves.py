@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,15 +20,6 @@ from node.mesh.pieces import piece_count
 from tests.support.mesh import Cluster, Collector, announce_until_seen
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster("p2p")
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_bitfield_asks_to_one_holder_leave_as_one_request(

@@ -6,7 +6,6 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -75,15 +74,6 @@ async def add_evil(cluster: Cluster, mode: str) -> EvilMesh:
     await wait_until(lambda: evil.peer_id in cluster.nodes[0].connected_peers(), timeout=10,
                      what="evil peer connected")
     return evil
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster("p2p")
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def exchange_all(nodes: list[P2PMesh], size: int, deadline: float) -> float:

@@ -8,7 +8,6 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,15 +22,6 @@ from node.mesh.p2p_pieces import HAVE
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster("p2p")
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_a_source_dying_mid_blob_is_resumed_at_the_next_announcer(cluster: Cluster) -> None:
