@@ -199,11 +199,16 @@ async def main() -> None:
         "bridge_guest_roundtrip_us": round(guest_us, 1),
         "fetch_progress_while_asyncio_blocked_1s": round(blocked_fraction, 3),
     }
-    if args.json:
+    report(result, args.json)
+
+
+def report(result: dict[str, Any], as_json: bool) -> None:
+    """One JSON line, or one figure a line, name and value aligned."""
+    if as_json:
         print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:42s} {v}")
+        return
+    for key, value in result.items():
+        print(f"{key:<42} {value:>10}")
 
 
 if __name__ == "__main__":

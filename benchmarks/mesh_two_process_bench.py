@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.mesh_bench import CHUNK, raw_server
+from benchmarks.mesh_bench import CHUNK, raw_server, report
 from node.mesh.p2p import P2PConfig, P2PMesh
 from protocol.identity import Identity
 
@@ -224,11 +224,7 @@ def main() -> None:
         asyncio.run(serve_libp2p(args.mib))
         return
     result = asyncio.run(measure(args.mib, args.repeat))
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:<32} {value:>10}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

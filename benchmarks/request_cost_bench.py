@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 
-from benchmarks.mesh_bench import libp2p_pair
+from benchmarks.mesh_bench import libp2p_pair, report
 from node.mesh.p2p import P2PMesh
 from node.mesh.p2p_pieces import HAVE
 from node.mesh.p2p_yamux import QuietStartStream
@@ -90,11 +89,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     result = asyncio.run(measure(args.asks, args.rounds))
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:<32} {value:>10}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":
