@@ -32,7 +32,7 @@ on any yamux read these frames.
 py-libp2p 0.8.1 also returns a stream's receive credit (a WINDOW_UPDATE frame: an
 encryption and a socket write) after nearly every read smaller than half the
 window, down to the one-byte reads of a protocol negotiation's varints: on
-loopback a piece or HAVE request cost ~6 CPU ms, a quarter of it in those
+loopback a HAVE request cost ~6 CPU ms at both ends, some 40% of it in those
 frames. A `QuietStartStream` keeps the credit of its first `QUIET_BYTES` read
 (a request, a negotiation, a bitfield: most streams end within them) and
 returns it with the first update after them; from then on it returns credit as
