@@ -23,6 +23,7 @@ from libp2p.peer.id import ID
 from libp2p.utils import encode_delim, read_delim
 
 from node.mesh.base import MeshError
+from node.mesh.p2p_yamux import grant
 
 MULTISTREAM = b"/multistream/1.0.0"
 
@@ -31,11 +32,17 @@ class ProtocolRefused(MeshError, ConnectionError):
     """The remote answered the protocol with something else (usually "na")."""
 
 
-async def open_pipelined(host: Any, peer: ID, protocol: str, first: bytes) -> Any:
-    """A stream to `peer` speaking `protocol`, with `first` already written to it."""
+async def open_pipelined(host: Any, peer: ID, protocol: str, first: bytes,
+                         credit: int = 0) -> Any:
+    """A stream to `peer` speaking `protocol`, with `first` already written to it;
+    with `credit`, the stream's receive window is raised to that many bytes before
+    (node/mesh/p2p_yamux.py, `grant`), so an answer that size flows without waiting."""
     stream = await host.get_network().new_stream(peer)
+    handshake = encode_delim(MULTISTREAM) + encode_delim(protocol.encode())
     try:
-        await stream.write(encode_delim(MULTISTREAM) + encode_delim(protocol.encode()) + first)
+        if credit:  # the listener echoes the handshake before it answers
+            await grant(stream, len(handshake) + credit)
+        await stream.write(handshake + first)
         for expected in (MULTISTREAM, protocol.encode()):
             answer = await read_delim(stream)
             if answer != expected:

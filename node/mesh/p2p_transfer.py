@@ -294,16 +294,18 @@ class BlobTransfers:
     async def _open_stream(self, peer: str) -> Any:
         return await self._open(peer, BLOB_PROTOCOL)
 
-    async def _open(self, peer: str, protocol: str, first: bytes = b"") -> Any:
+    async def _open(self, peer: str, protocol: str, first: bytes = b"",
+                    credit: int = 0) -> Any:
         """A stream to `peer` for `protocol`; with `first`, those bytes go out with the
-        protocol's negotiation, one round trip instead of three (node/mesh/p2p_select.py)."""
+        protocol's negotiation, one round trip instead of three, and with them `credit`
+        bytes of receive window (node/mesh/p2p_select.py)."""
         pid = ID.from_base58(peer)
         if self._nat is not None and pid not in self._host.get_connected_peers():
             await self._nat.connect(pid, self._circuits.get(peer, []))
 
         async def attempt() -> Any:
             if first:
-                return await open_pipelined(self._host, pid, protocol, first)
+                return await open_pipelined(self._host, pid, protocol, first, credit)
             return await self._host.new_stream(pid, [TProtocol(protocol)])
 
         try:

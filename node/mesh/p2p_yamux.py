@@ -41,10 +41,18 @@ sender ever waits for it. Holding back all credit below half the window, as
 go-yamux does, made bulk transfers stall: a py-libp2p sender whose window runs
 out polls for credit every 10 ms (docs/mesh.md, "Credit").
 
+A stream's sender may not run more than its window (256 KiB at first) ahead of
+what the receiver has read, so one stream carries at most a window per round
+trip: at 40 ms, ~50 Mbit/s, whatever the link. py-libp2p grows a stream's window
+only after several round trips, later than a piece's lifetime. `grant()` lets the
+receiver of a known answer credit all of it at once (a 1 MiB piece: one
+WINDOW_UPDATE frame as the request leaves), so the answer runs at what TCP gives
+(docs/mesh.md, "Credit").
+
 Everything else is py-libp2p's own. py-libp2p builds its yamux connections by the
 name `Yamux` in `libp2p.stream_muxer.muxer_multistream` (the class given in the
 muxer options is not used for yamux), so `install()` points that name here.
-Imported only by `node.mesh.p2p_host`.
+Imported by `node.mesh.p2p_host`, and by `node.mesh.p2p_select` for `grant()`.
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer import muxer_multistream
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
 from libp2p.stream_muxer.yamux import yamux as yamux_module
-from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE, Yamux, YamuxStream
 
 log = logging.getLogger("node.mesh.p2p")
 
@@ -123,6 +131,23 @@ class QuietStartStream(YamuxStream):
                 self._pending_recv_release += bytes_read
             return
         await super()._auto_tune_and_send_window_update(bytes_read=bytes_read)
+
+
+async def grant(stream: Any, nbytes: int) -> None:
+    """Credit the sender on `stream` (a py-libp2p stream) with a receive window of
+    `nbytes` (at most yamux's 16 MiB) at once; nothing for streams not on yamux, or
+    whose window is already that large. The caller must be ready to hold `nbytes`."""
+    muxed = getattr(stream, "muxed_stream", None)
+    if not isinstance(muxed, YamuxStream):
+        return
+    want = min(nbytes, MAX_WINDOW_SIZE)
+    async with muxed.window_lock:
+        delta = want - muxed.recv_window
+        if delta <= 0:
+            return
+        muxed.recv_window += delta
+        muxed.target_recv_window = max(muxed.target_recv_window, want)
+    await muxed.send_window_update(delta)
 
 
 def install() -> None:

@@ -31,9 +31,10 @@ async def test_bitfield_asks_to_one_holder_leave_as_one_request(
     opened: Counter[str] = Counter()
     open_stream = P2PMesh._open
 
-    async def counting(self: P2PMesh, peer: str, protocol: str, first: bytes = b"") -> Any:
+    async def counting(self: P2PMesh, peer: str, protocol: str, first: bytes = b"",
+                       credit: int = 0) -> Any:
         opened[protocol] += 1
-        return await open_stream(self, peer, protocol, first)
+        return await open_stream(self, peer, protocol, first, credit)
 
     monkeypatch.setattr(P2PMesh, "_open", counting)
     lacking = sha256(b"a blob the holder never had")

@@ -1,5 +1,6 @@
 """Blob transfers on 127.0.0.1: resuming at the next announcer, per-peer upload rate limits,
-fetch slots, and the frames a transfer leaves in and returns credit with."""
+fetch slots, the frames a transfer leaves in and returns credit with, and the credit
+a piece request gives."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from typing import Any
 
 import pytest
 
@@ -17,8 +19,10 @@ from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 from node.mesh.base import sha256
+from node.mesh.p2p import P2PMesh
 from node.mesh.p2p_noise import BatchedNoiseTransport
-from node.mesh.p2p_pieces import HAVE
+from node.mesh.p2p_pieces import HAVE, HEADER_LEN
+from node.mesh.pieces import PIECE_BYTES, piece_count
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
 MIB = 1 << 20
@@ -158,3 +162,24 @@ async def test_request_streams_send_no_window_updates(
     assert updates == []
     assert await fetcher.fetch(ann, timeout=30) == blob  # bulk credit still flows
     assert updates  # past its first 16 KiB, a stream returns credit as it reads
+
+
+async def test_a_piece_request_credits_the_whole_piece(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a stream's window starts at 256 KiB, a quarter of a piece: the fetcher credits
+    # the whole answer with its request (node/mesh/p2p_yamux.py, `grant`), so the
+    # holder never waits a round trip for credit mid-piece
+    windows: list[int] = []
+    serve = P2PMesh._serve_piece
+
+    async def recording(self: P2PMesh, stream: Any) -> None:
+        windows.append(stream.muxed_stream.send_window)  # as the request is read
+        await serve(self, stream)
+
+    fetcher, holder = await cluster.add(2)
+    blob = os.urandom(3 * MIB)
+    ann = await announce_until_seen(holder, [Collector(fetcher)], 1, blob)
+    monkeypatch.setattr(P2PMesh, "_serve_piece", recording)
+    assert await fetcher.fetch(ann, timeout=30) == blob
+    credited = [w for w in windows if w >= PIECE_BYTES + HEADER_LEN]
+    assert len(credited) == piece_count(len(blob))  # the piece list's request: not
