@@ -20,8 +20,10 @@ node/mesh/p2p_yamux.py does for yamux. Imported only by `node.mesh.p2p_host`.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import trio
 from libp2p.io.exceptions import IncompleteReadError
 from libp2p.security.noise import patterns
 from libp2p.security.noise.io import (
@@ -32,17 +34,50 @@ from libp2p.security.noise.io import (
 )
 
 READ_SIZE = 256 * 1024  # bytes asked of the socket per read
+# the most bytes a read waits for before it wakes (SO_RCVLOWAT): a quarter of the
+# smallest receive buffer Linux gives a TCP socket (tcp_rmem's default, 128 KiB),
+# so the kernel never clamps the connection's window to it
+LOWAT_CAP = 32 * 1024
+
+
+def tcp_socket(conn: Any) -> Any:
+    """The trio TCP socket under py-libp2p's raw connection `conn`, or None (a relayed
+    connection, or another transport)."""
+    sock = getattr(getattr(getattr(conn, "stream", None), "stream", None), "socket", None)
+    if isinstance(sock, trio.socket.SocketType) and sock.type == socket.SOCK_STREAM:
+        return sock
+    return None
 
 
 class BufferedPacketReader(NoisePacketReadWriter):
-    """Length-prefixed Noise packets read from a buffer refilled `READ_SIZE` at a time."""
+    """Length-prefixed Noise packets read from a buffer refilled `READ_SIZE` at a time.
+
+    A message's length is known from its first two bytes, so while a message is
+    incomplete the socket is told (SO_RCVLOWAT) to wake the reader only once the rest
+    of it, up to `LOWAT_CAP`, has arrived: a 64 KiB message over a shaped link comes
+    in ~45 TCP segments, and each would otherwise wake the reader on its own. Only
+    bytes the peer has already committed to sending are waited for, so no read waits
+    on data that is not coming; a closed or reset connection wakes it as before."""
 
     def __init__(self, read_write_closer: Any) -> None:
         super().__init__(read_write_closer)
         self._buffer = bytearray()
+        self._socket = tcp_socket(read_write_closer)
+        self._lowat = 1
+
+    def _wake_at(self, missing: int) -> None:
+        lowat = max(1, min(missing, LOWAT_CAP))
+        if self._socket is None or lowat == self._lowat:
+            return
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+            self._lowat = lowat
+        except OSError:  # a closed socket: the read says so
+            self._socket = None
 
     async def _fill(self, n: int) -> None:
         while len(self._buffer) < n:
+            self._wake_at(n - len(self._buffer))
             data = await self.read_write_closer.read(max(READ_SIZE, n - len(self._buffer)))
             if not data:
                 raise IncompleteReadError(

@@ -4,23 +4,32 @@
 packets in one socket call and reads packets out of large socket reads. Here:
 its wire bytes equal py-libp2p's own writer's for the same message; a real
 Noise session (noiseprotocol, ChaChaPoly) decrypts what it wrote, read back in
-arbitrary splits; a connection closing mid-packet is a typed error; and hosts
-build their sessions with it.
+arbitrary splits; a connection closing mid-packet is a typed error; on a real
+TCP socket, an incomplete packet wakes the reader only once the rest is there;
+and hosts build their sessions with it.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import socket
 
 import pytest
 import trio
 from libp2p.io.exceptions import IncompleteReadError
+from libp2p.io.trio import TrioTCPStream
+from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.security.noise import patterns
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from noise.connection import NoiseConnection
 
-from node.mesh.p2p_noise import BatchedNoiseTransport, BufferedPacketReader, install
+from node.mesh.p2p_noise import (
+    LOWAT_CAP,
+    BatchedNoiseTransport,
+    BufferedPacketReader,
+    install,
+)
 
 
 class Wire:
@@ -111,6 +120,54 @@ def test_a_connection_closing_mid_packet_is_a_typed_error() -> None:
     reader = BufferedPacketReader(Wire(wire))
     with pytest.raises(IncompleteReadError):
         trio.run(reader.read_msg)
+
+
+def packet(body: bytes) -> bytes:
+    return len(body).to_bytes(2, "big") + body
+
+
+def test_an_incomplete_packet_wakes_the_reader_once_the_rest_is_there() -> None:
+    # on 127.0.0.1: SO_RCVLOWAT is the rest of the packet (at most LOWAT_CAP) while
+    # the reader waits, and back down to what the next packet needs after it
+    big, small, last = os.urandom(50_000), b"hello", b"after the big one"
+
+    async def main() -> list[bytes]:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        client = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
+        server = await listener.accept()
+        reader = BufferedPacketReader(RawConnection(TrioTCPStream(server), initiator=False))
+
+        def lowat() -> int:
+            return int(server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
+
+        got: list[bytes] = []
+        wire = packet(big) + packet(small)
+        await client.send_all(wire[:1000])
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                async def read_two() -> None:
+                    got.extend([await reader.read_msg(), await reader.read_msg()])
+
+                nursery.start_soon(read_two)
+                rest = min(len(big) + 2 - 1000, LOWAT_CAP)
+                assert rest >= 16 * 1024  # a wake-up per ~16 KiB or more, not per segment
+                while lowat() != rest:
+                    await trio.sleep(0.01)  # the reader parks on the socket
+                await client.send_all(wire[1000:])
+            await client.send_all(packet(last)[:1])  # one byte: less than any packet
+            async with trio.open_nursery() as nursery:
+                async def read_last() -> None:
+                    got.append(await reader.read_msg())
+
+                nursery.start_soon(read_last)
+                while lowat() > 2:  # the rest of the next packet's length, not 32 KiB
+                    await trio.sleep(0.01)
+                await client.send_all(packet(last)[1:])
+        for s in (client, server, listener):
+            await s.aclose()
+        return got
+
+    assert trio.run(main) == [big, small, last]
 
 
 def test_noise_sessions_are_built_batched() -> None:
