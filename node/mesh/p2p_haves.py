@@ -18,9 +18,11 @@ the asker's request bucket, like any piece request.
 One stream carries many requests: the holder answers them in order until the
 asker closes the stream or sends nothing for `SERVE_IDLE_S`, and the asker keeps
 the stream of its last fully read answer for the holder's next round (for at
-most `KEEP_S`). A stream per request cost a protocol negotiation and the
-stream's opening and closing at both ends: 3.4-3.8 CPU ms a request on loopback
-against 1.8-2.1 on a kept stream (`python benchmarks/request_cost_bench.py`).
+most `KEEP_S`). A holder keeps at most `KEPT_PER_PEER` such streams open for
+one asker (an asker needs one); past those, a stream gets one answer and is
+closed, as every stream was before. A stream per request cost a protocol
+negotiation and the stream's opening and closing at both ends: 3.4-3.8 CPU ms
+a request on loopback against 1.8-2.1 on a kept stream (`python benchmarks/request_cost_bench.py`).
 In the 8-peer lab, asking half as often saved ~3 of the nodes' ~38 CPU seconds
 (docs/mesh.md, "Bitfields in batches"). A kept stream that fails is dropped and
 the request goes out once more on a fresh one.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +60,7 @@ BATCH_WAIT_S = 0.01  # how long an ask waits for others to the same holder
 ANSWER_TIMEOUT_S = 4 * HAVE_EVERY_S
 KEEP_S = 10.0  # an asker reuses a stream idle at most this long
 SERVE_IDLE_S = 3 * KEEP_S  # a holder ends a stream with no request for this long
+KEPT_PER_PEER = 2  # streams a holder keeps open for one asker; more get one answer each
 
 
 def haves_request(digests: list[bytes]) -> bytes:
@@ -94,6 +98,7 @@ class HaveBatches:
 
     _batches: dict[str, _Batch] | None = None
     _kept: dict[str, tuple[Any, float]] | None = None  # holder -> (stream, last answer)
+    _haves_open: Counter[str] | None = None  # asker -> its haves streams being served
 
     # ---- asking --------------------------------------------------------------------------
     async def _have_batched(self, peer: str, digest: bytes, count: int) -> np.ndarray:
@@ -195,23 +200,41 @@ class HaveBatches:
         await serve_guarded(self._serve_haves, stream, "haves")
 
     async def _serve_haves(self, stream: Any) -> None:
-        """Answer requests in order until the asker ends the stream or goes quiet."""
-        while True:
-            try:  # the next request's count, or the end of the stream
-                first = await read_exact(stream, 1, SERVE_IDLE_S)
-            except (PeerUnavailable, PeerTooSlow):
-                with trio.move_on_after(2), contextlib.suppress(Exception):
+        """Answer requests in order until the asker ends the stream or goes quiet; an
+        asker with `KEPT_PER_PEER` streams open already gets one answer per stream."""
+        peer = str(stream.muxed_conn.peer_id.to_base58())
+        if self._haves_open is None:
+            self._haves_open = Counter()
+        keep = self._haves_open[peer] < KEPT_PER_PEER
+        self._haves_open[peer] += 1
+        try:
+            while await self._serve_have_request(stream):
+                if not keep:
                     await stream.close()
-                return
-            if await self._admit(stream) is None:
-                return
-            k = first[0]
-            if not 1 <= k <= MAX_BATCH:
-                await stream.reset()
-                return
-            raw = await read_exact(stream, 32 * k, 5.0)
-            await stream.write(b"".join(self._have_answer(raw[i:i + 32])
-                                        for i in range(0, len(raw), 32)))
+                    return
+        finally:
+            self._haves_open[peer] -= 1
+            if self._haves_open[peer] <= 0:
+                del self._haves_open[peer]
+
+    async def _serve_have_request(self, stream: Any) -> bool:
+        """One request answered: True; the stream ended (or was refused): False."""
+        try:  # the next request's count, or the end of the stream
+            first = await read_exact(stream, 1, SERVE_IDLE_S)
+        except (PeerUnavailable, PeerTooSlow):
+            with trio.move_on_after(2), contextlib.suppress(Exception):
+                await stream.close()
+            return False
+        if await self._admit(stream) is None:
+            return False
+        k = first[0]
+        if not 1 <= k <= MAX_BATCH:
+            await stream.reset()
+            return False
+        raw = await read_exact(stream, 32 * k, 5.0)
+        await stream.write(b"".join(self._have_answer(raw[i:i + 32])
+                                    for i in range(0, len(raw), 32)))
+        return True
 
     def _have_answer(self, digest: bytes) -> bytes:
         body = self._piece_body(digest, HAVE)

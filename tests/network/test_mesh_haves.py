@@ -16,7 +16,7 @@ from node.mesh import p2p_haves
 from node.mesh.base import sha256
 from node.mesh.p2p import P2PMesh
 from node.mesh.p2p_blob import PeerUnavailable
-from node.mesh.p2p_haves import HAVES_PROTOCOL
+from node.mesh.p2p_haves import HAVES_PROTOCOL, KEPT_PER_PEER, haves_request
 from node.mesh.pieces import piece_count
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
@@ -86,3 +86,29 @@ async def ask_all(fetcher: P2PMesh, holder: P2PMesh, asks: dict[bytes, int]
         for digest, count in asks.items():
             nursery.start_soon(one, digest, count)
     return results
+
+
+async def test_a_holder_keeps_two_streams_open_for_one_asker(cluster: Cluster) -> None:
+    # an asker needs one stream; a third and later get one answer each and are closed
+    fetcher, holder = await cluster.add(2)
+    ann = await announce_until_seen(holder, [Collector(fetcher)], 1, os.urandom(2 * MIB))
+    request = haves_request([ann.sha256])
+
+    async def three_streams() -> list[bool]:
+        streams = [await fetcher._open(holder.peer_id, HAVES_PROTOCOL, request)
+                   for _ in range(KEPT_PER_PEER + 1)]
+        for stream in streams:  # every first answer comes
+            assert (await fetcher._read_have(stream, 2)).tolist() == [True, True]
+        answered = []
+        for stream in streams:
+            await stream.write(request)
+            try:
+                await fetcher._read_have(stream, 2)
+                answered.append(True)
+            except PeerUnavailable:  # the holder closed it after the first
+                answered.append(False)
+        for stream in streams:
+            await stream.reset()
+        return answered
+
+    assert await fetcher._call(three_streams, timeout=30) == [True] * KEPT_PER_PEER + [False]
