@@ -69,7 +69,13 @@ from node.mesh.p2p_host import (
     listen_multiaddr,
     peer_address,
 )
-from node.mesh.p2p_pieces import PIECE_PROTOCOL, Partial, fetch_slots, upload_slots
+from node.mesh.p2p_pieces import (
+    PIECE_PROTOCOL,
+    FetchJob,
+    Partial,
+    fetch_slots,
+    upload_slots,
+)
 from node.mesh.p2p_slots import FetchSlots
 from node.mesh.p2p_swarm import PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
@@ -106,6 +112,7 @@ class P2PMesh(Announcements, PieceTransfers, HaveBatches, BlobTransfers):
         self._fetch_slots = FetchSlots(fetch_slots(config.download_rate))
         self._source_load: Counter[str] = Counter()  # piece requests open, per source
         self._source_rates: dict[str, float] = {}  # per source: its last piece, bytes/s
+        self._jobs: list[FetchJob] = []  # swarm fetches running (node/mesh/p2p_swarm.py)
         rate = config.upload_rate
         self._uplink: ByteBucket | None = ByteBucket(rate, rate / 4) if rate > 0 else None
         self._sources: dict[bytes, dict[str, Announcement]] = defaultdict(dict)

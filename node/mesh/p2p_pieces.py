@@ -24,6 +24,8 @@ from node.mesh.pieces import (
     IN_FLIGHT,
     MAX_IN_FLIGHT,
     PER_SOURCE,
+    PER_SOURCE_ALONE,
+    PIPELINE_MIN_RATE,
     UPLOAD_SLOTS,
     fastest_first,
     piece_count,
@@ -163,9 +165,9 @@ class FetchJob:
     strikes: Counter[str] = field(default_factory=Counter)  # failures in a row, not busy
     stuck_since: float | None = None
 
-    def sources(self, now: float) -> list[str]:
+    def sources(self, now: float, per_source: int = PER_SOURCE) -> list[str]:
         return [p for p in self.views if p not in self.faulted
-                and self.resting.get(p, 0.0) <= now and self.load[p] < PER_SOURCE]
+                and self.resting.get(p, 0.0) <= now and self.load[p] < per_source]
 
     def waiting_on_load(self) -> bool:
         """Whether a piece this fetch wants is offered by a source that is busy with the
@@ -175,21 +177,38 @@ class FetchJob:
         return any(self.load[p] >= PER_SOURCE and bool((view & wanted).any())
                    for p, view in self.views.items() if p not in self.faulted)
 
-    def choose(self, now: float, rng: np.random.Generator) -> tuple[int, str] | None:
-        """The next (piece, source), or None when nothing can be asked for now."""
-        usable = self.sources(now)
-        if not usable:
-            return None
+    def can_choose(self, now: float) -> bool:
+        """Whether a source with fewer than `PER_SOURCE` of the node's requests offers a
+        piece this fetch wants and has not asked for."""
+        return bool(self._offered(now, PER_SOURCE)[1].any())
+
+    def choose(self, now: float, rng: np.random.Generator, *, alone: bool = False
+               ) -> tuple[int, str] | None:
+        """The next (piece, source), or None when nothing can be asked for now: from
+        sources with fewer than `PER_SOURCE` of the node's requests; with `alone` (none
+        of the node's other fetches can ask anything), else from fast sources with
+        fewer than `PER_SOURCE_ALONE`, so that a single source's round trips overlap."""
+        copies = sum((v.astype(int) for v in self.views.values()),
+                     np.zeros(self.partial.count, int))
+        for per_source in (PER_SOURCE, PER_SOURCE_ALONE) if alone else (PER_SOURCE,):
+            usable, candidates = self._offered(now, per_source)
+            piece = rarest_wanted(candidates, copies, rng)
+            if piece is not None:
+                holders = [i for i, p in enumerate(usable) if self.views[p][piece]]
+                loads = np.array([self.load[p] for p in usable])
+                rates = np.array([self.rates.get(p, math.inf) for p in usable])
+                return piece, usable[fastest_first(holders, loads, rates, rng)]
+        return None
+
+    def _offered(self, now: float, per_source: int) -> tuple[list[str], np.ndarray]:
+        """The usable sources, and the wanted pieces not yet asked that they offer;
+        past `PER_SOURCE`, only sources whose last piece came at `PIPELINE_MIN_RATE`."""
+        usable = self.sources(now, per_source)
+        if per_source > PER_SOURCE:
+            usable = [p for p in usable if self.rates.get(p, 0.0) >= PIPELINE_MIN_RATE]
         wanted = ~self.partial.held()
         wanted[list(self.asked)] = False
         offered = np.zeros_like(wanted)
         for p in usable:
             offered |= self.views[p]
-        copies = sum((v.astype(int) for v in self.views.values()), np.zeros(len(wanted), int))
-        piece = rarest_wanted(wanted & offered, copies, rng)
-        if piece is None:
-            return None
-        holders = [i for i, p in enumerate(usable) if self.views[p][piece]]
-        loads = np.array([self.load[p] for p in usable])
-        rates = np.array([self.rates.get(p, math.inf) for p in usable])
-        return piece, usable[fastest_first(holders, loads, rates, rng)]
+        return usable, wanted & offered

@@ -13,9 +13,10 @@ fetchers learn of it; then it keeps up to `fetch_slots` piece requests open, eac
 the rarest piece it lacks (node/mesh/pieces.py) from the least-used source that has
 it, learning who has what from the holders' bitfields, asked again every
 `HAVE_EVERY_S`. The node's fetches share its `fetch_slots` (4, or what a declared
-downlink carries: up to 8) and one request per source (`PER_SOURCE`), as the
-simulator assumes: more would split the node's own downlink so thin that honest
-holders miss the piece minimum rate and are cut off as too slow. They also share
+downlink carries: up to 8) and one request per source (`PER_SOURCE`; two,
+`PER_SOURCE_ALONE`, when no other source can take one), as the simulator
+assumes: more would split the node's own downlink so thin that honest holders
+miss the piece minimum rate and are cut off as too slow. They also share
 what each source's last piece took: among the sources it uses least, a fetch asks
 the fastest (`fastest_first`). Every piece is checked against its hash, so a wrong
 piece names its sender exactly: that source is penalised and not asked again.
@@ -95,6 +96,7 @@ class PieceTransfers:
     _fetch_slots: FetchSlots
     _source_load: Counter[str]
     _source_rates: dict[str, float]
+    _jobs: list[FetchJob]  # the swarm fetches running
 
     if TYPE_CHECKING:  # from the blob mixin (node/mesh/p2p_transfer.py)
         async def _admit(self, stream: Any) -> str | None: ...
@@ -243,6 +245,7 @@ class PieceTransfers:
         with contextlib.suppress(Exception):  # others learn that we serve its pieces
             await self._announce_serving(ann)
         send, recv = trio.open_memory_channel[tuple[int, str, Any]](math.inf)
+        self._jobs.append(job)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_haves, job)
@@ -257,6 +260,7 @@ class PieceTransfers:
                             await self._settle(job, piece, peer, result)
                 nursery.cancel_scope.cancel()
         finally:
+            self._jobs.remove(job)
             self._fetch_slots.unwatch(send)
         blob = partial.whole if partial.whole is not None else partial.blob()
         if hashlib.sha256(blob).digest() != ann.sha256:  # the announcer signed a bad list
@@ -299,7 +303,9 @@ class PieceTransfers:
     def _launch(self, job: FetchJob, rng: np.random.Generator, nursery: trio.Nursery,
                 send: Any) -> None:
         while len(job.asked) < self._fetch_slots.limit:
-            choice = job.choose(trio.current_time(), rng)
+            now = trio.current_time()
+            alone = not any(other.can_choose(now) for other in self._jobs if other is not job)
+            choice = job.choose(now, rng, alone=alone)
             if choice is None or not self._fetch_slots.take():
                 if choice is not None or job.waiting_on_load():
                     job.stuck_since = None  # waiting for the node's own requests is not

@@ -30,6 +30,13 @@ UPLOAD_SLOTS = 8  # requests a holder serves at once
 IN_FLIGHT = 4  # piece requests a fetcher keeps open, over all its fetches together
 MAX_IN_FLIGHT = 8  # ... when its downlink is known to carry that many
 PER_SOURCE = 1  # of which at most this many with any one holder
+# ... or this many, when no other holder can take a request for a wanted piece and
+# this one's last piece came at `PIPELINE_MIN_RATE` or faster: a fetcher with a
+# single fast source then hides the round trip between its pieces (a slow source's
+# round trip is a small part of a piece's time, and a second request would only
+# take an upload slot from another fetcher)
+PER_SOURCE_ALONE = 2
+PIPELINE_MIN_RATE = 2 * PIECE_BYTES  # bytes/s, request to last byte: a piece in 0.5 s
 
 
 def piece_count(size: int, piece: int = PIECE_BYTES) -> int:

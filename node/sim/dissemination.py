@@ -34,6 +34,8 @@ import numpy as np
 from node.mesh.pieces import (
     IN_FLIGHT,
     PER_SOURCE,
+    PER_SOURCE_ALONE,
+    PIPELINE_MIN_RATE,
     UPLOAD_SLOTS,
     fastest_first,
     piece_count,
@@ -65,6 +67,7 @@ class Scenario:
     # mesh's `upload_slots(upload_rate)` where an operator set its uplink's rate)
     holder_slots: tuple[int, ...] | None = None
     per_source: int = PER_SOURCE  # swarm: requests a fetcher has open with one holder
+    per_source_alone: int = PER_SOURCE_ALONE  # ... when no other holder can take one
     streams: int = 8  # direct: whole contributions fetched at once
     host_bps: float | None = None  # cap on each peer's bytes in + out per second
     request_rtts: float = 1.0  # round trips before a request's bytes flow
@@ -78,7 +81,7 @@ class Scenario:
         if not all(0 <= a < len(self.links) for a in self.authors):
             raise ValueError("an author is not a peer")
         if min(self.size, self.piece, self.in_flight, self.streams, self.upload_slots,
-               self.per_source) < 1:
+               self.per_source, self.per_source_alone) < 1:
             raise ValueError("size, piece, in_flight and streams must be positive")
         if self.holder_slots is not None and (len(self.holder_slots) != len(self.links)
                                               or min(self.holder_slots) < 1):
@@ -204,10 +207,10 @@ class _Run:
         while self.fetching[d] < self._slots():
             wanted = ~self.have[d] & ~self.asked[d]
             if not direct:
-                open_ = (self.serving < self.slots) & (self.pair[d] < self.s.per_source)
-                open_[d] = False
-                offers = self.have & open_[:, None]
-                offers[self.owner, np.arange(len(self.owner))] &= self._seed_allows()
+                for limit in (self.s.per_source, self.s.per_source_alone):
+                    offers = self._offers(d, limit)
+                    if (wanted & offers.any(axis=0)).any():
+                        break
                 wanted &= offers.any(axis=0)
             p = rarest_wanted(wanted, self.holders + self.coming, self.rng)
             if p is None:
@@ -228,6 +231,19 @@ class _Run:
             self.serving[src] += 1
             self.pair[d, src] += 1
             self.fetching[d] += 1
+
+    def _offers(self, d: int, per_source: int) -> np.ndarray:
+        """Holder x piece: what holders with a free slot, and fewer than `per_source`
+        of d's requests open (past the first, only those whose last piece reached d at
+        `PIPELINE_MIN_RATE`), may send d now."""
+        open_ = (self.serving < self.slots) & (self.pair[d] < per_source)
+        if per_source > self.s.per_source:  # a second request: fast sources only
+            seen = self.rate_seen[d]
+            open_ &= np.isfinite(seen) & (seen >= PIPELINE_MIN_RATE)
+        open_[d] = False
+        offers: np.ndarray = self.have & open_[:, None]
+        offers[self.owner, np.arange(len(self.owner))] &= self._seed_allows()
+        return offers
 
     def _seed_allows(self) -> np.ndarray:
         """Per piece: may its author send it now (`seed_allows`: never sent yet, or every

@@ -20,7 +20,7 @@ from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
 from node.mesh.p2p_blob import OK, REQUEST_LEN, PeerTooSlow, PeerUnavailable, response_header
 from node.mesh.p2p_pieces import HAVE, piece_header, read_bitfield
 from node.mesh.p2p_select import ProtocolRefused
-from node.mesh.pieces import IN_FLIGHT, PER_SOURCE, PIECE_BYTES
+from node.mesh.pieces import IN_FLIGHT, PER_SOURCE, PER_SOURCE_ALONE, PIECE_BYTES
 from tests.support.keys import identity
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
@@ -341,7 +341,8 @@ async def test_swarming_spends_the_authors_upload_about_once(cluster: Cluster,
 async def test_one_node_keeps_in_flight_piece_requests_over_all_its_fetches(
         cluster: Cluster) -> None:
     """A node gathering several blobs at once keeps at most `IN_FLIGHT` piece requests
-    open in all, and `PER_SOURCE` with any one holder (each fetch alone could open
+    open in all, and `PER_SOURCE` with any one holder (`PER_SOURCE_ALONE` when no other
+    could take one; each fetch alone could open
     `IN_FLIGHT`, one with each of the four holders): more would
     split its own downlink below the piece minimum rate and cut honest holders off as
     too slow (seen in the 10 Mbit/s namespace runs). Every blob still arrives, and no
@@ -375,7 +376,8 @@ async def test_one_node_keeps_in_flight_piece_requests_over_all_its_fetches(
     got = await asyncio.gather(*(fetcher.fetch(a, timeout=60) for a in anns))
     assert got == blobs
     assert 1 < most <= IN_FLIGHT, most
-    assert most_per_peer == PER_SOURCE
+    # a second request with one holder only when no other holder could take one
+    assert PER_SOURCE <= most_per_peer <= PER_SOURCE_ALONE
     assert all(fetcher.peer_score(h.peer_id) >= 0 for h in holders)
     collector.cancel()
 

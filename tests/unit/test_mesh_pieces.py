@@ -26,7 +26,9 @@ from node.mesh.pieces import (
     IN_FLIGHT,
     MAX_IN_FLIGHT,
     PER_SOURCE,
+    PER_SOURCE_ALONE,
     PIECE_BYTES,
+    PIPELINE_MIN_RATE,
     UPLOAD_SLOTS,
     piece_hashes,
     piece_span,
@@ -132,6 +134,38 @@ def test_a_fetch_whose_sources_are_busy_with_the_nodes_other_requests_waits() ->
     assert job.waiting_on_load()
     job.faulted.add("a")
     assert not job.waiting_on_load()
+
+
+def test_a_second_request_goes_to_a_source_only_when_no_other_can_take_one() -> None:
+    """One request open per source while any source, for this blob or another the node
+    fetches, can take one (`alone` false); else a source whose last piece came fast
+    gets a second (`PER_SOURCE_ALONE`), which hides the round trip between its
+    pieces; never more."""
+    blob = os.urandom(4 * PIECE_BYTES)
+    node_load: Counter[str] = Counter()
+    job = FetchJob(partial_of(blob), cast(Announcement, None), {}, load=node_load)
+    job.views["a"] = np.ones(4, dtype=bool)
+    job.views["b"] = np.array([True, True, False, False])
+    rng = np.random.default_rng(0)
+    node_load["a"] = PER_SOURCE
+    assert job.can_choose(0.0)
+    choice = job.choose(0.0, rng, alone=True)
+    assert choice is not None
+    assert choice[1] == "b"  # the other source, while it has a wanted piece
+    job.asked[0] = "b"
+    job.asked[1] = "b"  # nothing "b" offers is wanted any more
+    node_load["b"] = PER_SOURCE
+    assert not job.can_choose(0.0)
+    assert job.choose(0.0, rng) is None  # another fetch of the node can still ask
+    job.rates["a"] = PIPELINE_MIN_RATE / 2  # its last piece came slowly
+    assert job.choose(0.0, rng, alone=True) is None
+    job.rates["a"] = PIPELINE_MIN_RATE
+    choice = job.choose(0.0, rng, alone=True)
+    assert choice is not None
+    assert choice[1] == "a"
+    assert choice[0] in (2, 3)
+    node_load["a"] = PER_SOURCE_ALONE
+    assert job.choose(0.0, rng, alone=True) is None
 
 
 @pytest.mark.parametrize(("rate", "slots"), [
