@@ -7,10 +7,11 @@ trio task. Announcements flow back to asyncio queues the same way.
 
 Split: host construction in `p2p_host`, the blob wire protocol in `p2p_blob`,
 relay / AutoNAT / DCUtR in `p2p_nat`, the config in `p2p_config`; the mixins
-`Announcements` (`p2p_gossip`), `PieceTransfers` (`p2p_swarm`) and
-`BlobTransfers` (`p2p_transfer`); this module holds the mesh itself
-(lifecycle, bridge, blobs held, records). Identity: the libp2p secp256k1 key
-is the node's chain key, so a peer id names exactly one Ethereum address.
+`Announcements` (`p2p_gossip`), `PieceTransfers` (`p2p_swarm`), `HaveBatches`
+(`p2p_haves`), `BlobTransfers` (`p2p_transfer`) and `Records` (`p2p_records`);
+this module holds the mesh itself (lifecycle, bridge, blobs held). Identity: the
+libp2p secp256k1 key is the node's chain key, so a peer id names exactly one
+Ethereum address.
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ from node.mesh.base import (
     MeshTimeoutError,
     RecordKey,
     broadcast,
-    open_record,
-    record_seq,
-    seal_record,
 )
 from node.mesh.p2p_blob import (
     BLOB_PROTOCOL,
@@ -76,6 +74,7 @@ from node.mesh.p2p_pieces import (
     fetch_slots,
     upload_slots,
 )
+from node.mesh.p2p_records import Records
 from node.mesh.p2p_slots import FetchSlots
 from node.mesh.p2p_swarm import PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
@@ -92,7 +91,7 @@ log = logging.getLogger(__name__)
 
 
 
-class P2PMesh(Announcements, PieceTransfers, HaveBatches, BlobTransfers):
+class P2PMesh(Announcements, PieceTransfers, HaveBatches, BlobTransfers, Records):
     """A `Mesh` over py-libp2p. Construct freely; `start()` opens sockets."""
 
     def __init__(self, identity: Identity, config: P2PConfig) -> None:
@@ -402,36 +401,3 @@ class P2PMesh(Announcements, PieceTransfers, HaveBatches, BlobTransfers):
                        if d not in self._blobs and d not in self._partials]:
             self._piece_bytes_out.pop(digest, None)
         return dropped
-
-    # ---- records ---------------------------------------------------------------------------
-    async def put_record(self, key: RecordKey, value: bytes) -> None:
-        if not self._running:
-            raise MeshStateError("mesh is not running")
-        seq = record_seq(self._seqs.get(key))
-        sealed = seal_record(self._identity, key, value, seq)
-        self._seqs[key] = seq
-        try:
-            await self._call(self._dht.put_value, key.dht_key(), sealed, timeout=20.0)
-        except MeshError:
-            raise  # MeshTimeoutError when the deadline passed
-        except TimeoutError as exc:
-            raise MeshTimeoutError(f"record {key.path()}: {exc}") from exc
-        except Exception as exc:  # OSError, libp2p's errors
-            raise MeshError(f"record {key.path()} not stored: {type(exc).__name__}: {exc}"
-                            ) from exc
-
-    async def get_record(self, key: RecordKey, *, timeout: float = 10.0) -> bytes | None:
-        if not self._running:
-            raise MeshStateError("mesh is not running")
-        try:
-            sealed = await self._call(self._dht.get_value, key.dht_key(), timeout=timeout)
-        except TimeoutError:
-            return None  # nobody answered in time: not found (see `Mesh.get_record`)
-        except MeshError:
-            raise
-        except Exception as exc:  # OSError, libp2p's errors
-            raise MeshError(f"record {key.path()} lookup failed: {type(exc).__name__}: {exc}"
-                            ) from exc
-        if sealed is None:
-            return None
-        return open_record(key, sealed)[1]
