@@ -24,7 +24,6 @@ from node.mesh.pieces import (
     IN_FLIGHT,
     MAX_IN_FLIGHT,
     PER_SOURCE,
-    PER_SOURCE_ALONE,
     PIPELINE_MIN_RATE,
     UPLOAD_SLOTS,
     fastest_first,
@@ -182,23 +181,22 @@ class FetchJob:
         piece this fetch wants and has not asked for."""
         return bool(self._offered(now, PER_SOURCE)[1].any())
 
-    def choose(self, now: float, rng: np.random.Generator, *, alone: bool = False
+    def choose(self, now: float, rng: np.random.Generator, per_source: int = PER_SOURCE
                ) -> tuple[int, str] | None:
-        """The next (piece, source), or None when nothing can be asked for now: from
-        sources with fewer than `PER_SOURCE` of the node's requests; with `alone` (none
-        of the node's other fetches can ask anything), else from fast sources with
-        fewer than `PER_SOURCE_ALONE`, so that a single source's round trips overlap."""
+        """The next (piece, source) from sources with fewer than `per_source` of the
+        node's requests, or None when nothing can be asked for now. The mesh asks with
+        `PER_SOURCE_ALONE` only when no fetch of the node can ask with `PER_SOURCE`, so
+        that a single source's round trips overlap."""
+        usable, candidates = self._offered(now, per_source)
         copies = sum((v.astype(int) for v in self.views.values()),
                      np.zeros(self.partial.count, int))
-        for per_source in (PER_SOURCE, PER_SOURCE_ALONE) if alone else (PER_SOURCE,):
-            usable, candidates = self._offered(now, per_source)
-            piece = rarest_wanted(candidates, copies, rng)
-            if piece is not None:
-                holders = [i for i, p in enumerate(usable) if self.views[p][piece]]
-                loads = np.array([self.load[p] for p in usable])
-                rates = np.array([self.rates.get(p, math.inf) for p in usable])
-                return piece, usable[fastest_first(holders, loads, rates, rng)]
-        return None
+        piece = rarest_wanted(candidates, copies, rng)
+        if piece is None:
+            return None
+        holders = [i for i, p in enumerate(usable) if self.views[p][piece]]
+        loads = np.array([self.load[p] for p in usable])
+        rates = np.array([self.rates.get(p, math.inf) for p in usable])
+        return piece, usable[fastest_first(holders, loads, rates, rng)]
 
     def _offered(self, now: float, per_source: int) -> tuple[list[str], np.ndarray]:
         """The usable sources, and the wanted pieces not yet asked that they offer;

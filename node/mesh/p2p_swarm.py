@@ -68,6 +68,7 @@ from node.mesh.p2p_pieces import (
 )
 from node.mesh.p2p_slots import FetchSlots
 from node.mesh.pieces import (
+    PER_SOURCE_ALONE,
     PIECE_BYTES,
     piece_count,
     piece_hashes,
@@ -304,8 +305,10 @@ class PieceTransfers:
                 send: Any) -> None:
         while len(job.asked) < self._fetch_slots.limit:
             now = trio.current_time()
-            alone = not any(other.can_choose(now) for other in self._jobs if other is not job)
-            choice = job.choose(now, rng, alone=alone)
+            choice = job.choose(now, rng)
+            if choice is None and not any(other.can_choose(now) for other in self._jobs
+                                          if other is not job):
+                choice = job.choose(now, rng, PER_SOURCE_ALONE)  # a lone fast source
             if choice is None or not self._fetch_slots.take():
                 if choice is not None or job.waiting_on_load():
                     job.stuck_since = None  # waiting for the node's own requests is not

@@ -138,7 +138,7 @@ def test_a_fetch_whose_sources_are_busy_with_the_nodes_other_requests_waits() ->
 
 def test_a_second_request_goes_to_a_source_only_when_no_other_can_take_one() -> None:
     """One request open per source while any source, for this blob or another the node
-    fetches, can take one (`alone` false); else a source whose last piece came fast
+    fetches, can take one (`can_choose`); else a source whose last piece came fast
     gets a second (`PER_SOURCE_ALONE`), which hides the round trip between its
     pieces; never more."""
     blob = os.urandom(4 * PIECE_BYTES)
@@ -149,7 +149,7 @@ def test_a_second_request_goes_to_a_source_only_when_no_other_can_take_one() -> 
     rng = np.random.default_rng(0)
     node_load["a"] = PER_SOURCE
     assert job.can_choose(0.0)
-    choice = job.choose(0.0, rng, alone=True)
+    choice = job.choose(0.0, rng)
     assert choice is not None
     assert choice[1] == "b"  # the other source, while it has a wanted piece
     job.asked[0] = "b"
@@ -158,14 +158,14 @@ def test_a_second_request_goes_to_a_source_only_when_no_other_can_take_one() -> 
     assert not job.can_choose(0.0)
     assert job.choose(0.0, rng) is None  # another fetch of the node can still ask
     job.rates["a"] = PIPELINE_MIN_RATE / 2  # its last piece came slowly
-    assert job.choose(0.0, rng, alone=True) is None
+    assert job.choose(0.0, rng, PER_SOURCE_ALONE) is None
     job.rates["a"] = PIPELINE_MIN_RATE
-    choice = job.choose(0.0, rng, alone=True)
+    choice = job.choose(0.0, rng, PER_SOURCE_ALONE)
     assert choice is not None
     assert choice[1] == "a"
     assert choice[0] in (2, 3)
     node_load["a"] = PER_SOURCE_ALONE
-    assert job.choose(0.0, rng, alone=True) is None
+    assert job.choose(0.0, rng, PER_SOURCE_ALONE) is None
 
 
 @pytest.mark.parametrize(("rate", "slots"), [
