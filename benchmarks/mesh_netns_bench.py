@@ -76,13 +76,13 @@ async def tcp_exchange(cfg: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     while (await loop.run_in_executor(None, sys.stdin.readline)).strip() not in ("go", ""):
         pass
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     sends = asyncio.gather(*(send(j) for j in range(n) if j != me))
     await finished.wait()
     seconds = time.monotonic() - started
     await sends
     print(json.dumps({"event": "done", "seconds": seconds, "ok": arrived == [size] * (n - 1),
-                      "cpu_s": time.process_time()}), flush=True)
+                      "cpu_s": time.process_time() - cpu}), flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # keep the port until told to stop
     server.close()
 
@@ -175,7 +175,8 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
             "rtt_ms_requested": args.rtt_ms, **rtt_report(args.rtt_ms, line, ping),
             **line_report(line_before, line_after),
             "all_ok": all(d["ok"] for d in done),
-            # the peers share this machine's cores: how busy they kept them, in all
+            # the peers share this machine's cores: how busy they kept them from `go`
+            # until each had every blob, in all
             "nodes_cpu_s": round(sum(c for d in done if isinstance(c := d.get("cpu_s"), float)),
                                  1),
             "cores": os.cpu_count(),
@@ -240,12 +241,19 @@ def rtt_report(rtt_ms: float, line: LineSpec | None, ping: dict[str, Any]
 
 
 def line_report(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The delay-line forwarder's CPU seconds and failed sends during the exchange."""
+    """The delay-line forwarder's CPU seconds, failed sends, and the frames it carried
+    during the exchange (how many, mean bytes)."""
     if not after:
         return {}
-    errors = sum(v[d]["send_errors"] for v in after["links"].values() for d in ("ab", "ba"))
+    def total(stats: dict[str, Any], key: str) -> int:
+        return sum(v[d][key] for v in stats.get("links", {}).values() for d in ("ab", "ba"))
+
+    frames = total(after, "frames") - total(before, "frames")
     return {"delay_line_cpu_s": round(after["cpu_s"] - before["cpu_s"], 2),
-            "delay_line_send_errors": errors}
+            "delay_line_send_errors": total(after, "send_errors"),
+            "delay_line_frames": frames,
+            "delay_line_mean_frame_b": (total(after, "bytes") - total(before, "bytes"))
+            // max(1, frames)}
 
 
 def peer_id_of(lab: Lab, proc: Any) -> str:

@@ -9,6 +9,7 @@ Network safety: no address or socket in the root namespace.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -75,7 +76,10 @@ def lab() -> Iterator[Lab]:
 
 def test_ping_through_the_line_has_the_requested_rtt(lab: Lab) -> None:
     a, b = lab.ns("a"), lab.ns("b")
-    link, _ = lab.link(a, "10.57.0.1/24", b, "10.57.0.2/24", line=LineSpec(delay_ms=15))
+    link, far = lab.link(a, "10.57.0.1/24", b, "10.57.0.2/24", line=LineSpec(delay_ms=15))
+    for ns, dev in ((a, link), (b, far)):  # what the line sends is received on any core
+        mask = lab.sh(ns, f"cat /sys/class/net/{dev}/queues/rx-0/rps_cpus")
+        assert int(mask.strip().replace(",", ""), 16) == (1 << (os.cpu_count() or 1)) - 1
     rtt = lab.ping(a, "10.57.0.2", count=10)
     assert rtt["received"] == 10
     # can't be faster than 2 x 15 ms; the minimum is robust to a loaded machine

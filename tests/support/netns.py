@@ -130,6 +130,8 @@ class Lab:
             self.sh(ns, f"ip link set {dev} up")
         if line is not None:
             self._line_ends[dev_a] = ((ns_a, dev_a), (ns_b, dev_b))
+            self._steer(ns_a, dev_a)
+            self._steer(ns_b, dev_b)
             self._segment(dev_a, line)
             self._line_command({"cmd": "add", "name": dev_a, "a": f"{self.tag}p{n}",
                                 "b": f"{self.tag}q{n}", "spec": asdict(line)})
@@ -176,6 +178,14 @@ class Lab:
         if not reply.get("ok"):
             raise NetnsError(f"delay line {msg.get('cmd')}: {reply.get('error')}")
         return reply
+
+    def _steer(self, ns: str, dev: str) -> None:
+        """Frames the forwarder sends arrive on `dev`; without receive packet steering
+        the kernel's whole receive path (bridge, shaping, the hosts' TCP, the segments
+        an ACK releases) runs in the forwarder's own context, on its one core. With
+        it, that work goes to the backlog of any core (docs/mesh.md, "WAN delay line")."""
+        mask = format((1 << (os.cpu_count() or 1)) - 1, "x")
+        self.sh(ns, f"echo {mask} > /sys/class/net/{dev}/queues/rx-0/rps_cpus")
 
     def _segment(self, link: str, line: LineSpec) -> None:
         """With loss (or `per_packet`), the hosts send MTU-sized frames (`gso_max_segs
