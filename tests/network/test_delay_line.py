@@ -15,9 +15,17 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.delay_line import Forwarder, LineSpec, command, schedule
-from tests.support.netns import Lab, NetnsError, lab_or_skip, qdisc_available
+from tests.support.netns import Lab, NetnsError, cpu_mask, lab_or_skip, qdisc_available
 
 ARRIVALS = [i * 1e-4 for i in range(2000)]  # 10,000 frames/s for 0.2 s
+
+
+def test_a_cpu_mask_is_written_in_32_bit_groups() -> None:
+    assert cpu_mask(2) == "3"
+    assert cpu_mask(32) == "ffffffff"
+    assert cpu_mask(40) == "ff,ffffffff"
+    assert cpu_mask(64) == "ffffffff,ffffffff"
+    assert cpu_mask(65) == "1,ffffffff,ffffffff"
 
 
 def test_constant_delay_keeps_order_and_adds_the_delay() -> None:

@@ -39,6 +39,14 @@ class NetnsError(RuntimeError):
     pass
 
 
+def cpu_mask(n: int) -> str:
+    """CPUs 0..n-1 as the kernel reads a cpumask: 32-bit hex groups, comma-separated
+    (a single group longer than 8 digits is refused)."""
+    full = (1 << n) - 1
+    groups = [(full >> shift) & 0xFFFFFFFF for shift in range(0, n, 32)]
+    return ",".join(f"{g:x}" if i == 0 else f"{g:08x}" for i, g in enumerate(reversed(groups)))
+
+
 def _run(args: Sequence[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
                           check=False)
@@ -184,8 +192,8 @@ class Lab:
         the kernel's whole receive path (bridge, shaping, the hosts' TCP, the segments
         an ACK releases) runs in the forwarder's own context, on its one core. With
         it, that work goes to the backlog of any core (docs/mesh.md, "WAN delay line")."""
-        mask = format((1 << (os.cpu_count() or 1)) - 1, "x")
-        self.sh(ns, f"echo {mask} > /sys/class/net/{dev}/queues/rx-0/rps_cpus")
+        self.sh(ns, f"echo {cpu_mask(os.cpu_count() or 1)} > "
+                    f"/sys/class/net/{dev}/queues/rx-0/rps_cpus")
 
     def _segment(self, link: str, line: LineSpec) -> None:
         """With loss (or `per_packet`), the hosts send MTU-sized frames (`gso_max_segs
