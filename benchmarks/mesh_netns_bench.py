@@ -241,8 +241,8 @@ def rtt_report(rtt_ms: float, line: LineSpec | None, ping: dict[str, Any]
 
 
 def line_report(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The delay-line forwarder's CPU seconds, failed sends, and the frames it carried
-    during the exchange (how many, mean bytes)."""
+    """The delay-line forwarder's CPU seconds and the frames it carried during the
+    exchange (how many, mean bytes), and its failed sends since it started."""
     if not after:
         return {}
     def total(stats: dict[str, Any], key: str) -> int:
