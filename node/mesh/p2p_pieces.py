@@ -164,6 +164,12 @@ class FetchJob:
     strikes: Counter[str] = field(default_factory=Counter)  # failures in a row, not busy
     stuck_since: float | None = None
 
+    def __post_init__(self) -> None:
+        # the announcer has signed that it holds every piece: a source from the start,
+        # before any bitfield round (the first requests would otherwise wait for one)
+        if self.ann is not None:
+            self.views.setdefault(self.ann.peer_id, np.ones(self.partial.count, dtype=bool))
+
     def sources(self, now: float, per_source: int = PER_SOURCE) -> list[str]:
         return [p for p in self.views if p not in self.faulted
                 and self.resting.get(p, 0.0) <= now and self.load[p] < per_source]

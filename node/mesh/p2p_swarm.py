@@ -378,9 +378,9 @@ class PieceTransfers:
     async def _watch_haves(self, job: FetchJob) -> None:
         """Ask holders what they have, now and in every round of the node's clock
         (node/mesh/p2p_haves.py), except those known to hold everything: the announcer
-        has signed that it does, and a holder keeps a whole blob until it forgets the
-        window (then its "not found" clears the piece from its view)."""
-        job.views[job.ann.peer_id] = np.ones(job.partial.count, dtype=bool)
+        has signed that it does (its view is set when the job is made), and a holder
+        keeps a whole blob until it forgets the window (then its "not found" clears the
+        piece from its view)."""
         while True:
             peers = [p for p in self._candidates(job) if p != job.ann.peer_id
                      and not (p in job.views and job.views[p].all())]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from types import SimpleNamespace
 from typing import cast
 
 import numpy as np
@@ -134,6 +135,19 @@ def test_a_fetch_whose_sources_are_busy_with_the_nodes_other_requests_waits() ->
     assert job.waiting_on_load()
     job.faulted.add("a")
     assert not job.waiting_on_load()
+
+
+def test_a_new_fetch_can_ask_its_announcer_before_any_bitfield_round() -> None:
+    """The announcer signed that it holds every piece: a job made for its announcement
+    offers it as a source at once, so the first requests leave with the hash list
+    rather than after a bitfield round (half a second in the lab, docs/mesh.md)."""
+    blob = os.urandom(3 * PIECE_BYTES)
+    ann = cast(Announcement, SimpleNamespace(peer_id="author"))
+    job = FetchJob(partial_of(blob), ann, {})
+    choice = job.choose(0.0, np.random.default_rng(0))
+    assert choice is not None
+    assert choice[1] == "author"
+    assert job.views["author"].all()
 
 
 def test_a_second_request_goes_to_a_source_only_when_no_other_can_take_one() -> None:
