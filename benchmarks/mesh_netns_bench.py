@@ -174,6 +174,8 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
             else "whole blobs" if args.whole else "swarming",
             "rtt_ms_requested": args.rtt_ms, **rtt_report(args.rtt_ms, line, ping),
             **line_report(line_before, line_after),
+            # delayed links' ends the kernel would not steer (no RPS): the line is slower
+            **({"unsteered": unsteered} if (unsteered := list(lab.unsteered)) else {}),
             "all_ok": all(d["ok"] for d in done),
             # the peers share this machine's cores: how busy they kept them from `go`
             # until each had every blob, in all

@@ -82,10 +82,24 @@ def lab() -> Iterator[Lab]:
         yield made
 
 
+def test_a_link_whose_end_cannot_be_steered_is_listed_not_refused(lab: Lab) -> None:
+    """Where a kernel has no RPS the lab still builds its links, unsteered, and says
+    so (a device without an `rps_cpus` file stands for such a kernel)."""
+    a = lab.ns("a")
+    with pytest.warns(RuntimeWarning, match="no receive packet steering"):
+        lab._steer(a, "gmnosuchdev")
+    assert lab.unsteered == ["gmnosuchdev"]
+
+
 def test_ping_through_the_line_has_the_requested_rtt(lab: Lab) -> None:
     a, b = lab.ns("a"), lab.ns("b")
     link, far = lab.link(a, "10.57.0.1/24", b, "10.57.0.2/24", line=LineSpec(delay_ms=15))
     for ns, dev in ((a, link), (b, far)):  # what the line sends is received on any core
+        has_rps = lab.sh(ns, f"test -w /sys/class/net/{dev}/queues/rx-0/rps_cpus "
+                             "&& echo yes || echo no").strip() == "yes"
+        assert (dev in lab.unsteered) == (not has_rps)
+        if not has_rps:
+            continue
         mask = lab.sh(ns, f"cat /sys/class/net/{dev}/queues/rx-0/rps_cpus")
         assert int(mask.strip().replace(",", ""), 16) == (1 << (os.cpu_count() or 1)) - 1
     rtt = lab.ping(a, "10.57.0.2", count=10)

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -100,6 +101,7 @@ class Lab:
         self._line: subprocess.Popen[str] | None = None  # the delay-line forwarder
         self._line_ns = ""
         self._line_ends: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {}
+        self.unsteered: list[str] = []  # delayed links' ends without receive steering
 
     # ---- building -----------------------------------------------------------------
     def ns(self, name: str) -> str:
@@ -191,9 +193,17 @@ class Lab:
         """Frames the forwarder sends arrive on `dev`; without receive packet steering
         the kernel's whole receive path (bridge, shaping, the hosts' TCP, the segments
         an ACK releases) runs in the forwarder's own context, on its one core. With
-        it, that work goes to the backlog of any core (docs/mesh.md, "WAN delay line")."""
-        self.sh(ns, f"echo {cpu_mask(os.cpu_count() or 1)} > "
-                    f"/sys/class/net/{dev}/queues/rx-0/rps_cpus")
+        it, that work goes to the backlog of any core (docs/mesh.md, "WAN delay line").
+        A kernel without RPS (no `rps_cpus`, or a read-only /sys) leaves the link
+        unsteered: it still works, with its receive work on the forwarder's core; the
+        end is listed in `unsteered` and a warning says so."""
+        try:
+            self.sh(ns, f"echo {cpu_mask(os.cpu_count() or 1)} > "
+                        f"/sys/class/net/{dev}/queues/rx-0/rps_cpus")
+        except NetnsError as exc:
+            self.unsteered.append(dev)
+            warnings.warn(f"{dev}: no receive packet steering, the delay line's receive "
+                          f"work stays on its core ({exc})", RuntimeWarning, stacklevel=2)
 
     def _segment(self, link: str, line: LineSpec) -> None:
         """With loss (or `per_packet`), the hosts send MTU-sized frames (`gso_max_segs
