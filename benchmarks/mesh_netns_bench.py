@@ -13,7 +13,11 @@ script creates and deletes; nothing in the root namespace is touched):
   leaving through the uplinks together).
   With `--transport tcp` the peers exchange the same bytes over plain TCP instead
   (one connection to every other peer, all at once, no libp2p): what the lab's links
-  themselves carry, the floor any protocol over them starts from.
+  themselves carry, the floor any protocol over them starts from. With `--windows K`
+  the same nodes run K windows in a row, each with new blobs, over the connections
+  the earlier windows made (one row per window; the first pays the dials, as the
+  first window of a run does). The delay line's CPU is counted from `go`, like the
+  nodes'.
 * `relay`: two hosts behind two NATs (MASQUERADE, inbound dropped) and a relay on the
   "public" segment; one blob through the circuit relay, then, after DCUtR, over the
   hole-punched direct connection.
@@ -106,7 +110,7 @@ def bandwidth_bound(up_mbit: list[float], down_mbit: float, mib: float) -> float
     return lower_bound(Scenario(links, tuple(range(len(links))), int(mib * 2**20)))
 
 
-def dissemination(args: argparse.Namespace) -> dict[str, Any]:
+def dissemination(args: argparse.Namespace) -> list[dict[str, Any]]:
     n, mib, mbit = args.peers, args.mib, args.mbit
     up = uplinks(args)
     # a peer-to-peer path crosses two links: RTT/4 each way on each link makes RTT
@@ -129,7 +133,6 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
         if line is not None:
             shaping += f" + delay line {line.delay_ms:g} ms each way"
         ping = lab.ping(hosts[0], "10.97.0.2", count=10) if n > 1 else {}
-        line_before = lab.line_stats() if line is not None else {}
         procs = []
         boot: list[str] = []
         for i, ns in enumerate(hosts):
@@ -139,7 +142,7 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             cfg = {"role": "swarm", "key": 10 + i, "host": f"10.97.0.{i + 1}", "port": 4001,
                    "policy": ["10.97.0.0/24"], "peers": n, "blob_mib": mib, "timeout": 180,
-                   "bootstrap": boot, "swarm": not args.whole,
+                   "bootstrap": boot, "swarm": not args.whole, "windows": args.windows,
                    # a slow uplink's operator says so, and the node serves fewer pieces
                    # at once instead of every one below the fetchers' minimum rate
                    "upload_rate": up[i] * 1e6 / 8 if up[i] < mbit else 0.0,
@@ -147,32 +150,47 @@ def dissemination(args: argparse.Namespace) -> dict[str, Any]:
             procs.append(lab.spawn(ns, json.dumps(cfg)))
             if i == 0:
                 boot = [f"/ip4/10.97.0.1/tcp/4001/p2p/{peer_id_of(lab, procs[0])}"]
-        for i, p in enumerate(procs):
-            read_event(p, "ready", 240)
-            print(f"peer {i} ready", file=sys.stderr)
-        sampler = LinkSampler(lab, switch, sw_devs) if args.timeline else None
-        started = time.monotonic()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        done = [read_event(p, "done", 900) for p in procs]
-        wall = time.monotonic() - started
-        timeline = sampler.stop(sum(up), mbit * n) if sampler is not None else None
-        line_after = lab.line_stats() if line is not None else {}
+        rows = [run_window(args, lab, procs, switch, sw_devs, w)
+                for w in range(1, (1 if args.transport == "tcp" else args.windows) + 1)]
         for p in procs:
             assert p.stdin is not None
             p.stdin.close()
+    for row in rows:
+        row.update(link=shaping, **rtt_report(args.rtt_ms, line, ping))
+    return rows
+
+
+def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any], switch: str,
+               sw_devs: list[str], window: int) -> dict[str, Any]:
+    """One window: wait until every node is ready, `go`, and the figures once each
+    has every blob."""
+    n, mib, mbit, up = args.peers, args.mib, args.mbit, uplinks(args)
+    for i, p in enumerate(procs):
+        read_event(p, "ready", 240)
+        print(f"peer {i} ready (window {window})", file=sys.stderr)
+    line = args.rtt_ms > 0
+    line_before = lab.line_stats() if line else {}
+    sampler = LinkSampler(lab, switch, sw_devs) if args.timeline else None
+    started = time.monotonic()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    done = [read_event(p, "done", 900) for p in procs]
+    wall = time.monotonic() - started
+    timeline = sampler.stop(sum(up), mbit * n) if sampler is not None else None
+    line_after = lab.line_stats() if line else {}
     slowest = max(float(d["seconds"]) for d in done)  # type: ignore[arg-type]
     bound = bandwidth_bound(up, mbit, mib)
-    return {"peers": n, "blob_mib": mib, "mbit": mbit, "link": shaping,
+    return {"peers": n, "blob_mib": mib, "mbit": mbit,
             **({"up_mbit": up} if args.slow_up else {}),
+            **({"window": window} if args.windows > 1 else {}),
             "in_flight": fetch_slots(mbit * 1e6 / 8 if args.declare_downlink else 0.0),
             # round trips before a piece's bytes flow (node/mesh/p2p_select.py)
             "request_rtts": 1,
             "fetch": "plain tcp" if args.transport == "tcp"
             else "whole blobs" if args.whole else "swarming",
-            "rtt_ms_requested": args.rtt_ms, **rtt_report(args.rtt_ms, line, ping),
+            "rtt_ms_requested": args.rtt_ms,
             **line_report(line_before, line_after),
             # delayed links' ends the kernel would not steer (no RPS): the line is slower
             **({"unsteered": unsteered} if (unsteered := list(lab.unsteered)) else {}),
@@ -323,6 +341,9 @@ def main() -> None:
                         help="nodes declare their downlink (more piece requests open)")
     parser.add_argument("--timeline", action="store_true",
                         help="sample the links' use every second (in the JSON)")
+    parser.add_argument("--windows", type=int, default=1,
+                        help="windows per run over the same nodes and connections, each "
+                             "with new blobs (one row each; the first pays the dials)")
     parser.add_argument("--runs", type=int, default=1,
                         help="repeat the dissemination; a summary line at the end")
     parser.add_argument("--json", action="store_true")
@@ -338,13 +359,14 @@ def main() -> None:
     ratios = []
     for run in range(args.runs):
         try:
-            result = dissemination(args)
+            results = dissemination(args)
         except Exception as exc:  # a run that does not finish is counted, not fatal
-            result = {"run": run + 1, "all_ok": False, "error": repr(exc)}
-        result["run"] = run + 1
-        report(result, args.json)
-        if result.get("all_ok"):
-            ratios.append(result["ratio_to_bound"])
+            results = [{"all_ok": False, "error": repr(exc)}]
+        for result in results:
+            result["run"] = run + 1
+            report(result, args.json)
+            if result.get("all_ok"):
+                ratios.append(result["ratio_to_bound"])
     if args.runs > 1:
         report({"runs": args.runs, "completed": len(ratios),
                 "ratio_to_bound_min": min(ratios, default=None),

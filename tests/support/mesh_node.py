@@ -250,36 +250,54 @@ async def fetch_with_retries(mesh: P2PMesh, ann: Any, retries: int = 2) -> bytes
 
 async def swarm(mesh: P2PMesh, cfg: dict[str, Any],
                 commands: asyncio.Queue[str | None]) -> None:
-    blob = make_blob(cfg["key"], cfg.get("blob_mib", 10))
-    sub = mesh.subscribe()
-    seen: dict[str, Any] = {}
+    """`windows` rounds (default 1) over the same mesh and connections: in each, a new
+    blob announced under window w until `go`, then every other peer's blob of w
+    fetched at once; "ready" and "done" carry `window`."""
+    seen: dict[int, dict[str, Any]] = {}
 
     async def collect() -> None:
-        async for ann in sub:
-            seen.setdefault(ann.peer_id, ann)
+        async for ann in mesh.subscribe():
+            seen.setdefault(ann.window, {}).setdefault(ann.peer_id, ann)
 
     task = asyncio.ensure_future(collect())
+    for window in range(1, cfg.get("windows", 1) + 1):
+        if not await swarm_window(mesh, cfg, commands, window, seen):
+            break
+    await drain(commands)  # keep serving until told to stop
+    task.cancel()
+
+
+async def swarm_window(mesh: P2PMesh, cfg: dict[str, Any], commands: asyncio.Queue[str | None],
+                       window: int, seen: dict[int, dict[str, Any]]) -> bool:
+    """One window of `swarm`; False when stdin closed before its `go`."""
+    blob = make_blob(cfg["key"] + 1000 * (window - 1), cfg.get("blob_mib", 10))
+    anns = seen.setdefault(window, {})
 
     async def keep_announcing() -> None:  # gossip meshes form late: repeat until `go`
         while True:
-            await mesh.announce(1, blob)
+            await mesh.announce(window, blob)
             await asyncio.sleep(0.5)
 
     announcer = asyncio.ensure_future(keep_announcing())
-    await until(lambda: len(seen) >= cfg["peers"] - 1, cfg.get("timeout", 120),
-                f"{cfg['peers'] - 1} announcements")
-    emit("ready", peer_id=mesh.peer_id)
-    while (await commands.get()) not in ("go", None):
-        pass
-    announcer.cancel()
+    try:
+        await until(lambda: len(anns) >= cfg["peers"] - 1, cfg.get("timeout", 120),
+                    f"{cfg['peers'] - 1} announcements of window {window}")
+        emit("ready", peer_id=mesh.peer_id, window=window)
+        while (command := await commands.get()) != "go":
+            if command is None:
+                return False
+    finally:
+        announcer.cancel()
     started, cpu = time.monotonic(), time.process_time()
-    results = await asyncio.gather(*(fetch_with_retries(mesh, a) for a in seen.values()))
+    bytes_in, verdicts = mesh.stats().bytes_in, dict(VERDICTS.counts)
+    results = await asyncio.gather(*(fetch_with_retries(mesh, a) for a in anns.values()))
     elapsed = time.monotonic() - started
-    emit("done", seconds=elapsed, ok=all(hashlib.sha256(r).digest() == a.sha256
-                                          for r, a in zip(results, seen.values(), strict=True)),
-         bytes_in=mesh.stats().bytes_in, cpu_s=time.process_time() - cpu, **VERDICTS.counts)
-    await drain(commands)  # keep serving until told to stop
-    task.cancel()
+    emit("done", window=window, seconds=elapsed,  # figures of this window alone
+         ok=all(hashlib.sha256(r).digest() == a.sha256
+                for r, a in zip(results, anns.values(), strict=True)),
+         bytes_in=mesh.stats().bytes_in - bytes_in, cpu_s=time.process_time() - cpu,
+         **{k: n - verdicts[k] for k, n in VERDICTS.counts.items()})
+    return True
 
 
 if __name__ == "__main__":
