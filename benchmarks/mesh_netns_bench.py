@@ -165,6 +165,8 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any], switch: str
     """One window: wait until every node is ready, `go`, and the figures once each
     has every blob."""
     n, mib, mbit, up = args.peers, args.mib, args.mbit, uplinks(args)
+    if window > 1:
+        send_all(procs, "next")  # only now: nodes announce the window's blobs
     for i, p in enumerate(procs):
         read_event(p, "ready", 240)
         print(f"peer {i} ready (window {window})", file=sys.stderr)
@@ -172,10 +174,7 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any], switch: str
     line_before = lab.line_stats() if line else {}
     sampler = LinkSampler(lab, switch, sw_devs) if args.timeline else None
     started = time.monotonic()
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
+    send_all(procs, "go")
     done = [read_event(p, "done", 900) for p in procs]
     wall = time.monotonic() - started
     timeline = sampler.stop(sum(up), mbit * n) if sampler is not None else None
@@ -258,6 +257,13 @@ def rtt_report(rtt_ms: float, line: LineSpec | None, ping: dict[str, Any]
     applied = (line is not None and low is not None
                and abs(low - rtt_ms) <= max(1.0, 0.1 * rtt_ms))
     return {"rtt_applied": applied, "rtt_ms_measured": measured}
+
+
+def send_all(procs: list[Any], command: str) -> None:
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(command + "\n")
+        p.stdin.flush()
 
 
 def line_report(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -248,11 +248,21 @@ async def fetch_with_retries(mesh: P2PMesh, ann: Any, retries: int = 2) -> bytes
     raise AssertionError("unreachable")
 
 
+async def until_command(commands: asyncio.Queue[str | None], wanted: str) -> bool:
+    """Wait for `wanted` on stdin; False when stdin closes first."""
+    while (command := await commands.get()) != wanted:
+        if command is None:
+            return False
+    return True
+
+
 async def swarm(mesh: P2PMesh, cfg: dict[str, Any],
                 commands: asyncio.Queue[str | None]) -> None:
     """`windows` rounds (default 1) over the same mesh and connections: in each, a new
     blob announced under window w until `go`, then every other peer's blob of w
-    fetched at once; "ready" and "done" carry `window`."""
+    fetched at once; "ready" and "done" carry `window`. A window after the first
+    begins at `next`, so that no node hashes and announces its next blob while
+    others still fetch."""
     seen: dict[int, dict[str, Any]] = {}
 
     async def collect() -> None:
@@ -261,6 +271,8 @@ async def swarm(mesh: P2PMesh, cfg: dict[str, Any],
 
     task = asyncio.ensure_future(collect())
     for window in range(1, cfg.get("windows", 1) + 1):
+        if window > 1 and not await until_command(commands, "next"):
+            break
         if not await swarm_window(mesh, cfg, commands, window, seen):
             break
     await drain(commands)  # keep serving until told to stop
@@ -283,9 +295,8 @@ async def swarm_window(mesh: P2PMesh, cfg: dict[str, Any], commands: asyncio.Que
         await until(lambda: len(anns) >= cfg["peers"] - 1, cfg.get("timeout", 120),
                     f"{cfg['peers'] - 1} announcements of window {window}")
         emit("ready", peer_id=mesh.peer_id, window=window)
-        while (command := await commands.get()) != "go":
-            if command is None:
-                return False
+        if not await until_command(commands, "go"):
+            return False
     finally:
         announcer.cancel()
     started, cpu = time.monotonic(), time.process_time()
