@@ -199,6 +199,8 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any], switch: str
             "nodes_cpu_s": round(sum(c for d in done if isinstance(c := d.get("cpu_s"), float)),
                                  1),
             "cores": os.cpu_count(),
+            # minor page faults in the nodes over the same time (fresh memory touched)
+            "nodes_page_faults": sum(int(d.get("page_faults", 0)) for d in done),  # type: ignore[call-overload]
             # honest peers cut off by a fetcher as too slow, and the bytes fetched in all
             "too_slow_cutoffs": sum(int(d.get("too_slow", 0)) for d in done),  # type: ignore[call-overload]
             "bytes_in_per_needed": round(sum(int(d.get("bytes_in", 0)) for d in done)  # type: ignore[call-overload]

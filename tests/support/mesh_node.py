@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -301,12 +302,14 @@ async def swarm_window(mesh: P2PMesh, cfg: dict[str, Any], commands: asyncio.Que
         announcer.cancel()
     started, cpu = time.monotonic(), time.process_time()
     bytes_in, verdicts = mesh.stats().bytes_in, dict(VERDICTS.counts)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     results = await asyncio.gather(*(fetch_with_retries(mesh, a) for a in anns.values()))
     elapsed = time.monotonic() - started
     emit("done", window=window, seconds=elapsed,  # figures of this window alone
          ok=all(hashlib.sha256(r).digest() == a.sha256
                 for r, a in zip(results, anns.values(), strict=True)),
          bytes_in=mesh.stats().bytes_in - bytes_in, cpu_s=time.process_time() - cpu,
+         page_faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
          **{k: n - verdicts[k] for k, n in VERDICTS.counts.items()})
     return True
 
