@@ -126,7 +126,9 @@ async def serve_guarded(serve: Callable[[Any], Awaitable[None]], stream: Any,
             await stream.reset()
 
 
-async def read_exact(stream, n: int, idle_timeout: float) -> bytes:  # type: ignore[no-untyped-def]
+async def read_exact(stream, n: int, idle_timeout: float,  # type: ignore[no-untyped-def]
+                     progress: Callable[[int], None] | None = None) -> bytes:
+    """`n` bytes from `stream`; `progress(bytes so far)` after each read."""
     parts: list[bytes] = []
     got = 0
     while got < n:
@@ -141,6 +143,8 @@ async def read_exact(stream, n: int, idle_timeout: float) -> bytes:  # type: ign
             raise PeerUnavailable("stream ended early")
         parts.append(piece)
         got += len(piece)
+        if progress is not None:
+            progress(got)
     return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)  # joined once (`Partial`)
 
 

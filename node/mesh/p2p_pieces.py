@@ -155,6 +155,8 @@ class FetchJob:
     failures: dict[str, str]
     views: dict[str, np.ndarray] = field(default_factory=dict)
     asked: dict[int, str] = field(default_factory=dict)  # piece -> source
+    # asked pieces whose last bytes are on their way: their source and slot are free
+    finishing: set[int] = field(default_factory=set)
     # requests open with each source, and each source's last piece in bytes/s: the
     # mesh passes one of each for all its fetches
     load: Counter[str] = field(default_factory=Counter)

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,7 +67,7 @@ from node.mesh.p2p_pieces import (
     piece_header,
     piece_request,
 )
-from node.mesh.p2p_slots import FetchSlots
+from node.mesh.p2p_slots import WAKE, FetchSlots
 from node.mesh.pieces import (
     PER_SOURCE_ALONE,
     PIECE_BYTES,
@@ -77,6 +78,26 @@ from node.mesh.pieces import (
 )
 
 RATES_KEPT = 1024  # sources whose last piece rate a node remembers (most recent)
+
+
+def tail_watch(length: int, first_byte_s: float, almost_done: Callable[[], None] | None
+               ) -> Callable[[int], None] | None:
+    """A `read_exact` progress callback that calls `almost_done` once, when the bytes
+    still to come would take, at the rate so far, no longer than the answer's first
+    byte took (a round trip and the holder's queue): a request sent then is answered
+    as this answer ends, so the source's link has no gap between two pieces."""
+    if almost_done is None:
+        return None
+    start, fired = trio.current_time(), False
+
+    def progress(got: int) -> None:
+        nonlocal fired
+        elapsed = trio.current_time() - start
+        if not fired and got < length and (length - got) * elapsed <= got * first_byte_s:
+            fired = True
+            almost_done()
+
+    return progress
 
 
 class PieceTransfers:
@@ -207,13 +228,18 @@ class PieceTransfers:
         return partial.piece(index)
 
     # ---- fetching ------------------------------------------------------------------------
-    async def _ask(self, peer: str, digest: bytes, index: int, cap: int) -> bytes:
-        """One request; PeerUnavailable for an honest no, PeerFault for a broken answer."""
+    async def _ask(self, peer: str, digest: bytes, index: int, cap: int,
+                   almost_done: Callable[[], None] | None = None) -> bytes:
+        """One request; PeerUnavailable for an honest no, PeerFault for a broken answer.
+        With `almost_done`, that is called once the answer's end is a round trip away
+        (`tail_watch`)."""
+        asked = trio.current_time()
         # the whole answer is credited as the request leaves: it takes one round trip
         stream = await self._open(peer, PIECE_PROTOCOL, piece_request(digest, index),
                                   credit=HEADER_LEN + cap)
         try:
             header = await read_exact(stream, HEADER_LEN, 5.0)
+            first_byte_s = trio.current_time() - asked
             status, length = header[0], int.from_bytes(header[1:], "big")
             if status in (NOT_FOUND, BUSY, REFUSED) and length == 0:
                 raise PeerUnavailable({NOT_FOUND: "not found", BUSY: "busy",
@@ -222,7 +248,8 @@ class PieceTransfers:
                 raise PeerFault(f"bad piece header (status {status}, length {length})")
             # the fetch's minimum rate, after its grace period, bounds every answer
             with trio.move_on_after(self.limits.grace + length / PIECE_MIN_RATE) as cs:
-                body = await read_exact(stream, length, self.limits.idle_timeout)
+                body = await read_exact(stream, length, self.limits.idle_timeout,
+                                        tail_watch(length, first_byte_s, almost_done))
             if cs.cancelled_caught:
                 raise PeerTooSlow(f"too slow: {length} bytes not sent in time")
             self._in += length
@@ -303,7 +330,7 @@ class PieceTransfers:
 
     def _launch(self, job: FetchJob, rng: np.random.Generator, nursery: trio.Nursery,
                 send: Any) -> None:
-        while len(job.asked) < self._fetch_slots.limit:
+        while len(job.asked) - len(job.finishing) < self._fetch_slots.limit:
             now = trio.current_time()
             choice = job.choose(now, rng)
             if choice is None and not any(other.can_choose(now) for other in self._jobs
@@ -317,13 +344,30 @@ class PieceTransfers:
             piece, peer = choice
             job.asked[piece] = peer
             job.load[peer] += 1  # the node's count: `_one_piece` takes it back
-            nursery.start_soon(self._one_piece, peer, job.ann.sha256, piece, send)
+            nursery.start_soon(self._one_piece, job, peer, piece, send)
 
-    async def _one_piece(self, peer: str, digest: bytes, piece: int, send: Any) -> None:
+    async def _one_piece(self, job: FetchJob, peer: str, piece: int, send: Any) -> None:
         asked = trio.current_time()
+        released = False
+
+        def release() -> None:  # the source and the slot may take the next request
+            nonlocal released
+            if not released:
+                released = True
+                self._source_load[peer] -= 1
+                self._fetch_slots.give()
+
+        def almost_done() -> None:  # ask again now: the answer arrives as this one ends
+            job.finishing.add(piece)
+            release()
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
+                                     trio.ClosedResourceError):
+                send.send_nowait(WAKE)
+
         try:
             with trio.fail_after(PIECE_TIMEOUT_S):
-                result: Any = await self._ask(peer, digest, piece, PIECE_BYTES)
+                result: Any = await self._ask(peer, job.ann.sha256, piece, PIECE_BYTES,
+                                              almost_done)
             # what this source gave us, request to last byte: the next choice's guide
             self._rate_seen(peer, len(result) / max(trio.current_time() - asked, 1e-6))
         except Exception as exc:  # reported, judged by `_settle`
@@ -331,8 +375,7 @@ class PieceTransfers:
             if not isinstance(exc, PeerUnavailable):  # slow, silent or broken (busy is
                 self._rate_seen(peer, 0.0)  # honest): last choice until it serves
         finally:
-            self._source_load[peer] -= 1
-            self._fetch_slots.give()
+            release()
         await send.send((piece, peer, result))
 
     def _rate_seen(self, peer: str, rate: float) -> None:
@@ -344,6 +387,7 @@ class PieceTransfers:
 
     async def _settle(self, job: FetchJob, piece: int, peer: str, result: Any) -> None:
         del job.asked[piece]
+        job.finishing.discard(piece)
         if isinstance(result, bytes):
             try:
                 job.partial.accept(piece, result)

@@ -20,7 +20,11 @@ share links when the core is not the bottleneck), optionally also under a per-pe
 cap on bytes in + out per second (`host_bps`: a CPU-bound protocol stack). A request
 costs `request_rtts` path RTTs before its bytes flow: one, as the mesh sends a piece
 request together with the stream's multistream-select handshake and protocol
-(node/mesh/p2p_select.py; py-libp2p's own dialogue takes three). Pure: the
+(node/mesh/p2p_select.py; py-libp2p's own dialogue takes three). With `hand_over`
+(the mesh's `tail_watch`), once a piece's bytes still to come would take no longer
+than its request's round trips did, its fetcher counts it no more against the source
+and its request slots and asks again, so no round trip lies between two pieces from
+one holder (the holder's upload slot stays taken until the piece ends). Pure: the
 clock is simulated and every random choice comes from `seed`, so a run replays exactly.
 """
 
@@ -71,6 +75,7 @@ class Scenario:
     streams: int = 8  # direct: whole contributions fetched at once
     host_bps: float | None = None  # cap on each peer's bytes in + out per second
     request_rtts: float = 1.0  # round trips before a request's bytes flow
+    hand_over: bool = True  # swarm: the next request leaves a round trip before the end
     # what a flow's ACKs take of its receiver's uplink, per byte received: a 66-byte
     # ACK for every two 1448-byte segments (delayed ACKs)
     ack_share: float = 66 / (2 * 1448)
@@ -147,6 +152,7 @@ class _Flows:
         self.asked = np.zeros(capacity)  # when it was requested
         self.ready = np.zeros(capacity)  # when its bytes start to flow
         self.live = np.zeros(capacity, dtype=bool)
+        self.handed = np.zeros(capacity, dtype=bool)  # its request slot given back
         self._free = list(range(capacity - 1, -1, -1))
 
     def add(self, src: int, dst: int, piece: int, size: float, asked: float,
@@ -154,6 +160,7 @@ class _Flows:
         i = self._free.pop()
         self.src[i], self.dst[i], self.piece[i] = src, dst, piece
         self.left[i], self.asked[i], self.ready[i], self.live[i] = size, asked, ready, True
+        self.handed[i] = False
 
     def remove(self, i: int) -> None:
         self.live[i] = False
@@ -185,7 +192,8 @@ class _Run:
         self.fetching = np.zeros(self.n, dtype=int)
         self.uploaded = np.zeros(self.n)
         self.finish = [0.0 if self.have[d].all() else -1.0 for d in range(self.n)]
-        self.flows = _Flows(self.n * self._slots())
+        # handed-over flows hold no request slot: at most one more per slot is live
+        self.flows = _Flows(2 * self.n * self._slots())
         self.now, self.transfers = 0.0, 0
         self.caps = self._caps()
         self.rate_seen = np.full((self.n, self.n), np.inf)  # fetcher x holder, last piece
@@ -275,12 +283,32 @@ class _Run:
         left, ready = f.left[live], f.ready[live]
         waits = np.where(rates > 0, left / np.where(rates > 0, rates, 1.0), np.inf)
         waits = np.minimum(waits, np.where(ready > self.now + 1e-12, ready - self.now, np.inf))
+        # a hand-over: the bytes left take one request's round trips at this rate
+        early = self.s.hand_over and self.s.policy == "swarm"
+        trip = ready - f.asked[live]
+        if early:
+            before = np.where((rates > 0) & ~f.handed[live] & (trip > 0),
+                              (left - rates * trip) / np.where(rates > 0, rates, 1.0), np.inf)
+            waits = np.minimum(waits, np.maximum(before, 0.0))
         dt = float(waits.min())
         self.now += dt
         f.left[live] = left - rates * dt
         done = (rates > 0) & (f.left[live] <= 1e-6 * self.piece_bytes[f.piece[live]])
         for i in live[done].tolist():
             self._complete(i, starved)
+        if early:
+            near = (rates > 0) & ~done & ~f.handed[live] & (trip > 0) \
+                & (f.left[live] <= rates * trip * (1 + 1e-9) + 1e-6)
+            for i in live[near].tolist():
+                self._hand_over(i, starved)
+
+    def _hand_over(self, i: int, starved: set[int]) -> None:
+        """Flow i's fetcher asks again: its source and request slot are free."""
+        d, src = int(self.flows.dst[i]), int(self.flows.src[i])
+        self.flows.handed[i] = True
+        self.pair[d, src] -= 1
+        self.fetching[d] -= 1
+        starved.add(d)
 
     def _complete(self, i: int, starved: set[int]) -> None:
         f = self.flows
@@ -291,8 +319,9 @@ class _Run:
         self.holders[p] += 1
         self.coming[p] -= 1
         self.serving[src] -= 1
-        self.pair[d, src] -= 1
-        self.fetching[d] -= 1
+        if not f.handed[i]:
+            self.pair[d, src] -= 1
+            self.fetching[d] -= 1
         self.uploaded[src] += self.piece_bytes[p]
         self.transfers += 1
         if self.have[d].all():

@@ -6,7 +6,8 @@ import asyncio
 import os
 import time
 from collections import Counter
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -18,7 +19,7 @@ from node.mesh import LOOPBACK, AddressNotAllowedError, FetchError
 from node.mesh.base import Announcement, NoSourceError, sha256
 from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
 from node.mesh.p2p_blob import OK, REQUEST_LEN, PeerTooSlow, PeerUnavailable, response_header
-from node.mesh.p2p_pieces import HAVE, piece_header, read_bitfield
+from node.mesh.p2p_pieces import HAVE, FetchJob, piece_header, read_bitfield
 from node.mesh.p2p_select import ProtocolRefused
 from node.mesh.pieces import IN_FLIGHT, PER_SOURCE, PER_SOURCE_ALONE, PIECE_BYTES
 from tests.support.keys import identity
@@ -405,7 +406,8 @@ def test_a_failed_piece_puts_its_source_last_and_a_busy_one_keeps_its_place() ->
     BUSY changes nothing. Every request gives back its count and its slot."""
     mesh = P2PMesh(identity(90), P2PConfig(run="rates"))
 
-    async def ask(peer: str, digest: bytes, index: int, cap: int) -> bytes:
+    async def ask(peer: str, digest: bytes, index: int, cap: int,
+                  almost_done: Any = None) -> bytes:
         if peer == "busy":
             raise PeerUnavailable("busy")
         await trio.sleep(0.01)
@@ -419,7 +421,7 @@ def test_a_failed_piece_puts_its_source_last_and_a_busy_one_keeps_its_place() ->
         send, recv = trio.open_memory_channel[Any](8)
         for peer in ("fast", "dripping", "busy"):
             mesh._source_load[peer] += 1
-            await mesh._one_piece(peer, b"d" * 32, 0, send)
+            await mesh._one_piece(job_for(b"d" * 32), peer, 0, send)
         return [recv.receive_nowait() for _ in range(3)]
 
     results = trio.run(main)
@@ -429,6 +431,44 @@ def test_a_failed_piece_puts_its_source_last_and_a_busy_one_keeps_its_place() ->
     assert mesh._source_rates["dripping"] == 0.0
     assert "busy" not in mesh._source_rates
     assert not any(mesh._source_load.values())
+
+
+def job_for(digest: bytes) -> FetchJob:
+    return cast(FetchJob, SimpleNamespace(ann=SimpleNamespace(sha256=digest), finishing=set()))
+
+
+def test_a_piece_near_its_end_frees_its_source_and_slot_for_the_next_request() -> None:
+    """Once an answer's end is a round trip away (`tail_watch`), its source's count
+    and its fetch slot go back and the fetch is woken to ask again, so the source's
+    link has no gap between pieces; the piece stays asked until it settles, and
+    nothing is given back twice."""
+    mesh = P2PMesh(identity(91), P2PConfig(run="tail"))
+    seen: dict[str, Any] = {}
+
+    async def ask(peer: str, digest: bytes, index: int, cap: int,
+                  almost_done: Any = None) -> bytes:
+        assert mesh._fetch_slots.used == 1
+        almost_done()
+        seen["load"], seen["used"] = mesh._source_load[peer], mesh._fetch_slots.used
+        return b"x" * 1000
+
+    async def main() -> list[Any]:
+        mesh._ask = ask  # type: ignore[method-assign]
+        send, recv = trio.open_memory_channel[Any](8)
+        job = job_for(b"d" * 32)
+        mesh._source_load["a"] += 1
+        assert mesh._fetch_slots.take()
+        await mesh._one_piece(job, "a", 3, send)
+        seen["finishing"] = set(job.finishing)
+        return [recv.receive_nowait() for _ in range(2)]
+
+    woken, done = trio.run(main)
+    assert seen == {"load": 0, "used": 0, "finishing": {3}}
+    assert woken[0] < 0  # a wake-up first, then the piece itself
+    assert done[:2] == (3, "a")
+    assert done[2] == b"x" * 1000
+    assert mesh._source_load["a"] == 0
+    assert mesh._fetch_slots.used == 0
 
 
 async def test_a_pipelined_stream_carries_its_request_and_a_refused_protocol_is_typed(

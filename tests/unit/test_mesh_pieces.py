@@ -10,6 +10,8 @@ from typing import cast
 
 import numpy as np
 import pytest
+import trio
+from trio.testing import MockClock
 
 from node.mesh.base import Announcement
 from node.mesh.p2p_blob import PeerFault
@@ -23,6 +25,7 @@ from node.mesh.p2p_pieces import (
     read_bitfield,
     upload_slots,
 )
+from node.mesh.p2p_swarm import tail_watch
 from node.mesh.pieces import (
     IN_FLIGHT,
     MAX_IN_FLIGHT,
@@ -190,3 +193,31 @@ def test_a_second_request_goes_to_a_source_only_when_no_other_can_take_one() -> 
 ])
 def test_a_declared_downlink_sets_the_requests_kept_open(rate: float, slots: int) -> None:
     assert fetch_slots(rate) == slots
+
+
+def test_the_next_request_leaves_when_the_answers_end_is_a_round_trip_away() -> None:
+    """`tail_watch` fires once, when the bytes still to come would take no longer, at
+    the rate so far, than the answer's first byte took; never at the last byte (the
+    piece is done then) and not without a callback."""
+    calls: list[float] = []
+    clock = MockClock()
+
+    async def main() -> None:
+        watch = tail_watch(1000, 0.1, lambda: calls.append(trio.current_time()))
+        assert watch is not None
+        clock.jump(0.1)
+        watch(100)  # 900 bytes left at 1000 B/s: 0.9 s
+        clock.jump(0.7)
+        watch(800)  # 200 left: 0.2 s
+        assert calls == []
+        clock.jump(0.1)
+        watch(900)  # 100 left: 0.1 s, the first byte's wait
+        watch(950)
+        assert len(calls) == 1
+        late = tail_watch(1000, 0.0, lambda: calls.append(-1.0))
+        assert late is not None
+        late(1000)  # the whole answer in one read: nothing to hand over
+        assert len(calls) == 1
+
+    trio.run(main, clock=clock)
+    assert tail_watch(10, 0.1, None) is None
