@@ -18,9 +18,11 @@ downlink carries: up to 8) and one request per source (`PER_SOURCE`; two,
 assumes: more would split the node's own downlink so thin that honest holders
 miss the piece minimum rate and are cut off as too slow. They also share
 what each source's last piece took: among the sources it uses least, a fetch asks
-the fastest (`fastest_first`). Every piece is checked against its hash, so a wrong
-piece names its sender exactly: that source is penalised and not asked again.
-The whole blob's SHA-256 is checked at the end.
+the fastest (`fastest_first`). A request counts against its source and the slots
+only until its answer's end is a round trip away (`tail_watch`): then the fetch asks
+again, so a source's link has no idle round trip between two pieces. Every piece
+is checked against its hash, so a wrong piece names its sender exactly: that source
+is penalised and not asked again. The whole blob's SHA-256 is checked at the end.
 """
 
 from __future__ import annotations
