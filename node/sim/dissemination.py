@@ -157,6 +157,8 @@ class _Flows:
 
     def add(self, src: int, dst: int, piece: int, size: float, asked: float,
             ready: float) -> None:
+        if not self._free:  # handed-over flows still finishing: make room
+            self._grow()
         i = self._free.pop()
         self.src[i], self.dst[i], self.piece[i] = src, dst, piece
         self.left[i], self.asked[i], self.ready[i], self.live[i] = size, asked, ready, True
@@ -165,6 +167,13 @@ class _Flows:
     def remove(self, i: int) -> None:
         self.live[i] = False
         self._free.append(i)
+
+    def _grow(self) -> None:
+        n = len(self.live)
+        for name in ("src", "dst", "piece", "left", "asked", "ready", "live", "handed"):
+            old = getattr(self, name)
+            setattr(self, name, np.concatenate([old, np.zeros_like(old)]))
+        self._free = list(range(2 * n - 1, n - 1, -1))
 
 
 class _Run:
@@ -192,7 +201,7 @@ class _Run:
         self.fetching = np.zeros(self.n, dtype=int)
         self.uploaded = np.zeros(self.n)
         self.finish = [0.0 if self.have[d].all() else -1.0 for d in range(self.n)]
-        # handed-over flows hold no request slot: at most one more per slot is live
+        # handed-over flows hold no request slot: room for one more per slot (it grows)
         self.flows = _Flows(2 * self.n * self._slots())
         self.now, self.transfers = 0.0, 0
         self.caps = self._caps()

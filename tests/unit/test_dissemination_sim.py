@@ -15,7 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.mesh.pieces import fastest_first, piece_count, piece_span, rarest_wanted
-from node.sim.dissemination import Link, Scenario, lower_bound, maxmin_rates, simulate
+from node.sim.dissemination import (
+    Link,
+    Scenario,
+    _Flows,
+    lower_bound,
+    maxmin_rates,
+    simulate,
+)
 
 MIB = 1 << 20
 
@@ -153,6 +160,17 @@ def test_a_single_source_gets_a_second_request_that_hides_the_round_trip() -> No
     slow = dict(s, links=(Link(10e6, 100e6, 0.04), Link(100e6, 100e6, 0.04)),
                 hand_over=False)
     assert simulate(Scenario(**slow)) == simulate(Scenario(per_source_alone=1, **slow))  # type: ignore[arg-type]
+
+
+def test_the_flow_table_grows_when_handed_over_flows_still_finish() -> None:
+    """A handed-over flow holds no request slot, so more flows than slots can be live;
+    the table makes room and keeps every flow it had."""
+    flows = _Flows(1)
+    for k in range(3):
+        flows.add(0, 1, k, 10.0 + k, 0.0, 0.0)
+    assert flows.live.sum() == 3
+    assert sorted(flows.piece[flows.live].tolist()) == [0, 1, 2]
+    assert sorted(flows.left[flows.live].tolist()) == [10.0, 11.0, 12.0]
 
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "dissemination_sim.py"
