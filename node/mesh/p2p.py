@@ -7,8 +7,9 @@ trio task. Announcements flow back to asyncio queues the same way.
 
 Split: host construction in `p2p_host`, the blob wire protocol in `p2p_blob`,
 relay / AutoNAT / DCUtR in `p2p_nat`, the config in `p2p_config`; the mixins
-`Announcements` (`p2p_gossip`), `PieceTransfers` (`p2p_swarm`), `HaveBatches`
-(`p2p_haves`), `BlobTransfers` (`p2p_transfer`) and `Records` (`p2p_records`);
+`Announcements` (`p2p_gossip`), `PieceServing` (`p2p_serve`), `PieceTransfers`
+(`p2p_swarm`), `HaveBatches` (`p2p_haves`), `BlobTransfers` (`p2p_transfer`) and
+`Records` (`p2p_records`);
 this module holds the mesh itself (lifecycle, bridge, blobs held). Identity: the
 libp2p secp256k1 key is the node's chain key, so a peer id names exactly one
 Ethereum address.
@@ -75,6 +76,7 @@ from node.mesh.p2p_pieces import (
     upload_slots,
 )
 from node.mesh.p2p_records import Records
+from node.mesh.p2p_serve import PieceServing
 from node.mesh.p2p_slots import FetchSlots
 from node.mesh.p2p_swarm import PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
@@ -91,7 +93,8 @@ log = logging.getLogger(__name__)
 
 
 
-class P2PMesh(Announcements, PieceTransfers, HaveBatches, BlobTransfers, Records):
+class P2PMesh(Announcements, PieceServing, PieceTransfers, HaveBatches, BlobTransfers,
+              Records):
     """A `Mesh` over py-libp2p. Construct freely; `start()` opens sockets."""
 
     def __init__(self, identity: Identity, config: P2PConfig) -> None:
