@@ -153,7 +153,7 @@ def validate(path: Path, host_mibps: float | None, goodput: float = 1.0
 
 
 def loopback() -> list[dict[str, Any]]:
-    """tests/network/test_mesh_p2p.py::test_swarming_spends_the_authors_upload_about_once:
+    """tests/network/test_mesh_swarm.py::test_swarming_spends_the_authors_upload_about_once:
     one author with a 4 MiB/s uplink, six fetchers, loopback (links far faster)."""
     fast = Link(1e10, 1e10, 0.0)
     links = (Link(4 * MIB * 8, 1e10, 0.0),) + (fast,) * 6

@@ -293,23 +293,22 @@ class _Run:
         waits = np.where(rates > 0, left / np.where(rates > 0, rates, 1.0), np.inf)
         waits = np.minimum(waits, np.where(ready > self.now + 1e-12, ready - self.now, np.inf))
         # a hand-over: the bytes left take one request's round trips at this rate
-        early = self.s.hand_over and self.s.policy == "swarm"
         trip = ready - f.asked[live]
-        if early:
-            before = np.where((rates > 0) & ~f.handed[live] & (trip > 0),
-                              (left - rates * trip) / np.where(rates > 0, rates, 1.0), np.inf)
-            waits = np.minimum(waits, np.maximum(before, 0.0))
+        watched = (rates > 0) & ~f.handed[live] & (trip > 0)
+        if not (self.s.hand_over and self.s.policy == "swarm"):
+            watched[:] = False
+        before = np.where(watched, (left - rates * trip) / np.where(rates > 0, rates, 1.0),
+                          np.inf)
+        waits = np.minimum(waits, np.maximum(before, 0.0))
         dt = float(waits.min())
         self.now += dt
         f.left[live] = left - rates * dt
         done = (rates > 0) & (f.left[live] <= 1e-6 * self.piece_bytes[f.piece[live]])
         for i in live[done].tolist():
             self._complete(i, starved)
-        if early:
-            near = (rates > 0) & ~done & ~f.handed[live] & (trip > 0) \
-                & (f.left[live] <= rates * trip * (1 + 1e-9) + 1e-6)
-            for i in live[near].tolist():
-                self._hand_over(i, starved)
+        near = watched & ~done & (f.left[live] <= rates * trip * (1 + 1e-9) + 1e-6)
+        for i in live[near].tolist():
+            self._hand_over(i, starved)
 
     def _hand_over(self, i: int, starved: set[int]) -> None:
         """Flow i's fetcher asks again: its source and request slot are free."""
