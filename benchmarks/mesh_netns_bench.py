@@ -30,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -150,7 +152,7 @@ def dissemination(args: argparse.Namespace) -> list[dict[str, Any]]:
             procs.append(lab.spawn(ns, json.dumps(cfg)))
             if i == 0:
                 boot = [f"/ip4/10.97.0.1/tcp/4001/p2p/{peer_id_of(lab, procs[0])}"]
-        rows = [run_window(args, lab, procs, switch, sw_devs, w)
+        rows = [run_window(args, lab, procs, (switch, sw_devs, hosts), w)
                 for w in range(1, (1 if args.transport == "tcp" else args.windows) + 1)]
         for p in procs:
             assert p.stdin is not None
@@ -160,10 +162,11 @@ def dissemination(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any], switch: str,
-               sw_devs: list[str], window: int) -> dict[str, Any]:
+def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any],
+               net: tuple[str, list[str], list[str]], window: int) -> dict[str, Any]:
     """One window: wait until every node is ready, `go`, and the figures once each
-    has every blob."""
+    has every blob. `net`: the switch's namespace, its ports and the peers' namespaces."""
+    switch, sw_devs, hosts = net
     n, mib, mbit, up = args.peers, args.mib, args.mbit, uplinks(args)
     if window > 1:
         send_all(procs, "next")  # only now: nodes announce the window's blobs
@@ -172,6 +175,7 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any], switch: str
         print(f"peer {i} ready (window {window})", file=sys.stderr)
     line = args.rtt_ms > 0
     line_before = lab.line_stats() if line else {}
+    tcp_before = tcp_state(lab, hosts)
     sampler = LinkSampler(lab, switch, sw_devs) if args.timeline else None
     started = time.monotonic()
     send_all(procs, "go")
@@ -191,6 +195,8 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any], switch: str
             else "whole blobs" if args.whole else "swarming",
             "rtt_ms_requested": args.rtt_ms,
             **line_report(line_before, line_after),
+            # the peers' TCP state at `go` and once every blob has arrived
+            "tcp_at_go": tcp_before, "tcp_at_end": tcp_state(lab, hosts),
             # delayed links' ends the kernel would not steer (no RPS): the line is slower
             **({"unsteered": unsteered} if (unsteered := list(lab.unsteered)) else {}),
             "all_ok": all(d["ok"] for d in done),
@@ -261,6 +267,23 @@ def rtt_report(rtt_ms: float, line: LineSpec | None, ping: dict[str, Any]
     return {"rtt_applied": applied, "rtt_ms_measured": measured}
 
 
+def tcp_state(lab: Lab, hosts: list[str]) -> dict[str, Any]:
+    """The peers' established TCP connections as the kernel sees them (`ss -ti`): how
+    many, and the median smoothed RTT (ms) and congestion window (segments). Taken
+    before `go` it is the state a window's transfers start from: warm connections
+    carry what the last window's queues taught them."""
+    rtts: list[float] = []
+    cwnds: list[float] = []
+    for ns in hosts:
+        out = lab.sh(ns, "ss -tinH state established")
+        rtts += [float(m) for m in re.findall(r"(?<![a-z_])rtt:([0-9.]+)/", out)]
+        cwnds += [float(m) for m in re.findall(r"(?<![a-z_])cwnd:(\d+)", out)]
+    if not rtts:
+        return {"connections": 0}
+    return {"connections": len(rtts), "srtt_ms_median": round(statistics.median(rtts), 1),
+            "cwnd_median": statistics.median(cwnds) if cwnds else None}
+
+
 def send_all(procs: list[Any], command: str) -> None:
     for p in procs:
         assert p.stdin is not None
@@ -280,6 +303,7 @@ def line_report(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
     return {"delay_line_cpu_s": round(after["cpu_s"] - before["cpu_s"], 2),
             "delay_line_send_errors": total(after, "send_errors"),
             "delay_line_frames": frames,
+            "delay_line_small_frames": total(after, "small") - total(before, "small"),
             "delay_line_mean_frame_b": (total(after, "bytes") - total(before, "bytes"))
             // max(1, frames)}
 

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.delay_line import Forwarder, LineSpec, command, schedule
+from tests.support.delay_line import (
+    SMALL_FRAME,
+    Direction,
+    Forwarder,
+    LineSpec,
+    command,
+    schedule,
+)
 from tests.support.netns import Lab, NetnsError, cpu_mask, lab_or_skip, qdisc_available
 
 ARRIVALS = [i * 1e-4 for i in range(2000)]  # 10,000 frames/s for 0.2 s
@@ -74,6 +83,20 @@ def test_forwarder_answers_every_command_even_a_failed_one(
     assert [r["event"] for r in replies] == ["reply"] * 5
     assert [r["ok"] for r in replies] == [False, False, False, False, True]
     assert replies[-1]["links"] == {}
+
+
+def test_the_forwarder_counts_small_frames_apart() -> None:
+    """Bare ACKs (76 bytes with the vnet header) and data frames, told apart by size."""
+    src, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with src, far:
+        src.setblocking(False)
+        d = Direction("x:ab", src, far, LineSpec(), random.Random(0))
+        for size in (76, SMALL_FRAME, SMALL_FRAME + 1, 4_000, 90):
+            far.send(b"\0" * size)
+        Forwarder().receive(d)
+    assert d.counters()["frames"] == 5
+    assert d.counters()["small"] == 3
+    assert d.counters()["bytes"] == 76 + SMALL_FRAME + SMALL_FRAME + 1 + 4_000 + 90
 
 
 @pytest.fixture

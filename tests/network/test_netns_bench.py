@@ -35,6 +35,8 @@ def test_two_windows_of_dissemination_each_report_their_own_figures() -> None:
         assert row["bytes_in_per_needed"] == pytest.approx(1.0, abs=0.05), row
         assert row["slowest_peer_s"] >= row["lower_bound_s"]
         assert row["too_slow_cutoffs"] == 0
+    # the second window starts on the connections the first made: every pair, both ends
+    assert rows[1]["tcp_at_go"]["connections"] >= max(6, rows[0]["tcp_at_go"]["connections"])
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                             check=False).stdout
     assert "gm" not in listed  # the bench removed what it made

@@ -47,6 +47,7 @@ PACKET_IGNORE_OUTGOING = 23
 RECV_BUF = 256 * 1024  # a GSO frame is at most 64 KiB + headers
 SOCK_BUF = 8 * 1024 * 1024
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h; `socket` lacks them
+SMALL_FRAME = 128  # vnet header, Ethernet, IPv4 and TCP with options: a bare ACK is 76
 BATCH = 64  # frames read from one socket before looking at the clock again
 
 
@@ -131,12 +132,14 @@ class Direction:
     rng: random.Random
     frames: int = 0
     bytes: int = 0
+    small: int = 0  # frames of at most SMALL_FRAME bytes: ACKs and control, no payload
     lost: int = 0
     send_errors: int = 0
     truncated: int = 0
 
     def counters(self) -> dict[str, int]:
-        return {"frames": self.frames, "bytes": self.bytes, "lost": self.lost,
+        return {"frames": self.frames, "bytes": self.bytes, "small": self.small,
+                "lost": self.lost,
                 "send_errors": self.send_errors, "truncated": self.truncated}
 
 
@@ -185,6 +188,7 @@ class Forwarder:
                 continue
             d.frames += 1
             d.bytes += n
+            d.small += n <= SMALL_FRAME
             due = release_time(time.monotonic(), d.spec, d.rng)
             if due is None:
                 d.lost += 1
