@@ -1,15 +1,16 @@
 """Peer-to-peer transport: the `Mesh` protocol, an in-memory and a libp2p implementation.
 
-`node.mesh.p2p` is the only module that imports `libp2p` or `trio`; import it
-explicitly (it is not loaded here, so the rest of the node stays light). The
+`node.mesh.p2p` and its `p2p_*` parts are the only modules that import `libp2p` or
+`trio` (a test guards it); import it explicitly (it is not loaded here, so the rest
+of the node stays light). Errors: node/mesh/errors.py; signed records: records.py. The
 simulator's in-process `MemoryBoard` lives in board.py. Imports only `protocol`
 (and `node.errors`); it knows nothing of models, the chain or the runtime.
 """
 
 from node.mesh.addresses import LOOPBACK, AddressPolicy
-from node.mesh.base import (
+from node.mesh.base import Announcement, Mesh, MeshStats, Subscription
+from node.mesh.errors import (
     AddressNotAllowedError,
-    Announcement,
     BadAnnouncementError,
     BadRecordError,
     BlobTooLargeError,
@@ -17,16 +18,13 @@ from node.mesh.base import (
     FetchError,
     FetchTimeoutError,
     HashMismatchError,
-    Mesh,
     MeshError,
     MeshStateError,
-    MeshStats,
     MeshTimeoutError,
     NoSourceError,
-    RecordKey,
-    Subscription,
 )
 from node.mesh.memory import MemoryMesh, MemoryNetwork
+from node.mesh.records import RecordKey
 
 __all__ = [
     "LOOPBACK",

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from node.mesh.base import AddressNotAllowedError
+from node.mesh.errors import AddressNotAllowedError
 
 _IP_PROTOS = {"ip4", "ip6"}
 _NAME_PROTOS = {"dns", "dns4", "dns6", "dnsaddr"}

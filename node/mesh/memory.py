@@ -20,27 +20,26 @@ from typing import Literal
 from node.mesh.base import (
     DEFAULT_MAX_BLOB_BYTES,
     Announcement,
-    BadAnnouncementError,
     BlobStore,
+    FetchTarget,
+    MeshStats,
+    Subscription,
+    broadcast,
+    sha256,
+)
+from node.mesh.errors import (
+    BadAnnouncementError,
     BlobTooLargeError,
     DialError,
     FetchError,
-    FetchTarget,
     FetchTimeoutError,
     HashMismatchError,
     MeshStateError,
-    MeshStats,
     MeshTimeoutError,
     NoSourceError,
-    RecordKey,
-    Subscription,
-    broadcast,
-    open_record,
-    record_seq,
-    seal_record,
-    sha256,
 )
 from node.mesh.pieces import piece_hashes, pieces_root
+from node.mesh.records import RecordKey, open_record, record_seq, seal_record
 from protocol.identity import Identity
 
 Fault = Literal["corrupt", "stall", "refuse"]

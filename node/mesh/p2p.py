@@ -5,8 +5,9 @@ which schedules a trio task and awaits an asyncio future that the task
 resolves with `call_soon_threadsafe`. Cancelling the asyncio side cancels the
 trio task. Announcements flow back to asyncio queues the same way.
 
-Split: host construction in `p2p_host`, the blob wire protocol in `p2p_blob`,
-relay / AutoNAT / DCUtR in `p2p_nat`, the config in `p2p_config`; the mixins
+Split: the bridge in `p2p_bridge`, host construction in `p2p_host`, the blob wire
+protocol in `p2p_blob`, relay / AutoNAT / DCUtR in `p2p_nat`, the config in
+`p2p_config`; the mixins `PeerViews` (`p2p_peers`: ids, addresses, peers),
 `Announcements` (`p2p_gossip`), `PieceServing` (`p2p_serve`), `PieceTransfers`
 (`p2p_swarm`), `HaveBatches` (`p2p_haves`), `BlobTransfers` (`p2p_transfer`) and
 `Records` (`p2p_records`);
@@ -19,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import threading
-import warnings
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,24 +35,20 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.tools.anyio_service import background_trio_service
 
-from node.mesh.base import (
-    MAX_ADDRS,
-    Announcement,
-    BlobStore,
+from node.mesh.base import Announcement, BlobStore, MeshStats, broadcast
+from node.mesh.errors import (
     BlobTooLargeError,
     DialError,
     MeshError,
     MeshStateError,
-    MeshStats,
     MeshTimeoutError,
-    RecordKey,
-    broadcast,
 )
 from node.mesh.p2p_blob import (
     BLOB_PROTOCOL,
     ByteBucket,
     ReadLimits,
 )
+from node.mesh.p2p_bridge import call_in_trio, run_trio_thread
 from node.mesh.p2p_config import P2PConfig
 from node.mesh.p2p_gossip import Announcements
 from node.mesh.p2p_haves import HAVES_PROTOCOL, HaveBatches
@@ -63,11 +58,10 @@ from node.mesh.p2p_host import (
     build_dht,
     build_host,
     build_pubsub,
-    connection_addrs,
-    is_relayed,
     listen_multiaddr,
     peer_address,
 )
+from node.mesh.p2p_peers import PeerViews
 from node.mesh.p2p_pieces import (
     PIECE_PROTOCOL,
     FetchJob,
@@ -80,6 +74,7 @@ from node.mesh.p2p_serve import PieceServing
 from node.mesh.p2p_slots import FetchSlots
 from node.mesh.p2p_swarm import PieceTransfers
 from node.mesh.p2p_transfer import TRANSFER_LOG, BlobTransfers, Transfer, _PeerState
+from node.mesh.records import RecordKey
 from protocol.identity import Identity
 
 __all__ = ["P2PConfig", "P2PMesh", "Transfer"]
@@ -92,9 +87,8 @@ _peer_address = peer_address
 log = logging.getLogger(__name__)
 
 
-
-class P2PMesh(Announcements, PieceServing, PieceTransfers, HaveBatches, BlobTransfers,
-              Records):
+class P2PMesh(PeerViews, Announcements, PieceServing, PieceTransfers, HaveBatches,
+              BlobTransfers, Records):
     """A `Mesh` over py-libp2p. Construct freely; `start()` opens sockets."""
 
     def __init__(self, identity: Identity, config: P2PConfig) -> None:
@@ -137,75 +131,7 @@ class P2PMesh(Announcements, PieceServing, PieceTransfers, HaveBatches, BlobTran
         self.transfers: deque[Transfer] = deque(maxlen=TRANSFER_LOG)
         self.limits = ReadLimits(config.max_blob_bytes, config.idle_timeout, config.min_rate)
 
-    # ---- identity and state -------------------------------------------------
-    @property
-    def peer_id(self) -> str:
-        return self._peer_id.to_base58()
-
-    @property
-    def address(self) -> bytes:
-        return self._identity.address
-
-    @property
-    def listen_addrs(self) -> tuple[str, ...]:
-        return self._addrs
-
-    @property
-    def dial_addrs(self) -> tuple[str, ...]:
-        """Listen addresses with `/p2p/<peer id>`: what others bootstrap from (and what
-        nodes put in `P2PConfig.relays` when this node runs with `relay_service`)."""
-        return tuple(f"{a}/p2p/{self.peer_id}" for a in self._addrs)
-
-    @property
-    def circuit_addrs(self) -> tuple[str, ...]:
-        """`<relay>/p2p-circuit/p2p/<peer id>` for each relay holding a reservation for us."""
-        nat = self._nat
-        return tuple(f"{a}/p2p/{self.peer_id}" for a in (nat.circuit_addrs if nat else ()))
-
-    @property
-    def advertised_addrs(self) -> tuple[str, ...]:
-        """What announcements carry: listen addresses, then relay circuit addresses."""
-        nat = self._nat
-        return (*self._addrs, *(nat.circuit_addrs if nat else ()))[:MAX_ADDRS]
-
-    @property
-    def reachability(self) -> str:
-        """AutoNAT's verdict from our relays: 'public', 'private' or 'unknown'."""
-        return self._nat.reachability if self._nat is not None else "unknown"
-
-    def peer_score(self, peer_id: str) -> int:
-        return self._peers[peer_id].score if peer_id in self._peers else 0
-
-    def banned(self, peer_id: str) -> bool:
-        return peer_id in self._peers and self._peers[peer_id].score <= self._cfg.ban_score
-
-    def connected_peers(self) -> tuple[str, ...]:
-        if not self._running or self._host is None:
-            return ()
-        try:
-            return tuple(sorted(p.to_base58() for p in self._host.get_connected_peers()))
-        except Exception:
-            return ()
-
-    def connection_paths(self, peer_id: str) -> tuple[tuple[str, ...], ...]:
-        """Transport addresses of each open connection to `peer_id` (a relayed one reads
-        `/p2p/<relay>/p2p-circuit/p2p/<peer>`; a direct one `/ip4/<ip>/tcp/<port>`)."""
-        if not self._running or self._host is None:
-            return ()
-        try:
-            conns = self._host.get_network().connections.get(ID.from_base58(peer_id), [])
-            conns = conns if isinstance(conns, list) else [conns]
-            return tuple(tuple(connection_addrs(c)) for c in conns)
-        except Exception:
-            return ()
-
-    def direct_connection(self, peer_id: str) -> tuple[str, ...] | None:
-        """The transport addresses of a non-relayed connection to `peer_id`, if any."""
-        for path in self.connection_paths(peer_id):
-            if path and not is_relayed(list(path)):
-                return path
-        return None
-
+    # ---- state ------------------------------------------------------------------
     def stats(self) -> MeshStats:
         return MeshStats(self._in, self._out, self._served, self._fetched)
 
@@ -238,29 +164,8 @@ class P2PMesh(Announcements, PieceServing, PieceTransfers, HaveBatches, BlobTran
         broadcast(self._subs, None)
 
     def _thread_main(self, ready: asyncio.Future[None]) -> None:
-        loop = self._loop
-        assert loop is not None
-
-        def resolve(exc: BaseException | None) -> None:
-            if ready.done():
-                return
-            if exc is None:
-                ready.set_result(None)
-            else:
-                ready.set_exception(exc)
-
-        try:
-            trio.run(self._trio_main, lambda: loop.call_soon_threadsafe(resolve, None))
-            # py-libp2p 0.8.1 can drop a socket of a connection torn down while it was being
-            # dialled or upgraded; reclaim those here instead of at a random later gc
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ResourceWarning)
-                gc.collect()
-        except BaseException as exc:  # report a failed start; never kill the interpreter
-            log.warning("libp2p thread ended: %r", exc)
-            err = exc if isinstance(exc, MeshError) else MeshError(f"libp2p failed: {exc!r}")
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(resolve, err)
+        assert self._loop is not None
+        run_trio_thread(self._trio_main, self._loop, ready)
 
     async def _trio_main(self, on_ready: Callable[[], None]) -> None:
         cfg = self._cfg
@@ -339,49 +244,12 @@ class P2PMesh(Announcements, PieceServing, PieceTransfers, HaveBatches, BlobTran
             raise DialError(f"dial {addr!r:.120} failed: {type(exc).__name__}: {exc}"
                             ) from exc
 
-    # ---- the asyncio <-> trio bridge -------------------------------------------
+    # ---- the asyncio <-> trio bridge (node/mesh/p2p_bridge.py) -----------------
     async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any,
                     timeout: float) -> Any:
         if not self._running or self._token is None or self._nursery is None:
             raise MeshStateError("mesh is not running")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        scopes: list[trio.CancelScope] = []
-
-        def settle(value: Any, exc: BaseException | None) -> None:
-            if fut.done():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(value)
-
-        async def runner() -> None:
-            with trio.CancelScope() as scope:
-                scopes.append(scope)
-                scope.deadline = trio.current_time() + timeout
-                try:
-                    value = await fn(*args)
-                except Exception as exc:
-                    loop.call_soon_threadsafe(settle, None, exc)
-                    return
-                loop.call_soon_threadsafe(settle, value, None)
-                return
-            loop.call_soon_threadsafe(settle, None, MeshTimeoutError(
-                f"{getattr(fn, '__name__', 'call')} did not finish within {timeout}s"))
-
-        nursery = self._nursery
-        try:
-            self._token.run_sync_soon(nursery.start_soon, runner)
-        except trio.RunFinishedError as exc:
-            raise MeshStateError("mesh stopped") from exc
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if scopes:
-                with contextlib.suppress(trio.RunFinishedError):
-                    self._token.run_sync_soon(scopes[0].cancel)
-            raise
+        return await call_in_trio(self._token, self._nursery, fn, *args, timeout=timeout)
 
     async def hold(self, window: int, blob: bytes) -> bytes:
         if not self._running:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from node.mesh.addresses import LOOPBACK, AddressPolicy
-from node.mesh.base import DEFAULT_MAX_BLOB_BYTES, MeshError
+from node.mesh.base import DEFAULT_MAX_BLOB_BYTES
+from node.mesh.errors import MeshError
 
 
 @dataclass(frozen=True)

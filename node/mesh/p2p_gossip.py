@@ -19,15 +19,8 @@ from typing import TYPE_CHECKING, Any
 import multiaddr
 from libp2p.peer.id import ID
 
-from node.mesh.base import (
-    Announcement,
-    BadAnnouncementError,
-    BlobStore,
-    BlobTooLargeError,
-    MeshStateError,
-    Subscription,
-    broadcast,
-)
+from node.mesh.base import Announcement, BlobStore, Subscription, broadcast
+from node.mesh.errors import BadAnnouncementError, BlobTooLargeError, MeshStateError
 from node.mesh.p2p_config import P2PConfig
 from node.mesh.p2p_host import peer_address
 from node.mesh.pieces import piece_hashes, pieces_root

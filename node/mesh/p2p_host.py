@@ -26,9 +26,10 @@ from libp2p.transport.tcp.tcp import TCP
 
 from node.mesh import p2p_noise
 from node.mesh.addresses import AddressPolicy
-from node.mesh.base import DHT_NAMESPACE, BadRecordError, open_dht_record
+from node.mesh.errors import BadRecordError
 from node.mesh.p2p_config import P2PConfig
 from node.mesh.p2p_yamux import muxer_options
+from node.mesh.records import DHT_NAMESPACE, open_dht_record
 from protocol.identity import address_from_public_key
 
 

@@ -117,10 +117,10 @@ class Partial:
         out[list(self.pieces)] = True
         return out
 
-    def piece(self, index: int) -> bytes | None:
-        if self.whole is not None:
+    def piece(self, index: int) -> bytes | memoryview | None:
+        if self.whole is not None:  # a view of the finished blob: sent as is, not copied
             start, length = piece_span(index, self.size) if index < self.count else (0, 0)
-            return self.whole[start:start + length] if length else None
+            return memoryview(self.whole)[start:start + length] if length else None
         return self.pieces.get(index)
 
     def complete(self, blob: bytes) -> None:

@@ -17,15 +17,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from node.mesh.base import (
-    MeshError,
-    MeshStateError,
-    MeshTimeoutError,
-    RecordKey,
-    open_record,
-    record_seq,
-    seal_record,
-)
+from node.mesh.errors import MeshError, MeshStateError, MeshTimeoutError
+from node.mesh.records import RecordKey, open_record, record_seq, seal_record
 from protocol.identity import Identity
 
 

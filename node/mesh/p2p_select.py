@@ -22,7 +22,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.utils import encode_delim, read_delim
 
-from node.mesh.base import MeshError
+from node.mesh.errors import MeshError
 from node.mesh.p2p_yamux import grant
 
 MULTISTREAM = b"/multistream/1.0.0"

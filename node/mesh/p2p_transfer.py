@@ -23,12 +23,10 @@ import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from node.mesh.base import (
+from node.mesh.base import Announcement, BlobStore, FetchTarget
+from node.mesh.errors import (
     AddressNotAllowedError,
-    Announcement,
-    BlobStore,
     BlobTooLargeError,
-    FetchTarget,
     FetchTimeoutError,
     NoSourceError,
 )

@@ -25,7 +25,8 @@ import torch
 
 from node.engine.base import Engine
 from node.errors import CheckpointError, EngineError, NodeError
-from node.mesh.base import FetchError, Mesh, MeshError
+from node.mesh.base import Mesh
+from node.mesh.errors import FetchError, MeshError
 from node.outer.step import select
 from node.runtime.checkpoint import CheckpointManifest, restore_params
 from node.runtime.records import BadRecordValueError, HeadRecord, WindowRecord, head_key, window_key

@@ -1,5 +1,6 @@
 """What miners and validators share: θ_global, the window's outer step, records,
-checkpoints and the status the dashboard shows.
+checkpoints (their writing and the records that name them: node/runtime/persist.py)
+and the status the dashboard shows.
 
 A node holds θ (in its engine, node/engine) from which window `self.window`
 trains: θ after every window up to `self.window - 1 - lag` (`self.applied`).
@@ -28,15 +29,16 @@ from chain.errors import ChainError, ChainUnavailableError
 from node.engine.base import Engine
 from node.engine.config import EngineConfig
 from node.errors import ConfigError, NodeError
-from node.mesh.base import Mesh, MeshError, sha256
+from node.mesh.base import Mesh, sha256
+from node.mesh.errors import MeshError
 from node.outer.step import diverged, select
 from node.runtime.aio import pause
 from node.runtime.catchup import CatchUpError, CatchUpInputs, catch_up
 from node.runtime.chainview import AsyncChain
-from node.runtime.checkpoint import make_checkpoint
-from node.runtime.checkpointer import Checkpointer, Snapshot
+from node.runtime.checkpointer import Checkpointer
 from node.runtime.gather import Gatherer
-from node.runtime.records import HeadRecord, WindowRecord, head_key, window_key
+from node.runtime.persist import Persistence
+from node.runtime.records import HeadRecord
 from node.runtime.runfile import check_recorded
 from node.runtime.runspec import RunAssets, RunSpec
 from node.status import NodeRole, NodeSnapshot, TimelineEvent, WindowPoint
@@ -68,7 +70,7 @@ class RegistrationError(NodeError):
     """The chain holds this key in another role; the operator must sort it out."""
 
 
-class NodeCore:
+class NodeCore(Persistence):
     role: NodeRole = "miner"
     chain_role: Role = Role.MINER
 
@@ -274,25 +276,6 @@ class NodeCore:
             seconds=time.time() - started, param_digest=self.digest.hex(),
         ))  # fmt: skip
 
-    # --- records and checkpoints ------------------------------------------------------
-    async def _put_window_record(self, window: int, inputs: list[tuple[bytes, bytes]]) -> None:
-        record = WindowRecord(window, self.digest, tuple(inputs))
-        try:
-            await self.mesh.put_record(window_key(self.spec.run, window, self.identity.address),
-                                       record.encode())
-        except (MeshError, TimeoutError) as exc:
-            log.warning("window record %d not stored: %s", window, exc)
-
-    async def _put_head(self) -> None:
-        ckpt_window, ckpt_sha = self.checkpoint or (-1, b"")
-        head = HeadRecord(self.applied, self.digest, ckpt_window, ckpt_sha, self.mesh.peer_id,
-                          tuple(self.mesh.dial_addrs))
-        try:
-            await self.mesh.put_record(head_key(self.spec.run, self.identity.address),
-                                       head.encode())
-        except (MeshError, TimeoutError) as exc:
-            log.warning("head record not stored: %s", exc)
-
     def halt_after(self, window: int) -> None:
         """Apply no window after `window`, then idle until stopped, still serving the mesh
         (so peers behind can catch up from us). Raising it again resumes the node."""
@@ -382,38 +365,3 @@ class NodeCore:
             use_local=not self.distrust_local, fetch_timeout=self.cfg.fetch_timeout,
             record_timeout=self.cfg.record_timeout, limits=self.assets.limits,
         )  # fmt: skip
-
-    async def save_local(self) -> None:
-        """θ and the engine's local state, to this node's disk, labelled (as every
-        checkpoint) with the first window not applied to it."""
-        await asyncio.to_thread(self.engine.save_local, self.applied + 1,
-                                {"digest": self.digest.hex(), "run": self.spec.run})
-
-    async def save_checkpoint(self, *, wait: bool = True) -> None:
-        """Checkpoint θ: locally, and served to peers (labelled as `save_local`). The
-        caller waits for the snapshot alone when `wait` is False; the rest is written
-        behind it (node/runtime/checkpointer.py)."""
-        if wait:
-            await self.checkpointer.wait()
-        elif not self.checkpointer.ready(self.applied + 1):
-            return
-        params = await asyncio.to_thread(self.engine.full_params)
-        state = await asyncio.to_thread(self.engine.local_state)
-        self.checkpointer.start(Snapshot(self.applied + 1, params, state,
-                                         {"digest": self.digest.hex(), "run": self.spec.run}))
-        if wait:
-            await self.checkpointer.wait()
-
-    async def _write_checkpoint(self, snap: Snapshot) -> None:
-        """A snapshot to this node's disk, then signed and served to peers; the head record
-        names it."""
-        await asyncio.to_thread(self.engine.write_local, snap.window, snap.params, snap.state,
-                                snap.meta)
-        manifest, chunks = await asyncio.to_thread(
-            make_checkpoint, self.identity, run=self.spec.run, window=snap.window,
-            model=self.spec.model, manifest=self.manifest, params=snap.params)
-        for chunk in chunks:
-            await self.mesh.hold(snap.window, chunk)
-        self.checkpoint = (snap.window, await self.mesh.hold(snap.window, manifest.encode()))
-        self.event(snap.window, "checkpoint")
-        await self._put_head()

@@ -16,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from node.mesh.base import Announcement, BlobTooLargeError, FetchError, Mesh, MeshError
+from node.mesh.base import Announcement, Mesh
+from node.mesh.errors import BlobTooLargeError, FetchError, MeshError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from chain.errors import ChainError
 from node.engine.base import Engine
-from node.mesh.base import MeshError
+from node.mesh.errors import MeshError
 from node.runtime.core import NodeCore
 from node.runtime.publish import commit_then_hold
 from protocol.baseproof import base_proof, proof_positions

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from node.errors import NodeError
-from node.mesh.base import RecordKey
+from node.mesh.records import RecordKey
 from protocol import canonical
 from protocol.errors import ProtocolError
 from protocol.identity import ADDRESS_LEN

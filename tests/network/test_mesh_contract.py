@@ -20,7 +20,8 @@ from node.mesh import (
     MeshStateError,
     RecordKey,
 )
-from node.mesh.base import DialError, FetchTimeoutError, MeshTimeoutError, sha256
+from node.mesh.base import sha256
+from node.mesh.errors import DialError, FetchTimeoutError, MeshTimeoutError
 from tests.support.keys import identity
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 

@@ -14,7 +14,8 @@ pytest.importorskip("libp2p")
 import trio
 
 from node.mesh import LOOPBACK, AddressNotAllowedError, FetchError
-from node.mesh.base import Announcement, NoSourceError, sha256
+from node.mesh.base import Announcement, sha256
+from node.mesh.errors import NoSourceError
 from node.mesh.p2p import P2PConfig, P2PMesh, _AllowlistTCP, _RecordValidator
 from node.mesh.p2p_blob import OK, REQUEST_LEN, response_header
 from node.mesh.p2p_pieces import HAVE, piece_header
@@ -227,7 +228,7 @@ async def test_running_mesh_refuses_to_dial_off_loopback(cluster: Cluster) -> No
 
 def test_record_validator_rejects_forgeries() -> None:
     from node.mesh import BadRecordError, RecordKey
-    from node.mesh.base import seal_record
+    from node.mesh.records import seal_record
 
     v = _RecordValidator("r")
     key = RecordKey("r", 3, identity(1).address)

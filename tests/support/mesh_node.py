@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from node.mesh import AddressPolicy
-from node.mesh.base import FetchError
+from node.mesh.errors import FetchError
 from node.mesh.p2p import P2PConfig, P2PMesh
 from tests.support.keys import identity
 

@@ -146,3 +146,36 @@ def test_only_the_engine_touches_model_parameters() -> None:
             if isinstance(node, ast.Attribute) and node.attr in THETA_CALLS:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
     assert found == [], "\n".join(found)
+
+
+# py-libp2p and the trio it runs on stay behind the Mesh seam: only the libp2p
+# implementation's own modules (node/mesh/p2p*.py) import them
+NETWORK_LIBS = ("libp2p", "trio", "multiaddr")
+
+
+def _imported_roots(tree: ast.AST) -> set[str]:
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_only_the_libp2p_mesh_imports_libp2p_or_trio() -> None:
+    found, importers = [], []
+    for path, module in zip(FILES, MODULES, strict=True):
+        uses = _imported_roots(ast.parse(path.read_text())) & set(NETWORK_LIBS)
+        if uses and module.startswith("node.mesh.p2p"):
+            importers.append(module)
+        elif uses:
+            found.append(f"{path.relative_to(ROOT)}: {sorted(uses)}")
+    assert found == [], "\n".join(found)
+    assert "node.mesh.p2p" in importers  # the rule looks at the right files
+
+
+def test_imported_roots_sees_every_form_of_import() -> None:
+    tree = ast.parse("import trio\nimport a.b as c\nfrom libp2p.x import y\nfrom . import z\n"
+                     "def f():\n    from multiaddr import m\n")
+    assert _imported_roots(tree) == {"trio", "a", "libp2p", "multiaddr"}

@@ -62,7 +62,8 @@ def test_the_walk_finds_the_packages_and_their_errors() -> None:
     assert "node.dashboard.errors" in names
     assert not any("node_modules" in n for n in names)
     found = defined_exceptions()
-    assert "node.mesh.base.MeshError" in found  # errors outside errors.py are seen too
+    assert "node.mesh.errors.MeshError" in found
+    assert "node.runtime.core.RegistrationError" in found  # errors outside errors.py too
     assert "validator.errors.StateMismatchError" in found
 
 

@@ -20,7 +20,8 @@ from node.mesh import (
     NoSourceError,
     RecordKey,
 )
-from node.mesh.base import open_record, seal_record, sha256
+from node.mesh.base import sha256
+from node.mesh.records import open_record, seal_record
 from tests.support.keys import identity
 
 
