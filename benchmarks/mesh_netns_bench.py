@@ -181,6 +181,10 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any],
     send_all(procs, "go")
     done = [read_event(p, "done", 900) for p in procs]
     wall = time.monotonic() - started
+    if args.transport != "tcp":  # every node is done: now each checks what it fetched
+        send_all(procs, "check")
+        for d, p in zip(done, procs, strict=True):
+            d["ok"] = read_event(p, "checked", 120)["ok"]
     timeline = sampler.stop(sum(up), mbit * n) if sampler is not None else None
     line_after = lab.line_stats() if line else {}
     slowest = max(float(d["seconds"]) for d in done)  # type: ignore[arg-type]
@@ -213,6 +217,8 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any],
                                          / (n * (n - 1) * mib * 2**20), 3),
             "slowest_peer_s": round(slowest, 2), "wall_s": round(wall, 2),
             "median_peer_s": round(sorted(float(d["seconds"]) for d in done)[n // 2], 2),  # type: ignore[arg-type]
+            # per peer, when each of its fetches ended: is a late peer late on one blob?
+            "peers_blobs_s": [d.get("blobs_s") for d in done],
             "lower_bound_s": round(bound, 2), "ratio_to_bound": round(slowest / bound, 2),
             **({"timeline": timeline} if timeline is not None else {})}
 
