@@ -181,12 +181,13 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any],
     send_all(procs, "go")
     done = [read_event(p, "done", 900) for p in procs]
     wall = time.monotonic() - started
+    timeline = sampler.stop(sum(up), mbit * n) if sampler is not None else None
+    line_after = lab.line_stats() if line else {}
+    tcp_after = tcp_state(lab, hosts)
     if args.transport != "tcp":  # every node is done: now each checks what it fetched
         send_all(procs, "check")
         for d, p in zip(done, procs, strict=True):
             d["ok"] = read_event(p, "checked", 120)["ok"]
-    timeline = sampler.stop(sum(up), mbit * n) if sampler is not None else None
-    line_after = lab.line_stats() if line else {}
     slowest = max(float(d["seconds"]) for d in done)  # type: ignore[arg-type]
     bound = bandwidth_bound(up, mbit, mib)
     return {"peers": n, "blob_mib": mib, "mbit": mbit,
@@ -200,7 +201,7 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any],
             "rtt_ms_requested": args.rtt_ms,
             **line_report(line_before, line_after),
             # the peers' TCP state at `go` and once every blob has arrived
-            "tcp_at_go": tcp_before, "tcp_at_end": tcp_state(lab, hosts),
+            "tcp_at_go": tcp_before, "tcp_at_end": tcp_after,
             # delayed links' ends the kernel would not steer (no RPS): the line is slower
             **({"unsteered": unsteered} if (unsteered := list(lab.unsteered)) else {}),
             "all_ok": all(d["ok"] for d in done),
@@ -278,16 +279,22 @@ def tcp_state(lab: Lab, hosts: list[str]) -> dict[str, Any]:
     many, and the median smoothed RTT (ms) and congestion window (segments). Taken
     before `go` it is the state a window's transfers start from: warm connections
     carry what the last window's queues taught them."""
-    rtts: list[float] = []
-    cwnds: list[float] = []
+    sockets: list[tuple[float, float]] = []  # (srtt ms, cwnd) of each socket with both
+    count = 0
     for ns in hosts:
-        out = lab.sh(ns, "ss -tinH state established")
-        rtts += [float(m) for m in re.findall(r"(?<![a-z_])rtt:([0-9.]+)/", out)]
-        cwnds += [float(m) for m in re.findall(r"(?<![a-z_])cwnd:(\d+)", out)]
-    if not rtts:
-        return {"connections": 0}
-    return {"connections": len(rtts), "srtt_ms_median": round(statistics.median(rtts), 1),
-            "cwnd_median": statistics.median(cwnds) if cwnds else None}
+        # one socket per line that starts a row; its TCP info on the indented line after
+        for line in lab.sh(ns, "ss -tinH state established").splitlines():
+            if line and not line[0].isspace():
+                count += 1
+            rtt = re.search(r"(?<![a-z_])rtt:([0-9.]+)/", line)
+            cwnd = re.search(r"(?<![a-z_])cwnd:(\d+)", line)
+            if rtt and cwnd:
+                sockets.append((float(rtt[1]), float(cwnd[1])))
+    if not sockets:
+        return {"connections": count}
+    return {"connections": count,
+            "srtt_ms_median": round(statistics.median(s[0] for s in sockets), 1),
+            "cwnd_median": statistics.median(s[1] for s in sockets)}
 
 
 def send_all(procs: list[Any], command: str) -> None:

@@ -11,7 +11,7 @@ protocol in `p2p_blob`, relay / AutoNAT / DCUtR in `p2p_nat`, the config in
 `Announcements` (`p2p_gossip`), `PieceServing` (`p2p_serve`), `PieceTransfers`
 (`p2p_swarm`), `HaveBatches` (`p2p_haves`), `BlobTransfers` (`p2p_transfer`) and
 `Records` (`p2p_records`);
-this module holds the mesh itself (lifecycle, bridge, blobs held). Identity: the
+this module holds the mesh itself (lifecycle, blobs held). Identity: the
 libp2p secp256k1 key is the node's chain key, so a peer id names exactly one
 Ethereum address.
 """

@@ -22,7 +22,7 @@ import trio
 
 from node.mesh.errors import MeshError, MeshStateError, MeshTimeoutError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("node.mesh.p2p")  # the mesh's logger, as its other parts
 
 
 def run_trio_thread(trio_main: Callable[[Callable[[], None]], Awaitable[None]],

@@ -1,7 +1,7 @@
 """DHT records for `P2PMesh`: signed values put and read under a `RecordKey` (a mixin;
 asyncio side of the bridge).
 
-A record is sealed with the node's key and a sequence number (node/mesh/base.py,
+A record is sealed with the node's key and a sequence number (node/mesh/records.py,
 `seal_record`) and stored through the Kademlia DHT under the key's routable form
 (`RecordKey.dht_key`); reading one checks the seal and returns the value alone.
 Errors are the mesh's: `MeshStateError` before `start()`, `MeshTimeoutError` when

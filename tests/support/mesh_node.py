@@ -2,7 +2,7 @@
 
 Run by `tests.support.netns.Lab.spawn` inside a network namespace, never in the
 root namespace. Speaks JSON lines on stdout (`{"event": ...}`), reads commands
-(`go`) on stdin and stops when stdin closes. Roles:
+(`go`, and for swarm `check` and `next`) on stdin and stops when stdin closes. Roles:
 
 * relay: `relay_service` node; reports its dial addresses.
 * holder: announces a deterministic blob (after a relay reservation when it has
@@ -11,7 +11,9 @@ root namespace. Speaks JSON lines on stdout (`{"event": ...}`), reads commands
   `expect_direct` it then waits for a direct (hole-punched) connection to the
   announcer and fetches again; reports each transfer's path.
 * swarm: announces its own blob, waits for `peers` announcements, says `ready`,
-  fetches them all at `go`, reports the time, keeps serving until stopped.
+  fetches them all at `go`, reports the time (`done`), hashes what it fetched at
+  `check` (`checked`), begins the next of `windows` at `next`, keeps serving until
+  stopped.
 """
 
 from __future__ import annotations
@@ -271,12 +273,16 @@ async def swarm(mesh: P2PMesh, cfg: dict[str, Any],
             seen.setdefault(ann.window, {}).setdefault(ann.peer_id, ann)
 
     task = asyncio.ensure_future(collect())
+    closed = False  # stdin closed while a command was awaited: nothing left to drain
     for window in range(1, cfg.get("windows", 1) + 1):
         if window > 1 and not await until_command(commands, "next"):
+            closed = True
             break
         if not await swarm_window(mesh, cfg, commands, window, seen):
+            closed = True
             break
-    await drain(commands)  # keep serving until told to stop
+    if not closed:
+        await drain(commands)  # keep serving until told to stop
     task.cancel()
 
 
@@ -303,17 +309,17 @@ async def swarm_window(mesh: P2PMesh, cfg: dict[str, Any], commands: asyncio.Que
     started, cpu = time.monotonic(), time.process_time()
     bytes_in, verdicts = mesh.stats().bytes_in, dict(VERDICTS.counts)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    finished: list[float] = []
+    finished: dict[str, float] = {}  # announcer's peer id (its end) -> seconds
 
     async def timed(ann: Any) -> bytes:
         blob = await fetch_with_retries(mesh, ann)
-        finished.append(round(time.monotonic() - started, 2))
+        finished[ann.peer_id[-6:]] = round(time.monotonic() - started, 2)
         return blob
 
     results = await asyncio.gather(*(timed(a) for a in anns.values()))
     elapsed = time.monotonic() - started
     emit("done", window=window, seconds=elapsed,  # figures of this window alone
-         blobs_s=finished,  # when each fetch ended, in order
+         blobs_s=finished,  # when each fetch ended, by announcer
          bytes_in=mesh.stats().bytes_in - bytes_in, cpu_s=time.process_time() - cpu,
          page_faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
          **{k: n - verdicts[k] for k, n in VERDICTS.counts.items()})
