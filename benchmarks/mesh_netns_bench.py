@@ -220,6 +220,8 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any],
             "median_peer_s": round(sorted(float(d["seconds"]) for d in done)[n // 2], 2),  # type: ignore[arg-type]
             # per peer, when each of its fetches ended: is a late peer late on one blob?
             "peers_blobs_s": [d.get("blobs_s") for d in done],
+            # per peer, every 0.5 s from `go`: (MiB received, CPU-s used) so far
+            "peers_progress": [d.get("progress") for d in done],
             "lower_bound_s": round(bound, 2), "ratio_to_bound": round(slowest / bound, 2),
             **({"timeline": timeline} if timeline is not None else {})}
 

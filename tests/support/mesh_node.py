@@ -316,10 +316,25 @@ async def swarm_window(mesh: P2PMesh, cfg: dict[str, Any], commands: asyncio.Que
         finished[ann.peer_id[-6:]] = round(time.monotonic() - started, 2)
         return blob
 
-    results = await asyncio.gather(*(timed(a) for a in anns.values()))
+    # every half second: MiB received and CPU-s used so far (is a late node late from
+    # the start, or slow throughout; busy, or waiting?)
+    progress: list[tuple[float, float]] = []
+
+    async def sample() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            progress.append((round((mesh.stats().bytes_in - bytes_in) / 2**20, 1),
+                             round(time.process_time() - cpu, 2)))
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        results = await asyncio.gather(*(timed(a) for a in anns.values()))
+    finally:
+        sampler.cancel()
     elapsed = time.monotonic() - started
     emit("done", window=window, seconds=elapsed,  # figures of this window alone
          blobs_s=finished,  # when each fetch ended, by announcer
+         progress=progress,  # (MiB in, CPU-s) every 0.5 s from `go`
          bytes_in=mesh.stats().bytes_in - bytes_in, cpu_s=time.process_time() - cpu,
          page_faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
          **{k: n - verdicts[k] for k, n in VERDICTS.counts.items()})
