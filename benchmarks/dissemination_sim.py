@@ -139,6 +139,8 @@ def validate(path: Path, host_mibps: float | None, goodput: float = 1.0
         # the lab's slow peers declare their uplink (`upload_rate`), and serve fewer at once
         slots = tuple(upload_slots(u * 1e6 / 8 if u < run["mbit"] else 0) for u in up)
         sim = simulate(Scenario(links, tuple(range(n)), size, policy, host_bps=host,
+                                # runs before 2026-12-05 (late) cut blobs into 1 MiB pieces
+                                piece=int(run.get("piece_bytes", 1 << 20)),
                                 holder_slots=slots, in_flight=run.get("in_flight", IN_FLIGHT),
                                 # runs before requests were pipelined took 3 round trips
                                 request_rtts=run.get("request_rtts", 3)))

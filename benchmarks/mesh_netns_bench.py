@@ -39,8 +39,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.mesh.p2p_pieces import fetch_slots
+from node.mesh.pieces import PIECE_BYTES
 from tests.support.delay_line import LineSpec
-from tests.support.lab_figures import LinkSampler, line_report, rtt_report, tcp_state
+from tests.support.lab_figures import LinkSampler, line_report, rtt_report, spread, tcp_state
 from tests.support.netns import Lab, available, read_event
 
 PUBLIC = "10.99.0"
@@ -193,6 +194,7 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any],
             **({"up_mbit": up} if args.slow_up else {}),
             **({"window": window} if args.windows > 1 else {}),
             "in_flight": fetch_slots(mbit * 1e6 / 8 if args.declare_downlink else 0.0),
+            "piece_bytes": PIECE_BYTES,
             # round trips before a piece's bytes flow (node/mesh/p2p_select.py)
             "request_rtts": 1,
             "fetch": "plain tcp" if args.transport == "tcp"
@@ -221,6 +223,8 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any],
             "peers_blobs_s": [d.get("blobs_s") for d in done],
             # per peer, every 0.5 s from `go`: (MiB received, CPU-s used) so far
             "peers_progress": [d.get("progress") for d in done],
+            # request to first byte of every piece answer, all peers: RTT and queues
+            "piece_first_byte_ms": spread([v for d in done for v in d.get("first_byte_ms", [])]),  # type: ignore[attr-defined]
             "lower_bound_s": round(bound, 2), "ratio_to_bound": round(slowest / bound, 2),
             **({"timeline": timeline} if timeline is not None else {})}
 

@@ -112,7 +112,7 @@ class PieceTransfers:
         async def _have_batched(self, peer: str, digest: bytes, count: int
                                 ) -> np.ndarray: ...
         def _log_transfer(self, stream: Any, peer: str, digest: bytes, offset: int,
-                          nbytes: int) -> None: ...
+                          nbytes: int, first_byte_s: float | None = None) -> None: ...
 
     # ---- fetching ------------------------------------------------------------------------
     async def _ask(self, peer: str, digest: bytes, index: int, cap: int,
@@ -141,7 +141,8 @@ class PieceTransfers:
                 raise PeerTooSlow(f"too slow: {length} bytes not sent in time")
             self._in += length
             if index < HAVE:  # a piece: logged like a whole blob's part (`transfers`)
-                self._log_transfer(stream, peer, digest, index * PIECE_BYTES, length)
+                self._log_transfer(stream, peer, digest, index * PIECE_BYTES, length,
+                                   first_byte_s)
             return body
         finally:
             with trio.move_on_after(2), contextlib.suppress(Exception):

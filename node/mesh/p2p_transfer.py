@@ -80,6 +80,9 @@ class Transfer:
     nbytes: int
     path: tuple[str, ...]  # the connection's transport addresses
     relayed: bool
+    # a piece: request sent to its answer's header, seconds (a round trip and what
+    # waited ahead of it: the holder's queue, earlier answers on the connection)
+    first_byte_s: float | None = None
 
 
 @dataclass
@@ -341,10 +344,10 @@ class BlobTransfers:
                     await stream.close()
 
     def _log_transfer(self, stream: Any, peer: str, digest: bytes, offset: int,
-                      nbytes: int) -> None:
+                      nbytes: int, first_byte_s: float | None = None) -> None:
         path = tuple(connection_addrs(getattr(stream, "swarm_conn", None)))
         self.transfers.append(Transfer(digest, peer, offset, max(0, nbytes), path,
-                                       is_relayed(list(path))))
+                                       is_relayed(list(path)), first_byte_s))
 
     def _slowed(self, peer: str, why: str) -> None:
         """A source too slow for a fetch: a small score, and it stays connected."""

@@ -39,6 +39,7 @@ from node.mesh.pieces import (
     IN_FLIGHT,
     PER_SOURCE,
     PER_SOURCE_ALONE,
+    PIECE_BYTES,
     PIPELINE_MIN_RATE,
     UPLOAD_SLOTS,
     fastest_first,
@@ -64,7 +65,7 @@ class Scenario:
     authors: tuple[int, ...]  # peers whose contribution is selected, one each
     size: int  # bytes per contribution
     policy: Policy = "swarm"
-    piece: int = 1 << 20
+    piece: int = PIECE_BYTES
     in_flight: int = IN_FLIGHT  # swarm: piece requests a fetcher keeps open
     upload_slots: int = UPLOAD_SLOTS  # swarm: requests a holder serves at once
     # swarm: requests each peer serves at once, if not `upload_slots` for all (the

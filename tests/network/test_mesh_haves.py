@@ -17,7 +17,7 @@ from node.mesh.base import sha256
 from node.mesh.p2p import P2PMesh
 from node.mesh.p2p_blob import PeerUnavailable
 from node.mesh.p2p_haves import HAVES_PROTOCOL, KEPT_PER_PEER, haves_request
-from node.mesh.pieces import piece_count
+from node.mesh.pieces import PIECE_BYTES, piece_count
 from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
 MIB = 1 << 20
@@ -43,12 +43,12 @@ async def test_bitfield_asks_to_one_holder_leave_as_one_request(
     results = await fetcher._call(ask_all, fetcher, holder, asks, timeout=30)
     assert opened == Counter({HAVES_PROTOCOL: 1})  # four asks, one stream
     for ann in anns:
-        assert results[ann.sha256].tolist() == [True] * 3
+        assert results[ann.sha256].tolist() == [True] * piece_count(3 * MIB)
     assert isinstance(results[lacking], PeerUnavailable)
     # the next rounds' asks go out on the same stream
     for _ in range(3):
         again = await fetcher._call(ask_all, fetcher, holder, asks, timeout=30)
-        assert again[anns[0].sha256].tolist() == [True] * 3
+        assert again[anns[0].sha256].tolist() == [True] * piece_count(3 * MIB)
     assert opened == Counter({HAVES_PROTOCOL: 1})
 
 
@@ -56,7 +56,7 @@ async def test_a_kept_stream_the_holder_ended_is_replaced(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(p2p_haves, "SERVE_IDLE_S", 0.2)  # the holder ends idle streams
     fetcher, holder = await cluster.add(2)
-    ann = await announce_until_seen(holder, [Collector(fetcher)], 1, os.urandom(2 * MIB))
+    ann = await announce_until_seen(holder, [Collector(fetcher)], 1, os.urandom(2 * PIECE_BYTES))
     asks = {ann.sha256: piece_count(ann.size)}
     first = await fetcher._call(ask_all, fetcher, holder, asks, timeout=30)
     assert first[ann.sha256].tolist() == [True, True]
@@ -91,7 +91,7 @@ async def ask_all(fetcher: P2PMesh, holder: P2PMesh, asks: dict[bytes, int]
 async def test_a_holder_keeps_two_streams_open_for_one_asker(cluster: Cluster) -> None:
     # an asker needs one stream; a third and later get one answer each and are closed
     fetcher, holder = await cluster.add(2)
-    ann = await announce_until_seen(holder, [Collector(fetcher)], 1, os.urandom(2 * MIB))
+    ann = await announce_until_seen(holder, [Collector(fetcher)], 1, os.urandom(2 * PIECE_BYTES))
     request = haves_request([ann.sha256])
 
     async def three_streams() -> list[bool]:

@@ -35,6 +35,15 @@ def test_two_windows_of_dissemination_each_report_their_own_figures() -> None:
         assert row["bytes_in_per_needed"] == pytest.approx(1.0, abs=0.05), row
         assert row["slowest_peer_s"] >= row["lower_bound_s"]
         assert row["too_slow_cutoffs"] == 0
+        # every piece answer's wait for its first byte: 3 peers x 2 blobs of one piece
+        waits = row["piece_first_byte_ms"]
+        assert waits["n"] == 6, waits
+        assert 0 <= waits["p10"] <= waits["p50"] <= waits["p90"], waits
+        end = row["tcp_at_end"]
+        assert end["congestion_control"], end
+        assert end["busy_s"] > 0, end
+        assert 0 <= end["rwnd_limited_share"] <= 1, end
+        assert 0 <= end["sndbuf_limited_share"] <= 1, end
     # the second window starts on the connections the first made: every pair, both ends
     assert rows[1]["tcp_at_go"]["connections"] >= max(6, rows[0]["tcp_at_go"]["connections"])
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,

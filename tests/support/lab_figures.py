@@ -68,25 +68,48 @@ def rtt_report(rtt_ms: float, line: LineSpec | None, ping: dict[str, Any]
 
 def tcp_state(lab: Lab, hosts: list[str]) -> dict[str, Any]:
     """The peers' established TCP connections as the kernel sees them (`ss -ti`): how
-    many, and the median smoothed RTT (ms) and congestion window (segments). Taken
-    before `go` it is the state a window's transfers start from: warm connections
-    carry what the last window's queues taught them."""
+    many, their congestion control, the median smoothed RTT (ms) and congestion window
+    (segments), and over all of them the seconds a socket had data waiting to be sent
+    (`busy`) and the share of those it waited for the receiver's window or for its
+    own send buffer: what held the senders back, if not the network. Taken before
+    `go` it is the state a window's transfers start from: warm connections carry
+    what the last window's queues taught them."""
     sockets: list[tuple[float, float]] = []  # (srtt ms, cwnd) of each socket with both
-    count = 0
+    count, algorithms, chrono = 0, set(), {"busy": 0, "rwnd_limited": 0, "sndbuf_limited": 0}
     for ns in hosts:
         # one socket per line that starts a row; its TCP info on the indented line after
         for line in lab.sh(ns, "ss -tinH state established").splitlines():
             if line and not line[0].isspace():
                 count += 1
+            if algorithm := re.match(r"\s+([a-z0-9_]+) wscale:", line):
+                algorithms.add(algorithm[1])
+            for key in chrono:
+                if ms := re.search(rf"(?<![a-z_]){key}:(\d+)ms", line):
+                    chrono[key] += int(ms[1])
             rtt = re.search(r"(?<![a-z_])rtt:([0-9.]+)/", line)
             cwnd = re.search(r"(?<![a-z_])cwnd:(\d+)", line)
             if rtt and cwnd:
                 sockets.append((float(rtt[1]), float(cwnd[1])))
     if not sockets:
         return {"connections": count}
-    return {"connections": count,
+    busy = chrono["busy"]
+    return {"connections": count, "congestion_control": sorted(algorithms),
             "srtt_ms_median": round(statistics.median(s[0] for s in sockets), 1),
-            "cwnd_median": statistics.median(s[1] for s in sockets)}
+            "cwnd_median": statistics.median(s[1] for s in sockets),
+            "busy_s": round(busy / 1e3, 2),
+            "rwnd_limited_share": round(chrono["rwnd_limited"] / busy, 4) if busy else 0.0,
+            "sndbuf_limited_share": round(chrono["sndbuf_limited"] / busy, 4) if busy else 0.0}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """p10, median and p90 of `values` (empty: {})."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return {"n": len(ordered), "p10": at(0.1), "p50": statistics.median(ordered),
+            "p90": at(0.9)}
 
 
 def line_report(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

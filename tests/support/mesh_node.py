@@ -332,9 +332,13 @@ async def swarm_window(mesh: P2PMesh, cfg: dict[str, Any], commands: asyncio.Que
     finally:
         sampler.cancel()
     elapsed = time.monotonic() - started
+    digests = {a.sha256 for a in anns.values()}
     emit("done", window=window, seconds=elapsed,  # figures of this window alone
          blobs_s=finished,  # when each fetch ended, by announcer
          progress=progress,  # (MiB in, CPU-s) every 0.5 s from `go`
+         # each piece answer's wait for its first byte, ms (`Transfer.first_byte_s`)
+         first_byte_ms=[round(t.first_byte_s * 1e3) for t in mesh.transfers
+                        if t.sha256 in digests and t.first_byte_s is not None],
          bytes_in=mesh.stats().bytes_in - bytes_in, cpu_s=time.process_time() - cpu,
          page_faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
          **{k: n - verdicts[k] for k, n in VERDICTS.counts.items()})

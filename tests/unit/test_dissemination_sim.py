@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.mesh.pieces import fastest_first, piece_count, piece_span, rarest_wanted
+from node.mesh.pieces import PIECE_BYTES, fastest_first, piece_count, piece_span, rarest_wanted
 from node.sim.dissemination import (
     Link,
     Scenario,
@@ -29,12 +29,14 @@ MIB = 1 << 20
 
 def test_pieces_cover_the_blob_exactly() -> None:
     assert piece_count(0) == 1
-    assert piece_count(3 * MIB + 1) == 4
-    spans = [piece_span(i, 3 * MIB + 1) for i in range(4)]
-    assert spans[-1] == (3 * MIB, 1)
-    assert sum(length for _, length in spans) == 3 * MIB + 1
+    assert piece_count(3 * MIB + 1, MIB) == 4
+    size = 3 * PIECE_BYTES + 1
+    assert piece_count(size) == 4
+    spans = [piece_span(i, size) for i in range(4)]
+    assert spans[-1] == (3 * PIECE_BYTES, 1)
+    assert sum(length for _, length in spans) == size
     with pytest.raises(IndexError):
-        piece_span(4, 3 * MIB + 1)
+        piece_span(4, size)
 
 
 def test_rarest_available_piece_and_least_used_then_fastest_source() -> None:
@@ -135,8 +137,8 @@ def test_a_holder_with_one_slot_serves_one_fetcher_at_a_time() -> None:
     serves four of them at once with eight slots, one at a time with one, so its
     pieces leave later and gathering takes longer (a quarter more here)."""
     links = (Link(1e9, 1e9, 0.0),) + (Link(1e9, 8e6, 0.0),) * 4
-    one = simulate(Scenario(links, (0,), 4 * MIB, holder_slots=(1, 8, 8, 8, 8)))
-    eight = simulate(Scenario(links, (0,), 4 * MIB))
+    one = simulate(Scenario(links, (0,), 4 * MIB, holder_slots=(1, 8, 8, 8, 8), piece=MIB))
+    eight = simulate(Scenario(links, (0,), 4 * MIB, piece=MIB))
     assert one.transfers == eight.transfers == 16
     assert eight.slowest_s == pytest.approx(4 * MIB * 8 / 8e6)  # the downlink bound
     assert one.slowest_s > 1.2 * eight.slowest_s
@@ -149,7 +151,7 @@ def test_a_single_source_gets_a_second_request_that_hides_the_round_trip() -> No
     it, and so does asking again a round trip before a piece ends (`hand_over`, the
     mesh's `tail_watch`). Behind a 10 Mbit/s uplink a piece takes ~0.9 s: the source
     is not fast enough for a second request."""
-    s = dict(links=symmetric(2, rtt=0.04), authors=(0,), size=32 * MIB)
+    s = dict(links=symmetric(2, rtt=0.04), authors=(0,), size=32 * MIB, piece=MIB)
     one = simulate(Scenario(per_source_alone=1, hand_over=False, **s))  # type: ignore[arg-type]
     two = simulate(Scenario(hand_over=False, **s))  # type: ignore[arg-type]
     handed = simulate(Scenario(per_source_alone=1, **s))  # type: ignore[arg-type]
