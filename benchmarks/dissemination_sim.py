@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.engine.plan import Box, Workload, plan
 from node.mesh.p2p_pieces import upload_slots
-from node.mesh.pieces import IN_FLIGHT
+from node.mesh.pieces import IN_FLIGHT, PIECE_BYTES
 from node.sim.dissemination import Link, Policy, Scenario, simulate
 
 MIB = 1 << 20
@@ -53,7 +53,8 @@ PROFILES = {
     "mixed": [Link(110e6, 500e6, 0.05), Link(1e9, 1e9, 0.02), Link(40e6, 300e6, 0.03)],
 }
 AUTHORS = Workload().gathered
-PIECES = 24  # pieces per contribution in the table (run time grows with it)
+PIECES = 24  # pieces per contribution in the table (run time grows with it), or fewer
+# for contributions under 24 of the mesh's pieces
 
 
 def links_for(profile: str, n: int) -> tuple[Link, ...]:
@@ -71,7 +72,7 @@ def one(model: str, size: int, n: int, profile: str, seed: int) -> dict[str, Any
     for policy in ("direct", "swarm"):
         start = time.perf_counter()
         out = simulate(Scenario(links, authors, size, policy,
-                                piece=max(MIB, -(-size // PIECES))), seed)
+                                piece=max(PIECE_BYTES, -(-size // PIECES))), seed)
         row[policy] = {"slowest_s": round(out.slowest_s, 1), "ratio": round(out.ratio, 2),
                        "author_upload": round(out.author_upload, 2),
                        "sync_util": round(compute / (compute + out.slowest_s), 4),

@@ -3,7 +3,7 @@
 1. raw TCP socket throughput (asyncio streams, both ends in this process): the baseline;
 2. libp2p blob fetch throughput (TCP + Noise + yamux, SHA-256 checked) between two
    `P2PMesh` hosts in this process, whole (`/gradmesh/blob/2`) and piece by piece
-   (`/gradmesh/piece/2`, one source), each with its ratio to the baseline and the CPU
+   (`/gradmesh/piece/1`, one source), each with its ratio to the baseline and the CPU
    seconds per GiB moved (the whole process: both ends, as for the baseline);
 3. the asyncio<->trio bridge: round-trip latency of a no-op call through the dedicated
    trio thread (what `P2PMesh` uses) and through trio guest mode on the asyncio loop;

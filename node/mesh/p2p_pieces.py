@@ -1,4 +1,4 @@
-"""The `/gradmesh/piece/2` wire format and one swarm fetch's bookkeeping (imported only
+"""The `/gradmesh/piece/1` wire format and one swarm fetch's bookkeeping (imported only
 by `node.mesh.p2p*`; no I/O here).
 
 Request: the blob's 32-byte SHA-256 and a 4-byte big-endian index: a piece (0..n-1),
@@ -33,7 +33,7 @@ from node.mesh.pieces import (
     rarest_wanted,
 )
 
-PIECE_PROTOCOL = "/gradmesh/piece/2"  # /1 cut blobs into 1 MiB pieces
+PIECE_PROTOCOL = "/gradmesh/piece/1"
 LIST = 0xFFFFFFFF
 HAVE = 0xFFFFFFFE
 REQUEST_LEN = 36

@@ -1,6 +1,6 @@
 """Serving pieces for `P2PMesh` (a mixin; trio side of the bridge).
 
-`/gradmesh/piece/2` (wire format in node/mesh/p2p_pieces.py). A node answers from
+`/gradmesh/piece/1` (wire format in node/mesh/p2p_pieces.py). A node answers from
 whole blobs it holds and from the pieces of the blobs it is fetching, each request
 under the per-peer request bucket, the per-peer stream cap and the node's upload
 slots (`UPLOAD_SLOTS`; BUSY beyond them). An author super-seeds a blob it holds

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# the default piece: 2 MiB. Each piece is a request, a stream and a hand-over between
-# two answers; in the namespace lab (100 Mbit/s, 40 ms) 2 MiB took 4 peers from
-# 1.36-1.41x the bound to 1.28-1.33x and 8 peers from 1.98-2.07x to 1.90-1.91x, and
-# left 10 Mbit/s unchanged (docs/mesh.md, "Pieces of 2 MiB"); 4 MiB was no better
-PIECE_BYTES = 2 << 20
+# the piece: 1 MiB. 2 MiB pieces did better in the namespace lab (4 peers 1.28-1.33x
+# the bound against 1.36-1.41x: fewer requests, streams and hand-overs), but in the
+# simulator they cost 1B contributions at internet scale (70 peers with home uplinks
+# 2.96x -> 4.83x: fewer pieces to spread); docs/mesh.md, "Pieces of 2 MiB"
+PIECE_BYTES = 1 << 20
 UPLOAD_SLOTS = 8  # requests a holder serves at once
 IN_FLIGHT = 4  # piece requests a fetcher keeps open, over all its fetches together
 MAX_IN_FLIGHT = 8  # ... when its downlink is known to carry that many

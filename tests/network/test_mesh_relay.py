@@ -23,6 +23,7 @@ import pytest
 
 pytest.importorskip("libp2p")
 
+from node.mesh.pieces import piece_count
 from tests.support.netns import Lab, lab_or_skip, read_event
 
 PUBLIC = "10.99.0"
@@ -74,7 +75,7 @@ def test_relay_then_hole_punch_through_two_nats(lab: Lab) -> None:
     assert relayed["ok"] is True
     assert relayed["reachability"] == "private"
     pieces = cast(list[dict[str, Any]], relayed["transfers"])  # one per piece, all relayed
-    assert len(pieces) == 4, pieces
+    assert len(pieces) == piece_count(4 * 2**20), pieces
     for first in pieces:
         assert first["relayed"] is True, first
         assert any("/p2p-circuit" in p for p in first["path"]), first
@@ -82,7 +83,7 @@ def test_relay_then_hole_punch_through_two_nats(lab: Lab) -> None:
     direct = read_event(fetcher, "fetched", 60)
     assert direct["ok"] is True
     pieces = cast(list[dict[str, Any]], direct["transfers"])
-    assert len(pieces) == 4, pieces
+    assert len(pieces) == piece_count(4 * 2**20), pieces
     for second in pieces:
         assert second["relayed"] is False, second
         # the direct path ends at b's NAT public address (not b's private one or the relay)
