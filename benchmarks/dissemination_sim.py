@@ -40,9 +40,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.engine.plan import Box, Workload, plan
-from node.mesh.p2p_pieces import upload_slots
+from node.mesh.p2p_pieces import fetch_slots, upload_slots
 from node.mesh.pieces import IN_FLIGHT, PIECE_BYTES
-from node.sim.dissemination import Link, Policy, Scenario, simulate
+from node.sim.dissemination import Acks, Link, Policy, Scenario, simulate
 
 MIB = 1 << 20
 PROFILES = {
@@ -62,17 +62,25 @@ def links_for(profile: str, n: int) -> tuple[Link, ...]:
     return tuple(kinds[i % len(kinds)] for i in range(n))
 
 
-def one(model: str, size: int, n: int, profile: str, seed: int) -> dict[str, Any]:
+def one(model: str, size: int, n: int, profile: str, seed: int,
+        knobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One row of the table; `knobs` are further `Scenario` fields (the model's ACKs,
+    the fetchers' requests in flight, the serving's share of an uplink)."""
     rng = np.random.default_rng(seed)
     authors = tuple(sorted(int(a) for a in rng.choice(n, size=min(AUTHORS, n), replace=False)))
     links = links_for(profile, n)
+    knobs = dict(knobs or {})
+    if knobs.pop("declared", False):  # every operator declares both rates of its link
+        knobs["holder_slots"] = tuple(upload_slots(link.up_bps / 8) for link in links)
+        knobs["in_flight"] = min(fetch_slots(link.down_bps / 8) for link in links)
     compute = plan(model, Box(), Workload())["window"]["compute_s"]
     row: dict[str, Any] = {"model": model, "mib": round(size / MIB, 1), "peers": n,
                            "profile": profile, "compute_s": round(compute, 1)}
     for policy in ("direct", "swarm"):
         start = time.perf_counter()
         out = simulate(Scenario(links, authors, size, policy,
-                                piece=max(PIECE_BYTES, -(-size // PIECES))), seed)
+                                piece=max(PIECE_BYTES, -(-size // PIECES)), **knobs),
+                       seed)
         row[policy] = {"slowest_s": round(out.slowest_s, 1), "ratio": round(out.ratio, 2),
                        "author_upload": round(out.author_upload, 2),
                        "sync_util": round(compute / (compute + out.slowest_s), 4),
@@ -125,8 +133,8 @@ def link_goodput(path: Path | None) -> float:
     return float(shares[len(shares) // 2])
 
 
-def validate(path: Path, host_mibps: float | None, goodput: float = 1.0
-             ) -> list[dict[str, Any]]:
+def validate(path: Path, host_mibps: float | None, goodput: float = 1.0,
+             acks: Acks = "shared") -> list[dict[str, Any]]:
     out = []
     for run in lab_runs(path):
         if run.get("fetch") == "plain tcp":
@@ -144,7 +152,7 @@ def validate(path: Path, host_mibps: float | None, goodput: float = 1.0
                                 piece=int(run.get("piece_bytes", 1 << 20)),
                                 holder_slots=slots, in_flight=run.get("in_flight", IN_FLIGHT),
                                 # runs before requests were pipelined took 3 round trips
-                                request_rtts=run.get("request_rtts", 3)))
+                                request_rtts=run.get("request_rtts", 3), acks=acks))
         measured = float(run["slowest_peer_s"])
         out.append({"peers": n, "policy": policy, "blob_mib": run["blob_mib"],
                     "mbit": run["mbit"], "up_mbit": run.get("up_mbit"),
@@ -178,21 +186,32 @@ def main() -> None:
     p.add_argument("--tcp", type=Path, help="plain-TCP runs in the same lab (link goodput)")
     p.add_argument("--host-mibps", type=float)
     p.add_argument("--loopback", action="store_true")
+    p.add_argument("--acks", default="shared", choices=["shared", "ahead"],
+                   help="how ACKs meet an uplink's data (node/sim/dissemination.py)")
+    p.add_argument("--in-flight", type=int, default=IN_FLIGHT,
+                   help="piece requests a fetcher keeps open (8: a declared downlink)")
+    p.add_argument("--upload-share", type=float, default=1.0,
+                   help="what a peer's serving may take of its uplink")
+    p.add_argument("--declared", action="store_true",
+                   help="every node declares its link's rates (--uplink-mbit, "
+                        "--downlink-mbit): upload slots and requests in flight follow them")
     args = p.parse_args()
     if args.loopback:
         for r in loopback():
             print(json.dumps(r))
         return
     if args.validate:
-        for r in validate(args.validate, args.host_mibps, link_goodput(args.tcp)):
+        for r in validate(args.validate, args.host_mibps, link_goodput(args.tcp), args.acks):
             print(json.dumps(r))
         return
     rows = []
+    knobs = {"acks": args.acks, "in_flight": args.in_flight,
+             "upload_share": args.upload_share, "declared": args.declared}
     for model in args.models:
         size = plan(model, Box(), Workload())["window"]["bytes_published"]
         for n in args.peers:
             for profile in args.profiles:
-                rows.append(one(model, size, n, profile, args.seed))
+                rows.append(one(model, size, n, profile, args.seed, knobs))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(table(rows))
     print(json.dumps({"rows": rows}))

@@ -103,6 +103,16 @@ def uplinks(args: argparse.Namespace) -> list[float]:
     return [args.mbit] * (args.peers - int(k)) + [float(rate)] * int(k)
 
 
+def upload_rate(args: argparse.Namespace, up_mbit: float, mbit: float) -> float:
+    """What a node declares as its upload rate (bytes/s; 0: nothing): a slow uplink's
+    operator says so, and the node serves fewer pieces at once instead of every one
+    below the fetchers' minimum rate; with `--declare-uplink SHARE`, every node
+    declares that share of its uplink (its serving then leaves the rest to its ACKs)."""
+    if args.declare_uplink:
+        return float(args.declare_uplink) * up_mbit * 1e6 / 8
+    return up_mbit * 1e6 / 8 if up_mbit < mbit else 0.0
+
+
 def bandwidth_bound(up_mbit: list[float], down_mbit: float, mib: float) -> float:
     """No exchange can finish sooner: every peer downloads the others' blobs, every
     blob leaves its author once, and all those bytes leave through the uplinks."""
@@ -126,12 +136,15 @@ def dissemination(args: argparse.Namespace) -> list[dict[str, Any]]:
             ns = lab.ns(f"p{i}")
             dev, sw_dev = lab.link(ns, f"10.97.0.{i + 1}/24", switch, None, line=line)
             lab.sh(switch, f"ip link set {sw_dev} master {lab.tag}br")
-            shaping = lab.shape(ns, dev, up[i])  # the peer's uplink
-            lab.shape(switch, sw_dev, mbit)  # its downlink
+            shaping = lab.shape(ns, dev, up[i], acks_first=args.acks_first)  # its uplink
+            lab.shape(switch, sw_dev, mbit, acks_first=args.acks_first)  # its downlink
             hosts.append(ns)
             sw_devs.append(sw_dev)
         if args.slow_up:
-            shaping = f"tbf rate {mbit}mbit, the last {args.slow_up.replace(':', ' up at ')}mbit"
+            kind = "htb" if args.acks_first else "tbf"
+            shaping = (f"{kind} rate {mbit}mbit, the last "
+                       f"{args.slow_up.replace(':', ' up at ')}mbit"
+                       + (", small packets first" if args.acks_first else ""))
         if line is not None:
             shaping += f" + delay line {line.delay_ms:g} ms each way"
         ping = lab.ping(hosts[0], "10.97.0.2", count=10) if n > 1 else {}
@@ -145,9 +158,7 @@ def dissemination(args: argparse.Namespace) -> list[dict[str, Any]]:
             cfg = {"role": "swarm", "key": 10 + i, "host": f"10.97.0.{i + 1}", "port": 4001,
                    "policy": ["10.97.0.0/24"], "peers": n, "blob_mib": mib, "timeout": 180,
                    "bootstrap": boot, "swarm": not args.whole, "windows": args.windows,
-                   # a slow uplink's operator says so, and the node serves fewer pieces
-                   # at once instead of every one below the fetchers' minimum rate
-                   "upload_rate": up[i] * 1e6 / 8 if up[i] < mbit else 0.0,
+                   "upload_rate": upload_rate(args, up[i], mbit),
                    "download_rate": mbit * 1e6 / 8 if args.declare_downlink else 0.0}
             procs.append(lab.spawn(ns, json.dumps(cfg)))
             if i == 0:
@@ -195,6 +206,8 @@ def run_window(args: argparse.Namespace, lab: Lab, procs: list[Any],
             **({"window": window} if args.windows > 1 else {}),
             "in_flight": fetch_slots(mbit * 1e6 / 8 if args.declare_downlink else 0.0),
             "piece_bytes": PIECE_BYTES,
+            **({"acks_first": True} if args.acks_first else {}),
+            **({"declared_uplink": args.declare_uplink} if args.declare_uplink else {}),
             # round trips before a piece's bytes flow (node/mesh/p2p_select.py)
             "request_rtts": 1,
             "fetch": "plain tcp" if args.transport == "tcp"
@@ -299,6 +312,10 @@ def main() -> None:
                         help="the last K peers upload at MBIT (downlinks stay at --mbit)")
     parser.add_argument("--declare-downlink", action="store_true",
                         help="nodes declare their downlink (more piece requests open)")
+    parser.add_argument("--acks-first", action="store_true",
+                        help="links send small packets (bare ACKs) ahead of queued data")
+    parser.add_argument("--declare-uplink", type=float, metavar="SHARE",
+                        help="every node declares SHARE of its uplink as its upload rate")
     parser.add_argument("--timeline", action="store_true",
                         help="sample the links' use every second (in the JSON)")
     parser.add_argument("--windows", type=int, default=1,

@@ -206,7 +206,8 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
              help="CIDR the mesh may dial (repeatable; default 127.0.0.0/8)")
     add_flag(g, "--uplink-mbit", env="UPLINK_MBIT", type=nonnegative, default=0.0,
              help="this node's upload rate in Mbit/s (0: unknown, unlimited): caps what "
-                  "the mesh sends, and a slow uplink serves fewer pieces at once")
+                  "the mesh sends; pieces served at once follow it (8 when unknown, "
+                  "1 to 12)")
     add_flag(g, "--downlink-mbit", env="DOWNLINK_MBIT", type=nonnegative, default=0.0,
              help="this node's download rate in Mbit/s (0: unknown): piece requests kept "
                   "open follow it (4 when unknown, up to 8)")

@@ -23,6 +23,7 @@ from node.mesh.p2p_blob import PeerFault
 from node.mesh.pieces import (
     IN_FLIGHT,
     MAX_IN_FLIGHT,
+    MAX_UPLOAD_SLOTS,
     PER_SOURCE,
     PIPELINE_MIN_RATE,
     UPLOAD_SLOTS,
@@ -57,13 +58,14 @@ SLOT_RATE = PIECE_MIN_RATE * 3 // 2
 
 
 def upload_slots(upload_rate: float) -> int:
-    """Piece requests a holder serves at once: `UPLOAD_SLOTS`, fewer on an uplink that
-    cannot give each of them `SLOT_RATE` (0 = unlimited), but at least one. A slow
-    uplink then answers BUSY to the requests it could not serve fast enough, instead of
-    serving every one so slowly that its fetchers call it too slow."""
+    """Piece requests a holder serves at once: `UPLOAD_SLOTS` on an unknown uplink (0),
+    else as many as the declared uplink gives `SLOT_RATE` each, from 1 to
+    `MAX_UPLOAD_SLOTS`. A slow uplink then answers BUSY to the requests it could not
+    serve fast enough, instead of serving every one so slowly that its fetchers call
+    it too slow."""
     if upload_rate <= 0:
         return UPLOAD_SLOTS
-    return max(1, min(UPLOAD_SLOTS, int(upload_rate // SLOT_RATE)))
+    return max(1, min(MAX_UPLOAD_SLOTS, int(upload_rate // SLOT_RATE)))
 
 
 def fetch_slots(download_rate: float) -> int:

@@ -1,9 +1,10 @@
 """The swarming policy: which piece a fetcher asks for next, and from whom (pure).
 
 A contribution is cut into fixed-size pieces. A holder serves at most `UPLOAD_SLOTS`
-requests at once. A fetcher with a free request slot asks for the rarest piece it
-lacks among those some holder has a free upload slot for (fewest copies, counting
-copies already on their way; ties broken by the caller's seeded generator, so that
+requests at once (up to `MAX_UPLOAD_SLOTS` where its operator declared a fast
+uplink). A fetcher with a free request slot asks for the rarest piece it lacks among
+those some holder has a free upload slot for (fewest copies, counting copies
+already on their way; ties broken by the caller's seeded generator, so that
 fetchers spread out), from the holder it has the fewest requests open with and,
 among those, the one whose last piece reached it fastest (one never tried counts as
 fastest, so every holder gets tried); with no such piece it waits. A fetcher knows
@@ -30,7 +31,13 @@ import numpy as np
 # simulator they cost 1B contributions at internet scale (70 peers with home uplinks
 # 2.96x -> 4.83x: fewer pieces to spread); docs/mesh.md, "Pieces of 2 MiB"
 PIECE_BYTES = 1 << 20
-UPLOAD_SLOTS = 8  # requests a holder serves at once
+UPLOAD_SLOTS = 8  # requests a holder serves at once, its uplink unknown
+# ... at most, its uplink declared fast enough to give each of them the fetchers'
+# minimum rate: 1.5 x MAX_IN_FLIGHT. With fetchers at 8 requests each (declared
+# downlinks) and holders at 8 slots, fetchers waited for free slots (an answer handed
+# over still holds its slot): 20 peers on 1 Gb/s links took 1.82-2.01x the bound in
+# the simulator, 1.10-1.11x with 12 slots (docs/mesh.md, "Declared links")
+MAX_UPLOAD_SLOTS = 12
 IN_FLIGHT = 4  # piece requests a fetcher keeps open, over all its fetches together
 MAX_IN_FLIGHT = 8  # ... when its downlink is known to carry that many
 PER_SOURCE = 1  # of which at most this many with any one holder

@@ -17,7 +17,10 @@ contribution it did not write. Two policies:
 
 Bytes move at max-min fair rates over every peer's upload and download (how TCP flows
 share links when the core is not the bottleneck), optionally also under a per-peer
-cap on bytes in + out per second (`host_bps`: a CPU-bound protocol stack). A request
+cap on bytes in + out per second (`host_bps`: a CPU-bound protocol stack). Each
+flow's ACKs take `ack_share` of its receiver's uplink, either inside the fair
+filling or ahead of the data (`acks`); a peer's serving may be held to a share of
+its uplink (`upload_share`). A request
 costs `request_rtts` path RTTs before its bytes flow: one, as the mesh sends a piece
 request together with the stream's multistream-select handshake and protocol
 (node/mesh/p2p_select.py; py-libp2p's own dialogue takes three). With `hand_over`
@@ -48,6 +51,9 @@ from node.mesh.pieces import (
 )
 
 Policy = Literal["direct", "swarm"]
+Acks = Literal["ahead", "shared"]
+ACK_ROUNDS = 8  # fixed-point rounds for the ACKs' share of the uplinks, at most
+ACK_TOLERANCE = 1e-6  # ... until no peer's ACK load moves by this share of an uplink
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,15 @@ class Scenario:
     # what a flow's ACKs take of its receiver's uplink, per byte received: a 66-byte
     # ACK for every two 1448-byte segments (delayed ACKs)
     ack_share: float = 66 / (2 * 1448)
+    # how those ACKs meet the uplink's data: "shared" (a flow's ACKs hold its rate to
+    # the fair share of its receiver's uplink, so a peer whose uplink is full downloads
+    # at that share: the namespace lab's FIFO uplinks bear it out better), or "ahead"
+    # (served before the data, as a fair queue serves a sparse flow; docs/mesh.md,
+    # "ACKs behind a full uplink")
+    acks: Acks = "shared"
+    # the share of its uplink a peer's serving may take (an operator's declared upload
+    # rate below the line rate, leaving room for the ACKs of its own downloads)
+    upload_share: float = 1.0
 
     def __post_init__(self) -> None:
         if len(set(self.authors)) != len(self.authors) or not self.authors:
@@ -89,6 +104,8 @@ class Scenario:
         if min(self.size, self.piece, self.in_flight, self.streams, self.upload_slots,
                self.per_source, self.per_source_alone) < 1:
             raise ValueError("size, piece, in_flight and streams must be positive")
+        if not 0.0 < self.upload_share <= 1.0:
+            raise ValueError("upload_share must be in (0, 1]")
         if self.holder_slots is not None and (len(self.holder_slots) != len(self.links)
                                               or min(self.holder_slots) < 1):
             raise ValueError("holder_slots needs one count of at least 1 per peer")
@@ -208,13 +225,16 @@ class _Run:
         self.caps = self._caps()
         self.rate_seen = np.full((self.n, self.n), np.inf)  # fetcher x holder, last piece
         self.slots = np.array(s.holder_slots or [s.upload_slots] * self.n)
+        self.ack_load: np.ndarray = np.zeros(self.n)  # bytes/s of ACKs on each uplink
 
     def _caps(self) -> np.ndarray:
         s = self.s
-        caps = [link.up_bps / 8 for link in s.links] + [link.down_bps / 8 for link in s.links]
-        if s.host_bps is not None:
-            caps += [s.host_bps / 8] * self.n
-        return np.array(caps)
+        up = np.array([link.up_bps / 8 for link in s.links])
+        down = np.array([link.down_bps / 8 for link in s.links])
+        host = np.full(self.n, (s.host_bps or 0.0) / 8)  # a column only with `host_bps`
+        # uplinks, downlinks, what the ACKs of a peer's downloads may take (its uplink),
+        # the host cap, and what the peer's serving may take of its uplink
+        return np.concatenate([up, down, up, host, s.upload_share * up])
 
     def _slots(self) -> int:
         return self.s.streams if self.s.policy == "direct" else self.s.in_flight
@@ -277,12 +297,45 @@ class _Run:
         flowing = f.ready[live] <= self.now + 1e-12
         if flowing.any():
             src, dst = f.src[live[flowing]], f.dst[live[flowing]]
-            cols, load = [src, self.n + dst, dst], [1.0, 1.0, self.s.ack_share]
+            cols = [src, self.n + dst]
             if self.s.host_bps is not None:
-                cols += [2 * self.n + src, 2 * self.n + dst]
-                load += [1.0, 1.0]
-            weights = np.broadcast_to(np.array(load), (len(src), len(load)))
-            rates[flowing] = maxmin_rates(np.stack(cols, axis=1), self.caps, weights)
+                cols += [3 * self.n + src, 3 * self.n + dst]
+            if self.s.upload_share < 1.0:
+                cols.append(4 * self.n + src)
+            if self.s.acks == "shared":
+                rates[flowing] = self._acks_shared(cols, dst)
+            else:
+                rates[flowing] = self._acks_ahead(cols, dst)
+        return rates
+
+    def _acks_shared(self, cols: list[np.ndarray], dst: np.ndarray) -> np.ndarray:
+        """Each flow's ACKs as a share of its receiver's uplink in the fair filling: the
+        flow stops growing when that uplink fills, as the data flows leaving it do."""
+        uses = np.stack([cols[0], cols[1], dst, *cols[2:]], axis=1)
+        weights = np.ones(uses.shape)
+        weights[:, 2] = self.s.ack_share
+        return maxmin_rates(uses, self.caps, weights)
+
+    def _acks_ahead(self, cols: list[np.ndarray], dst: np.ndarray) -> np.ndarray:
+        """ACKs leave a receiver's uplink ahead of its data (a fair queue serves a
+        sparse flow first; a FIFO passes them at the rate they come): the data flows
+        share what the ACKs of the peer's downloads leave of its uplink, and a
+        download is capped only where its ACKs alone would fill that uplink. A fixed
+        point (ACK load from the rates, rates from the caps less that load), started
+        from the last event's load."""
+        weights = np.ones((len(dst), len(cols) + 1))
+        weights[:, 2] = self.s.ack_share
+        uses = np.stack([cols[0], cols[1], 2 * self.n + dst, *cols[2:]], axis=1)
+        up, caps = self.caps[:self.n], self.caps.copy()
+        rates = np.zeros(len(dst))
+        for _ in range(ACK_ROUNDS):
+            caps[:self.n] = np.maximum(up - self.ack_load, 0.0)
+            rates = maxmin_rates(uses, caps, weights)
+            load = self.s.ack_share * np.bincount(dst, rates, minlength=self.n)
+            settled = bool(np.abs(load - self.ack_load).max() <= ACK_TOLERANCE * up.min())
+            self.ack_load = load
+            if settled:
+                break
         return rates
 
     def step(self, starved: set[int]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 from collections.abc import Iterator
 
@@ -146,3 +147,50 @@ def test_shape_refuses_a_delay_it_cannot_apply(lab: Lab) -> None:
     dev, _ = lab.link(a, None, b, None)
     with pytest.raises(NetnsError, match="netem"):
         lab.shape(a, dev, 100, delay_ms=20)
+
+
+SERVE = """
+import socket, sys
+s = socket.socket()
+s.bind((sys.argv[1], 5001))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+n = 0
+while data := c.recv(1 << 20):
+    n += len(data)
+print(n, flush=True)
+"""
+SEND = """
+import socket, sys
+with socket.create_connection((sys.argv[1], 5001)) as s:
+    s.sendall(bytes(4 << 20))
+"""
+
+
+def class_packets(lab: Lab, ns: str, dev: str) -> dict[str, int]:
+    """Packets each htb class on `dev` has sent (`tc -s class show`)."""
+    out = lab.sh(ns, f"tc -s class show dev {dev}")
+    return {m.group(1): int(m.group(2)) for m in
+            re.finditer(r"class htb (1:\d+) .*?Sent \d+ bytes (\d+) pkt", out, re.S)}
+
+
+def test_acks_first_shaping_sends_the_acks_ahead_of_the_data(lab: Lab) -> None:
+    """`shape(..., acks_first=True)`: a bulk transfer's data leaves the sender through
+    the data class, and the receiver's ACKs leave through the small-packet class."""
+    if not qdisc_available("htb"):
+        pytest.skip("no htb in this kernel")
+    a, b = lab.ns("a"), lab.ns("b")
+    dev_a, dev_b = lab.link(a, "10.58.0.1/24", b, "10.58.0.2/24")
+    for ns, dev in ((a, dev_a), (b, dev_b)):
+        assert "small packets first" in lab.shape(ns, dev, 50, acks_first=True)
+    server = lab.popen(b, ["-c", SERVE, "10.58.0.2"])
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    client = lab.popen(a, ["-c", SEND, "10.58.0.2"])
+    assert client.wait(timeout=60) == 0, lab.stderr(client)
+    assert server.stdout.readline().strip() == str(4 << 20)
+    sent, acked = class_packets(lab, a, dev_a), class_packets(lab, b, dev_b)
+    assert sent["1:20"] > 20 * sent["1:10"]  # the data; beside it, the handshake
+    assert acked["1:10"] >= 50  # the ACKs; beside them, ARP and the like
+    assert acked["1:10"] > 10 * acked["1:20"]

@@ -34,6 +34,7 @@ from tests.support.delay_line import LineSpec
 ROOT = Path(__file__).resolve().parents[2]
 NODE_SCRIPT = Path(__file__).with_name("mesh_node.py")
 LINE_SCRIPT = Path(__file__).with_name("delay_line.py")
+SMALL_PACKET = 128  # IP bytes (a power of two); a bare ACK with timestamps is 52
 
 
 class NetnsError(RuntimeError):
@@ -239,8 +240,10 @@ class Lab:
                         f"--ctstate ESTABLISHED,RELATED -j ACCEPT")
             self.sh(ns, f"iptables -A {chain} -i {public_dev} -j DROP")
 
-    def shape(self, ns: str, dev: str, mbit: float, delay_ms: float = 0.0) -> str:
-        """Egress shaping on `dev`: tbf rate, plus netem delay where the kernel has it.
+    def shape(self, ns: str, dev: str, mbit: float, delay_ms: float = 0.0,
+              acks_first: bool = False) -> str:
+        """Egress shaping on `dev`: tbf rate, plus netem delay where the kernel has it;
+        with `acks_first`, small packets pass the queue (`_shape_acks_first`).
         Without netem a delay is refused rather than silently left out: give the link
         a delay line instead (`link(..., line=LineSpec(delay_ms=...))`). Returns what
         was applied."""
@@ -253,8 +256,31 @@ class Lab:
                         f"limit 10000")
             return f"netem rate {rate} delay {delay_ms}ms"
         burst = max(32 * 1024, int(mbit * 1e6 / 8 / 100))  # ~10 ms of traffic
+        if acks_first:
+            return self._shape_acks_first(ns, dev, rate, burst, mbit)
         self.sh(ns, f"tc qdisc add dev {dev} root tbf rate {rate} burst {burst} latency 100ms")
         return f"tbf rate {rate}"
+
+    def _shape_acks_first(self, ns: str, dev: str, rate: str, burst: int, mbit: float
+                          ) -> str:
+        """The same rate and 100 ms of queue, but packets of at most `SMALL_PACKET` bytes
+        (bare ACKs) leave ahead of the queued data: an htb class with priority
+        that a u32 filter on the IP length fills, as a fair queue serves a
+        sparse flow."""
+        queue = int(mbit * 1e6 / 8 * 0.1)
+        self.sh(ns, f"tc qdisc add dev {dev} root handle 1: htb default 20")
+        self.sh(ns, f"tc class add dev {dev} parent 1: classid 1:1 htb rate {rate} "
+                    f"burst {burst} cburst {burst}")
+        for cls, prio in ((10, 0), (20, 1)):
+            self.sh(ns, f"tc class add dev {dev} parent 1:1 classid 1:{cls} htb rate {rate} "
+                        f"ceil {rate} burst {burst} cburst {burst} prio {prio}")
+            self.sh(ns, f"tc qdisc add dev {dev} parent 1:{cls} bfifo limit {queue}")
+        # IPv4 total length (bytes 2-3 of the IP header) below SMALL_PACKET; a u32 match
+        # works on a bridge's ports too, where iptables does not see the frames
+        mask = 0xFFFF & ~(SMALL_PACKET - 1)
+        self.sh(ns, f"tc filter add dev {dev} parent 1: protocol ip prio 1 u32 "
+                    f"match u16 0x0000 {mask:#06x} at 2 flowid 1:10")
+        return f"htb rate {rate}, small packets first"
 
     # ---- processes ----------------------------------------------------------------
     def spawn(self, ns: str, config: str) -> subprocess.Popen[str]:

@@ -14,7 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.mesh.pieces import PIECE_BYTES, fastest_first, piece_count, piece_span, rarest_wanted
+from node.mesh.p2p_pieces import fetch_slots, upload_slots
+from node.mesh.pieces import (
+    MAX_IN_FLIGHT,
+    PIECE_BYTES,
+    fastest_first,
+    piece_count,
+    piece_span,
+    rarest_wanted,
+)
 from node.sim.dissemination import (
     Link,
     Scenario,
@@ -81,6 +89,44 @@ def test_direct_all_to_all_on_equal_links_meets_the_bound_exactly() -> None:
     assert acked.slowest_s == pytest.approx(out.bound_s * (1 + Scenario.ack_share))
 
 
+def busy_home_pair(**knobs: object) -> Scenario:
+    """Two authors swapping blobs: peer 0 on a 10 Mbit/s uplink (full with its own
+    upload) and a 100 Mbit/s downlink, peer 1 at 100 Mbit/s both ways."""
+    links = (Link(10e6, 100e6), Link(100e6, 100e6))
+    return Scenario(links, (0, 1), 4 * MIB, "direct", **knobs)  # type: ignore[arg-type]
+
+
+def test_acks_shared_hold_a_full_uplinks_downloads_to_its_fair_share() -> None:
+    """In the fair filling both flows grow until peer 0's uplink (its upload plus its
+    download's ACKs) is full, and stop there together."""
+    a, bits = Scenario.ack_share, 8 * 4 * MIB
+    out = simulate(busy_home_pair(acks="shared"))
+    assert out.finish_s[0] == pytest.approx(bits * (1 + a) / 10e6)
+    assert out.finish_s[1] == pytest.approx(out.finish_s[0])
+
+
+def test_acks_ahead_leave_a_full_uplinks_downloads_at_their_link_rate() -> None:
+    """ACKs first: peer 0's upload gets what its ACKs leave (10 - a*D), and its download
+    D what peer 1's uplink leaves after the ACKs of that upload: D = 100 - a*(10 - a*D)."""
+    a, bits = Scenario.ack_share, 8 * 4 * MIB
+    out = simulate(busy_home_pair(acks="ahead"))
+    download = (100e6 - a * 10e6) / (1 - a * a)
+    assert out.finish_s[0] == pytest.approx(bits / download, rel=1e-5)
+    assert out.finish_s[1] > 8 * bits / 100e6  # the slow uplink's own upload is later
+
+
+def test_serving_held_below_the_uplink_frees_the_downloads_acks() -> None:
+    """Every peer's serving held to half its uplink: peer 0's uplink never fills, so
+    even in the fair filling its download runs at peer 1's share (50 Mbit/s), five
+    times the 10 / (1 + a) it gets with its uplink full."""
+    bits = 8 * 4 * MIB
+    out = simulate(busy_home_pair(acks="shared", upload_share=0.5))
+    assert out.finish_s[0] == pytest.approx(bits / 50e6)
+    assert out.finish_s[1] == pytest.approx(bits / 5e6)
+    with pytest.raises(ValueError, match="upload_share"):
+        busy_home_pair(upload_share=0.0)
+
+
 def test_an_rtt_costs_at_least_one_rtt() -> None:
     fast = simulate(Scenario(symmetric(4), (0,), MIB, "direct"))
     slow = simulate(Scenario(symmetric(4, rtt=0.05), (0,), MIB, "direct"))
@@ -142,6 +188,21 @@ def test_a_holder_with_one_slot_serves_one_fetcher_at_a_time() -> None:
     assert one.transfers == eight.transfers == 16
     assert eight.slowest_s == pytest.approx(4 * MIB * 8 / 8e6)  # the downlink bound
     assert one.slowest_s > 1.2 * eight.slowest_s
+
+
+def test_declared_fast_links_give_holders_a_slot_for_every_fetchers_requests() -> None:
+    """Ten peers on 1 Gb/s links, every fetcher at the requests a declared downlink
+    opens: with the declared uplink's slots (`upload_slots`, 12) the exchange stays
+    within 1.2x the bound; with the 8 of an unknown uplink, fetchers wait for a free
+    slot (answers handed over still hold theirs) and it takes over 1.35x."""
+    rate = 1e9 / 8
+    assert fetch_slots(rate) == MAX_IN_FLIGHT
+    s = dict(links=tuple(Link(1e9, 1e9, 0.02) for _ in range(10)), authors=tuple(range(10)),
+             size=8 * MIB, piece=MIB, in_flight=fetch_slots(rate))
+    for seed in range(3):
+        declared = simulate(Scenario(upload_slots=upload_slots(rate), **s), seed)  # type: ignore[arg-type]
+        unknown = simulate(Scenario(upload_slots=upload_slots(0), **s), seed)  # type: ignore[arg-type]
+        assert declared.ratio < 1.2 < 1.35 < unknown.ratio
 
 
 def test_a_single_source_gets_a_second_request_that_hides_the_round_trip() -> None:

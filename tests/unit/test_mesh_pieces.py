@@ -29,6 +29,7 @@ from node.mesh.p2p_swarm import tail_watch
 from node.mesh.pieces import (
     IN_FLIGHT,
     MAX_IN_FLIGHT,
+    MAX_UPLOAD_SLOTS,
     PER_SOURCE,
     PER_SOURCE_ALONE,
     PIECE_BYTES,
@@ -110,8 +111,9 @@ def test_super_seeding_serves_a_lost_copy_again_once_every_piece_has_left() -> N
 
 
 @pytest.mark.parametrize(("rate", "slots"), [
-    (0, UPLOAD_SLOTS),  # unlimited uplink
-    (100e6 / 8, UPLOAD_SLOTS),  # 100 Mbit/s: 12.5 Mbit/s a slot
+    (0, UPLOAD_SLOTS),  # unknown uplink
+    (100e6 / 8, MAX_UPLOAD_SLOTS),  # 100 Mbit/s declared: ~8.3 Mbit/s a slot
+    (10e6 / 8, 6),  # 10 Mbit/s declared: six slots
     (3 * SLOT_RATE + 1, 3),  # ~4.7 Mbit/s: three slots, each 1.5x the pieces' minimum
     (2.5e6 / 8, 1),  # 2.5 Mbit/s: two would leave each little above the minimum
     (PIECE_MIN_RATE / 2, 1),  # slower than one slot's minimum: still serves one request
