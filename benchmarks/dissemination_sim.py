@@ -13,6 +13,11 @@ training w+1).
     python benchmarks/dissemination_sim.py --models 1b --peers 20 --profiles covenant
     python benchmarks/dissemination_sim.py --validate runs.jsonl --tcp tcp_runs.jsonl
     python benchmarks/dissemination_sim.py --loopback   # the swarming test's set-up
+    python benchmarks/dissemination_sim.py --models 1b --declared --acks ahead
+
+`--declared`: every node declares its link's rates, so its upload slots and requests
+in flight follow them (node/mesh/p2p_pieces.py); `--acks ahead`: ACKs pass an uplink's
+queued data instead of sharing it fairly (node/sim/dissemination.py, `Scenario.acks`).
 
 `--validate` reads JSON lines of `benchmarks/mesh_netns_bench.py dissemination` (peers,
 blob_mib, mbit, rtt, slowest_peer_s, fetch) and prints the prediction of the run's
