@@ -49,6 +49,7 @@ from node.mesh.pieces import (
     piece_count,
     rarest_wanted,
 )
+from node.sim.flows import Flows, maxmin_rates
 
 Policy = Literal["direct", "swarm"]
 Acks = Literal["ahead", "shared"]
@@ -139,61 +140,6 @@ def lower_bound(s: Scenario) -> float:
     return max(down, author, total)
 
 
-def maxmin_rates(uses: np.ndarray, caps: np.ndarray,
-                 weights: np.ndarray | None = None) -> np.ndarray:
-    """Max-min fair rates (progressive filling) of flows, each using the resources in
-    its row of `uses` (flows x k resource indices) under `caps` (bytes/s); a flow at
-    rate r takes `weights` x r of each (1 where not given)."""
-    w = np.ones(uses.shape) if weights is None else weights
-    rates = np.zeros(len(uses))
-    remaining = caps.astype(float).copy()
-    active = np.ones(len(uses), dtype=bool)
-    while active.any():
-        counts = np.bincount(uses[active].ravel(), w[active].ravel(), minlength=len(caps))
-        used = counts > 0
-        step = float((remaining[used] / counts[used]).min())
-        rates[active] += step
-        remaining -= step * counts
-        saturated = remaining <= 1e-9 * caps
-        active &= ~(saturated[uses] & (w > 0)).any(axis=1)
-    return rates
-
-
-class _Flows:
-    """Flows in preallocated arrays; `live` marks the slots in use."""
-
-    def __init__(self, capacity: int) -> None:
-        self.src = np.zeros(capacity, dtype=int)
-        self.dst = np.zeros(capacity, dtype=int)
-        self.piece = np.zeros(capacity, dtype=int)
-        self.left = np.zeros(capacity)
-        self.asked = np.zeros(capacity)  # when it was requested
-        self.ready = np.zeros(capacity)  # when its bytes start to flow
-        self.live = np.zeros(capacity, dtype=bool)
-        self.handed = np.zeros(capacity, dtype=bool)  # its request slot given back
-        self._free = list(range(capacity - 1, -1, -1))
-
-    def add(self, src: int, dst: int, piece: int, size: float, asked: float,
-            ready: float) -> None:
-        if not self._free:  # handed-over flows still finishing: make room
-            self._grow()
-        i = self._free.pop()
-        self.src[i], self.dst[i], self.piece[i] = src, dst, piece
-        self.left[i], self.asked[i], self.ready[i], self.live[i] = size, asked, ready, True
-        self.handed[i] = False
-
-    def remove(self, i: int) -> None:
-        self.live[i] = False
-        self._free.append(i)
-
-    def _grow(self) -> None:
-        n = len(self.live)
-        for name in ("src", "dst", "piece", "left", "asked", "ready", "live", "handed"):
-            old = getattr(self, name)
-            setattr(self, name, np.concatenate([old, np.zeros_like(old)]))
-        self._free = list(range(2 * n - 1, n - 1, -1))
-
-
 class _Run:
     """The simulation state of one scenario."""
 
@@ -220,7 +166,7 @@ class _Run:
         self.uploaded = np.zeros(self.n)
         self.finish = [0.0 if self.have[d].all() else -1.0 for d in range(self.n)]
         # handed-over flows hold no request slot: room for one more per slot (it grows)
-        self.flows = _Flows(2 * self.n * self._slots())
+        self.flows = Flows(2 * self.n * self._slots())
         self.now, self.transfers = 0.0, 0
         self.caps = self._caps()
         self.rate_seen = np.full((self.n, self.n), np.inf)  # fetcher x holder, last piece
@@ -302,30 +248,24 @@ class _Run:
                 cols += [3 * self.n + src, 3 * self.n + dst]
             if self.s.upload_share < 1.0:
                 cols.append(4 * self.n + src)
-            if self.s.acks == "shared":
-                rates[flowing] = self._acks_shared(cols, dst)
-            else:
-                rates[flowing] = self._acks_ahead(cols, dst)
+            rates[flowing] = self._fair_rates(cols, dst)
         return rates
 
-    def _acks_shared(self, cols: list[np.ndarray], dst: np.ndarray) -> np.ndarray:
-        """Each flow's ACKs as a share of its receiver's uplink in the fair filling: the
-        flow stops growing when that uplink fills, as the data flows leaving it do."""
-        uses = np.stack([cols[0], cols[1], dst, *cols[2:]], axis=1)
+    def _fair_rates(self, cols: list[np.ndarray], dst: np.ndarray) -> np.ndarray:
+        """Max-min rates, each flow's ACKs taking `ack_share` of its receiver's uplink.
+        `shared`: inside the fair filling, so a flow stops growing when that uplink
+        fills, as the data flows leaving it do. `ahead`: ACKs leave before the data (a
+        fair queue serves a sparse flow first): the data shares what the ACKs of the
+        peer's downloads leave of its uplink, and a download is capped only where its
+        ACKs alone would fill it; a fixed point (ACK load from the rates, rates from the
+        caps less that load), started from the last event's load."""
+        ahead = self.s.acks == "ahead"
+        acks = 2 * self.n + dst if ahead else dst  # a column of its own, or the uplink
+        uses = np.stack([cols[0], cols[1], acks, *cols[2:]], axis=1)
         weights = np.ones(uses.shape)
         weights[:, 2] = self.s.ack_share
-        return maxmin_rates(uses, self.caps, weights)
-
-    def _acks_ahead(self, cols: list[np.ndarray], dst: np.ndarray) -> np.ndarray:
-        """ACKs leave a receiver's uplink ahead of its data (a fair queue serves a
-        sparse flow first; a FIFO passes them at the rate they come): the data flows
-        share what the ACKs of the peer's downloads leave of its uplink, and a
-        download is capped only where its ACKs alone would fill that uplink. A fixed
-        point (ACK load from the rates, rates from the caps less that load), started
-        from the last event's load."""
-        weights = np.ones((len(dst), len(cols) + 1))
-        weights[:, 2] = self.s.ack_share
-        uses = np.stack([cols[0], cols[1], 2 * self.n + dst, *cols[2:]], axis=1)
+        if not ahead:
+            return maxmin_rates(uses, self.caps, weights)
         up, caps = self.caps[:self.n], self.caps.copy()
         rates = np.zeros(len(dst))
         for _ in range(ACK_ROUNDS):

@@ -26,11 +26,10 @@ from node.mesh.pieces import (
 from node.sim.dissemination import (
     Link,
     Scenario,
-    _Flows,
     lower_bound,
-    maxmin_rates,
     simulate,
 )
+from node.sim.flows import Flows, maxmin_rates
 
 MIB = 1 << 20
 
@@ -228,7 +227,7 @@ def test_a_single_source_gets_a_second_request_that_hides_the_round_trip() -> No
 def test_the_flow_table_grows_when_handed_over_flows_still_finish() -> None:
     """A handed-over flow holds no request slot, so more flows than slots can be live;
     the table makes room and keeps every flow it had."""
-    flows = _Flows(1)
+    flows = Flows(1)
     for k in range(3):
         flows.add(0, 1, k, 10.0 + k, 0.0, 0.0)
     assert flows.live.sum() == 3
