@@ -7,11 +7,18 @@ under bf16 autocast while the validator replays in fp32 — and one miner that t
 honestly on another uid's batches ("wrongdata"). It prints every miner's replay
 evidence per window (the `e=` of the validator's result rows) and the margins.
 
-Part 2 (`--compare-keep`) trains honest-only networks twice for the same windows,
-inner AdamW state reset each window (what the replay needs) and kept, and prints
-both held-out losses and their ratio.
+Part 2 (`--compare-keep`) trains honest-only networks for the same windows, inner
+AdamW state reset each window (what the replay needs), kept, and (with
+`--reset-scope first_moment`) reset but for the second moment, and prints the held-out
+losses and their ratios.
+
+`--reset-scope first_moment` makes every miner of part 1 forget only AdamW's first
+moment each window and carry the second, while the validator still replays from fresh
+state: does the proof survive a miner that keeps its second moment?
 
     .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep
+    .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep \
+        --reset-scope first_moment
 """
 
 from __future__ import annotations
@@ -28,19 +35,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the harness
 
 from node.engine.config import EngineConfig
-from node.engine.inner import InnerTrainer
+from node.engine.inner import InnerTrainer, ResetScope
 from tests.support.attackers import HONEST, Harness, HarnessConfig
 
 EVIDENCE = re.compile(r"e=([+-][0-9.]+)")
 
 
-def evidence_run(windows: int, honest: int, inner_steps: int) -> dict[str, object]:
+def evidence_run(windows: int, honest: int, inner_steps: int,
+                 scope: ResetScope = "all") -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(HarnessConfig(inner_steps=inner_steps), [HONEST] * honest + ["wrongdata"],
-                    Path(tmp) / "v.db")
+        h = Harness(HarnessConfig(inner_steps=inner_steps, reset_scope=scope),
+                    [HONEST] * honest + ["wrongdata"], Path(tmp) / "v.db")
         bf16 = h.miners[honest - 1]
         assert bf16.model is not None
-        bf16.trainer = InnerTrainer(bf16.model, h.inner_config(), EngineConfig(precision="bf16"))
+        bf16.trainer = InnerTrainer(bf16.model, h.miner_inner_config(),
+                                    EngineConfig(precision="bf16"))
         names = {m.uid: m.name + (" (bf16)" if m is bf16 else "") for m in h.miners}
         per_miner: dict[str, list[float]] = {n: [] for n in names.values()}
         for w in range(windows):
@@ -52,16 +61,18 @@ def evidence_run(windows: int, honest: int, inner_steps: int) -> dict[str, objec
                                                if v), flush=True)
     honest_e = [e for n, v in per_miner.items() if n.startswith(HONEST) for e in v]
     wrong_e = [e for n, v in per_miner.items() if n.startswith("wrongdata") for e in v]
-    return {"windows": windows, "inner_steps": inner_steps,
+    return {"windows": windows, "inner_steps": inner_steps, "reset_scope": scope,
             "honest_min": round(min(honest_e), 3), "honest_max": round(max(honest_e), 3),
             "wrongdata_min": round(min(wrong_e), 3), "wrongdata_max": round(max(wrong_e), 3),
             "threshold": h.scoring_config().replay_threshold}
 
 
-def heldout_after(windows: int, inner_steps: int, reset: bool) -> float:
+def heldout_after(windows: int, inner_steps: int, reset: bool,
+                  scope: ResetScope = "all") -> float:
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(HarnessConfig(inner_steps=inner_steps, inner_reset=reset,
-                                  proof_of_data=reset), [HONEST] * 4, Path(tmp) / "v.db")
+                                  proof_of_data=reset, reset_scope=scope),
+                    [HONEST] * 4, Path(tmp) / "v.db")
         for w in range(windows):
             h.run_window(w, post=False)
         return h.heldout()
@@ -74,16 +85,23 @@ def main() -> None:
     ap.add_argument("--inner-steps", type=int, default=6)
     ap.add_argument("--compare-keep", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reset-scope", choices=("all", "first_moment"), default="all",
+                    help="what the miners' reset forgets (the validator replays fresh)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = evidence_run(args.windows, args.honest, args.inner_steps)
+    out = evidence_run(args.windows, args.honest, args.inner_steps, args.reset_scope)
     print(json.dumps(out), flush=True)
     if args.compare_keep:
         reset = heldout_after(args.windows, args.inner_steps, True)
         kept = heldout_after(args.windows, args.inner_steps, False)
-        print(json.dumps({"windows": args.windows, "inner_steps": args.inner_steps,
-                          "heldout_reset": round(reset, 4), "heldout_kept": round(kept, 4),
-                          "reset_vs_kept": round(reset / kept, 4)}), flush=True)
+        row = {"windows": args.windows, "inner_steps": args.inner_steps,
+               "heldout_reset": round(reset, 4), "heldout_kept": round(kept, 4),
+               "reset_vs_kept": round(reset / kept, 4)}
+        if args.reset_scope != "all":
+            partial = heldout_after(args.windows, args.inner_steps, True, args.reset_scope)
+            row |= {f"heldout_{args.reset_scope}": round(partial, 4),
+                    f"{args.reset_scope}_vs_kept": round(partial / kept, 4)}
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ class Evaluator:
         numbered from `first_step`, as a miner of a run that resets its inner optimizer
         each window trains; returns Δ = θ − θ_after (fp32, on the CPU)."""
         self.load(theta, None, 0.0)
-        trainer = InnerTrainer(self.model, replace(inner, reset_each_window=True), self.config)
+        fresh = replace(inner, reset_each_window=True, reset_scope="all")
+        trainer = InnerTrainer(self.model, fresh, self.config)
         result = trainer.run(batches, first_step)
         return [d.cpu() for d in result.delta]

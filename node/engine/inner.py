@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -25,6 +26,8 @@ from node.engine.config import EngineConfig, micro_batches
 from node.engine.device import autocast
 from node.engine.model import Decoder
 from node.errors import ConfigError, DataError
+
+ResetScope = Literal["all", "first_moment"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,12 @@ class InnerConfig:
     warmup_steps: int = 20
     total_steps: int = 1000
     min_lr_ratio: float = 0.1
+    eps: float = 1e-8  # AdamW's ε (torch's default); larger damps the sign-like first steps
     reset_each_window: bool = False  # fresh AdamW state, lr from the window's step numbers
+    # Study only (benchmarks/optimizer_study.py; the run spec cannot set it, and a validator
+    # cannot replay it): "first_moment" forgets only AdamW's first moment at each reset and
+    # carries the second, to tell which of the two a reset costs.
+    reset_scope: ResetScope = "all"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -52,6 +60,11 @@ class InnerConfig:
         if self.total_steps < self.warmup_steps:
             raise ConfigError(f"total_steps {self.total_steps} < warmup_steps "
                               f"{self.warmup_steps}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ConfigError(f"inner eps must be positive, got {self.eps}")
+        if self.reset_scope not in ("all", "first_moment"):
+            raise ConfigError(f"reset_scope must be 'all' or 'first_moment', got "
+                              f"{self.reset_scope!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
@@ -107,6 +120,7 @@ class InnerTrainer:
         self.partials = all_row_partials  # a sharded engine gathers its ranks' partials
         self.params = list(model.parameters())
         self.step = 0
+        self.window_first = 0  # the step the last reset started from
         self.skipped_steps = 0
         # Norm weights (1-D) are not decayed: shrinking them only fights the normalisation.
         decay = [p for p in self.params if p.dim() >= 2]
@@ -114,7 +128,7 @@ class InnerTrainer:
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr_at(0, cfg), betas=cfg.betas, fused=False,
+            lr=lr_at(0, cfg), betas=cfg.betas, eps=cfg.eps, fused=False,
         )
 
     @property
@@ -157,7 +171,7 @@ class InnerTrainer:
                 for p in self.params:
                     if p.grad is not None:
                         p.grad.mul_(coef)
-            lr = lr_at(self.step, self.cfg)
+            lr = lr_at(self.step, self.cfg) * self._first_moment_correction()
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
@@ -168,11 +182,27 @@ class InnerTrainer:
         self.step += 1
 
     def restart(self, first_step: int) -> None:
-        """Forget the AdamW moments and count steps from `first_step`."""
+        """Forget the AdamW moments (only the first with reset_scope "first_moment") and
+        count steps from `first_step`."""
         if first_step < 0:
             raise ConfigError(f"first_step must be >= 0, got {first_step}")
-        self.optimizer.state.clear()
-        self.step = first_step
+        if self.cfg.reset_scope == "all":
+            self.optimizer.state.clear()
+        else:
+            for state in self.optimizer.state.values():
+                state["exp_avg"].zero_()
+        self.step = self.window_first = first_step
+
+    def _first_moment_correction(self) -> float:
+        """With reset_scope "first_moment": the lr factor that turns torch's bias correction
+        of the first moment (over all steps taken) into one over the window's own steps, as
+        a fresh first moment needs; 1.0 otherwise."""
+        if self.cfg.reset_scope == "all" or not self.optimizer.state:
+            return 1.0
+        beta1 = float(self.cfg.betas[0])
+        taken = float(next(iter(self.optimizer.state.values()))["step"]) + 1
+        in_window = self.step - self.window_first + 1
+        return float((1.0 - beta1 ** taken) / (1.0 - beta1 ** in_window))
 
     def run(self, batches: Iterable[Tensor], first_step: int | None = None) -> InnerResult:
         """Inner steps over `batches`; returns Δ = θ_start − θ_after and restores θ_start.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from chain.client import ChainParams, Role
 from chain.memory import MemoryChain
 from node.engine.data import heldout_batches, stdlib_corpus, window_batch
 from node.engine.evaluator import Evaluator
-from node.engine.inner import InnerConfig, InnerTrainer, evaluate
+from node.engine.inner import InnerConfig, InnerTrainer, ResetScope, evaluate
 from node.engine.model import Decoder, build_model, get_config, model_manifest
 from node.mesh.board import MemoryBoard
 from node.outer.aggregate import aggregate_sparse, scale_values
@@ -72,6 +72,9 @@ class HarnessConfig:
     aggregation_size: int = 4  # the contract's top-K set that miners aggregate
     proof_of_data: bool = True  # by replay while inner_reset, by loss (weak) otherwise
     inner_reset: bool = True  # miners start each window's AdamW afresh (replayable)
+    # what the miners' reset forgets ("first_moment": a study of whether the replay proof
+    # survives miners that carry AdamW's second moment); the validator replays fresh
+    reset_scope: ResetScope = "all"
     commit_phase: float = 0.5  # two-phase publication (0: announce at once, no commitments)
 
 
@@ -116,7 +119,7 @@ class Harness:
                 Role.MINER, b"peer-" + m.name.encode(), 10**18)
             if kind in TRAINED:
                 m.model = build_model(mcfg, seed=cfg.seed)
-                m.trainer = InnerTrainer(m.model, self.inner_config())
+                m.trainer = InnerTrainer(m.model, self.miner_inner_config())
                 m.outer = SparseLoCo(self.outer_cfg, self.manifest)
             self.miners.append(m)
         self.vkey = key("validator")
@@ -137,6 +140,9 @@ class Harness:
     def inner_config(self) -> InnerConfig:
         return InnerConfig(lr=self.cfg.inner_lr, warmup_steps=2, total_steps=1000,
                            reset_each_window=self.cfg.inner_reset)
+
+    def miner_inner_config(self) -> InnerConfig:
+        return replace(self.inner_config(), reset_scope=self.cfg.reset_scope)
 
     # --- validator -------------------------------------------------------------------------
     def scoring_config(self) -> ScoringConfig:

@@ -97,7 +97,8 @@ def test_lr_schedule_shape() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"lr": 0.0}, {"betas": (0.9, 1.0)}, {"weight_decay": -1.0}, {"grad_clip": 0.0},
-     {"warmup_steps": -1}, {"warmup_steps": 50, "total_steps": 10}, {"min_lr_ratio": 1.5}],
+     {"warmup_steps": -1}, {"warmup_steps": 50, "total_steps": 10}, {"min_lr_ratio": 1.5},
+     {"eps": 0.0}, {"eps": math.inf}, {"reset_scope": "second_moment"}],
 )
 def test_inner_config_validation(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
@@ -148,3 +149,43 @@ def test_a_resetting_trainer_needs_the_first_step() -> None:
         trainer.run(batches(1))
     with pytest.raises(ConfigError, match="first_step"):
         trainer.run(batches(1), first_step=-1)
+
+
+def test_adamw_takes_the_configured_eps() -> None:
+    trainer = InnerTrainer(model(), InnerConfig(lr=3e-3, eps=1e-5))
+    assert trainer.optimizer.defaults["eps"] == 1e-5
+    default = InnerTrainer(model(), INNER).run(batches(2)).delta
+    damped = trainer.run(batches(2)).delta
+    assert not torch.equal(default[0], damped[0])
+
+
+def test_a_first_moment_reset_carries_the_second_moment() -> None:
+    """reset_scope "first_moment" (a study diagnostic): after a reset the first moment
+    starts from zero with its bias correction counted from the window's first step, while
+    the second moment and its step count carry on: the step equals the hand-computed
+    AdamW update lr · g / (sqrt(v̂) + eps) with v = β2·v_carried + (1 − β2)·g²."""
+    cfg = InnerConfig(lr=3e-3, warmup_steps=0, total_steps=20, weight_decay=0.0,
+                      grad_clip=1e9, reset_each_window=True, reset_scope="first_moment")
+    trainer = InnerTrainer(model(), cfg)
+    trainer.run(batches(2, seed=1), first_step=0)
+    carried = {p: trainer.optimizer.state[p]["exp_avg_sq"].clone() for p in trainer.params}
+    trainer.restart(first_step=2)
+    assert all(float(trainer.optimizer.state[p]["exp_avg"].abs().max()) == 0.0
+               for p in trainer.params)
+    assert all(torch.equal(trainer.optimizer.state[p]["exp_avg_sq"], carried[p])
+               for p in trainer.params)
+    before = [p.detach().clone() for p in trainer.params]
+    _, grads = trainer.compute_grads(batches(1, seed=2)[0])
+    expected = []
+    beta2 = cfg.betas[1]
+    for p, g in zip(trainer.params, grads, strict=True):
+        v_hat = (beta2 * carried[p] + (1 - beta2) * g * g) / (1 - beta2 ** 3)
+        expected.append(lr_at(2, cfg) * g / (v_hat.sqrt() + cfg.eps))
+    trainer.apply_grads([g.clone() for g in grads])
+    for b, p, e in zip(before, trainer.params, expected, strict=True):
+        torch.testing.assert_close(b - p.detach(), e, rtol=1e-4, atol=1e-7)  # fp32 ulps of θ
+    # "all" forgets both: the same history gives another step
+    fresh = InnerTrainer(model(), InnerConfig(**{**vars(cfg), "reset_scope": "all"}))
+    fresh.run(batches(2, seed=1), first_step=0)
+    fresh.restart(first_step=2)
+    assert not fresh.optimizer.state

@@ -1,0 +1,111 @@
+"""The optimizer study's grid (benchmarks/optimizer_study.py): the base setting, the
+methods' overrides and every run as (name, group, overrides of BASE). A run's key is
+its settings, so a row added here never changes an existing run's key; a setting added
+to BASE would change every key and rerun the whole grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BASE: dict[str, Any] = {
+    "optimizer": "sparseloco", "miners": 4, "inner_steps": 30, "k": 64, "error_decay": 0.95,
+    "outer_lr": 1.0, "outer_momentum": None, "inner_lr": 1e-3, "batch_size": 8,
+    "inner_reset": False, "index_coding": "gap",
+}
+DILOCO = {"optimizer": "diloco", "outer_lr": 0.7, "outer_momentum": 0.9, "error_decay": None}
+DDP = {"optimizer": "ddp", "outer_lr": None, "error_decay": None}
+ADAMW = {**DILOCO, "miners": 1, "outer_lr": 1.0, "outer_momentum": 0.0}
+
+# (name, group, overrides of BASE; "token_share" scales the budget, "sparsity" names a
+# study-only SparseLoCo variant of node/outer/ablations.py); quick is a prefix of full, in
+# order of importance
+FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("SparseLoCo base", "base", {}),
+    ("DiLoCo base", "base", DILOCO),
+    ("DDP base", "base", DDP),
+    ("AdamW batch 32 (M=1)", "gap", {**DDP, "miners": 1, "batch_size": 32}),
+    ("AdamW batch 8 (M=1)", "gap", ADAMW),
+    ("AdamW batch 8, ¼ tokens", "gap", {**ADAMW, "token_share": 0.25}),
+    ("DiLoCo lr 1 μ 0", "gap", {**DILOCO, "outer_lr": 1.0, "outer_momentum": 0.0}),
+    ("SparseLoCo inner_reset", "reset", {"inner_reset": True}),
+    ("SparseLoCo H=10", "H", {"inner_steps": 10}),
+    ("DiLoCo H=10", "H", {**DILOCO, "inner_steps": 10}),
+    ("SparseLoCo H=100", "H", {"inner_steps": 100}),
+    ("DDP inner lr 2e-3", "ddp-lr", {**DDP, "inner_lr": 2e-3}),
+    ("SparseLoCo inner lr 2e-3", "inner-lr", {"inner_lr": 2e-3}),
+    ("SparseLoCo M=8", "M", {"miners": 8}),
+    ("SparseLoCo H=10 inner_reset", "reset", {"inner_steps": 10, "inner_reset": True}),
+    ("SparseLoCo k=256", "k", {"k": 256}),
+    ("DDP inner lr 5e-4", "ddp-lr", {**DDP, "inner_lr": 5e-4}),
+    ("SparseLoCo M=1", "M", {"miners": 1}),
+    ("SparseLoCo β=0.9", "beta", {"error_decay": 0.9}),
+    ("SparseLoCo β=0.99", "beta", {"error_decay": 0.99}),
+    ("SparseLoCo outer lr 0.65", "outer-lr", {"outer_lr": 0.65}),
+    ("SparseLoCo k=16", "k", {"k": 16}),
+    ("SparseLoCo β=0", "beta", {"error_decay": 0.0}),
+    ("SparseLoCo outer lr 0.4", "outer-lr", {"outer_lr": 0.4}),
+    ("DDP inner lr 4e-3", "ddp-lr", {**DDP, "inner_lr": 4e-3}),
+    ("DiLoCo lr 1 μ 0.9", "diloco", {**DILOCO, "outer_lr": 1.0}),
+    ("SparseLoCo unquantised", "sparsity", {"sparsity": "unquantised"}),
+    ("SparseLoCo random-k", "sparsity", {"sparsity": "random-k"}),
+    ("DiLoCo lr 0.7 μ 0", "diloco", {**DILOCO, "outer_momentum": 0.0}),
+    ("DiLoCo H=100", "H", {**DILOCO, "inner_steps": 100}),
+    ("DDP M=8", "M", {**DDP, "miners": 8}),
+    ("DiLoCo M=8", "M", {**DILOCO, "miners": 8}),
+    ("SparseLoCo fixed12", "wire", {"index_coding": "fixed12"}),
+    # about the bytes of the 2-bit base: is 2-bit top-64 better than fp32 top-16?
+    ("SparseLoCo unquantised k=16", "sparsity", {"sparsity": "unquantised", "k": 16}),
+    # does Nesterov DiLoCo prefer few windows because of its momentum? (μ 0 at H = 10, 100)
+    ("DiLoCo H=10 μ 0", "diloco-H", {**DILOCO, "inner_steps": 10, "outer_momentum": 0.0}),
+    ("DiLoCo H=100 μ 0", "diloco-H", {**DILOCO, "inner_steps": 100, "outer_momentum": 0.0}),
+    ("SparseLoCo H=5", "H", {"inner_steps": 5}),
+    ("SparseLoCo H=5 inner_reset", "reset", {"inner_steps": 5, "inner_reset": True}),
+    ("SparseLoCo H=10 β=0.99", "H10", {"inner_steps": 10, "error_decay": 0.99}),
+    ("SparseLoCo H=10 outer lr 1.3", "H10", {"inner_steps": 10, "outer_lr": 1.3}),
+    ("SparseLoCo H=10 outer lr 1.6", "H10", {"inner_steps": 10, "outer_lr": 1.6}),
+    ("SparseLoCo H=5 outer lr 1.3", "H", {"inner_steps": 5, "outer_lr": 1.3}),
+    # how far does the gap to DDP close as H shrinks (5x the rounds of H = 10)?
+    ("SparseLoCo H=2", "H", {"inner_steps": 2}),
+    ("DiLoCo H=2 lr 1 μ 0", "diloco-H",
+     {**DILOCO, "inner_steps": 2, "outer_lr": 1.0, "outer_momentum": 0.0}),
+    # the network's setting: a fresh inner AdamW each window (the replay proof needs it)
+    ("SparseLoCo H=5 inner_reset outer lr 1.3", "reset",
+     {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.3}),
+    ("SparseLoCo H=10 inner_reset outer lr 1.3", "reset",
+     {"inner_steps": 10, "inner_reset": True, "outer_lr": 1.3}),
+    ("SparseLoCo H=10 outer lr 2", "H10", {"inner_steps": 10, "outer_lr": 2.0}),
+    ("SparseLoCo H=10 inner_reset outer lr 1.6", "reset",
+     {"inner_steps": 10, "inner_reset": True, "outer_lr": 1.6}),
+    ("SparseLoCo H=5 inner_reset outer lr 1.6", "reset",
+     {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.6}),
+    # DiLoCo under the same reset, at the same H (the network resets whatever the method)
+    ("DiLoCo H=5 inner_reset", "reset", {**DILOCO, "inner_steps": 5, "inner_reset": True}),
+    ("DiLoCo H=5 lr 1 μ 0 inner_reset", "reset",
+     {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0}),
+    ("DiLoCo H=5", "H", {**DILOCO, "inner_steps": 5}),
+    ("SparseLoCo H=5 inner_reset outer lr 2", "reset",
+     {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.0}),
+    # the reset's cost: AdamW's first steps from fresh state are sign-like on every entry;
+    # a larger ε damps the entries whose gradients are small (replayable: a run-spec value)
+    *((f"SparseLoCo H=5 inner_reset outer lr 1.6 ε {eps:g}", "eps",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.6, "inner_eps": eps})
+      for eps in (1e-5, 1e-4, 1e-6, 1e-3, 3e-5)),
+    ("DiLoCo H=5 inner_reset ε 1e-05", "eps",
+     {**DILOCO, "inner_steps": 5, "inner_reset": True, "inner_eps": 1e-5}),
+    # which moment does the reset cost? carry the second, forget only the first (study only)
+    ("SparseLoCo H=5 inner_reset outer lr 1.6, second moment kept", "reset-scope",
+     {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.6, "reset_scope": "first_moment"}),
+    *((f"SparseLoCo H=5 inner_reset outer lr 1.6{tag} seed {seed}", "seeds",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.6, **over, "seed": seed})
+      for seed in (1, 2) for tag, over in (("", {}), (" ε 1e-05", {"inner_eps": 1e-5}),
+                                           (", second moment kept",
+                                            {"reset_scope": "first_moment"}))),
+    # repeats over seeds (model init, data assignment and held-out sample all follow it)
+    *((f"{name} seed {seed}", "seeds", {**over, "seed": seed})
+      for seed in (1, 2)
+      for name, over in (("SparseLoCo H=10", {"inner_steps": 10}),
+                         ("DiLoCo H=10", {**DILOCO, "inner_steps": 10}),
+                         ("DiLoCo base", DILOCO), ("DDP base", DDP))),
+)
+GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
