@@ -96,11 +96,19 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     # which moment does the reset cost? carry the second, forget only the first (study only)
     ("SparseLoCo H=5 inner_reset outer lr 1.6, second moment kept", "reset-scope",
      {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.6, "reset_scope": "first_moment"}),
+    # a replayable second moment: an EMA over windows of one public batch's squared gradient
+    *((f"SparseLoCo H=5 inner_reset outer lr 1.6, public second moment {decay:g}", "reset-scope",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.6, "public_second_moment": decay})
+      for decay in (0.9, 0.7)),
+    ("DiLoCo H=5 inner_reset, public second moment 0.9", "reset-scope",
+     {**DILOCO, "inner_steps": 5, "inner_reset": True, "public_second_moment": 0.9}),
     *((f"SparseLoCo H=5 inner_reset outer lr 1.6{tag} seed {seed}", "seeds",
        {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.6, **over, "seed": seed})
       for seed in (1, 2) for tag, over in (("", {}), (" ε 1e-05", {"inner_eps": 1e-5}),
                                            (", second moment kept",
-                                            {"reset_scope": "first_moment"}))),
+                                            {"reset_scope": "first_moment"}),
+                                           (", public second moment 0.9",
+                                            {"public_second_moment": 0.9}))),
     # repeats over seeds (model init, data assignment and held-out sample all follow it)
     *((f"{name} seed {seed}", "seeds", {**over, "seed": seed})
       for seed in (1, 2)

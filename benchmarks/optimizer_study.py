@@ -51,12 +51,14 @@ class StudySpec(RunSpec):
     outer_momentum: float | None = None
     inner_eps: float | None = None
     reset_scope: ResetScope | None = None
+    public_second_moment: float | None = None
 
     def inner_config(self) -> InnerConfig:
         base = super().inner_config()
         eps = base.eps if self.inner_eps is None else self.inner_eps
         scope = base.reset_scope if self.reset_scope is None else self.reset_scope
-        return replace(base, eps=eps, reset_scope=scope)
+        return replace(base, eps=eps, reset_scope=scope,
+                       public_second_moment=self.public_second_moment)
 
     def outer_config(self) -> OuterConfig:
         base = super().outer_config()
@@ -244,6 +246,7 @@ PICTURES = {
                 "SparseLoCo H=10 outer lr 1.3", "SparseLoCo H=5", "SparseLoCo H=5 inner_reset"),
     "reset": ("SparseLoCo H=5", "SparseLoCo H=5 inner_reset outer lr 1.6",
               "SparseLoCo H=5 inner_reset outer lr 1.6, second moment kept",
+              "SparseLoCo H=5 inner_reset outer lr 1.6, public second moment 0.9",
               "SparseLoCo H=5 inner_reset outer lr 1.6 ε 1e-05", "DiLoCo H=5 inner_reset",
               "DiLoCo H=5 lr 1 μ 0 inner_reset"),
 }

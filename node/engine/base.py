@@ -33,6 +33,8 @@ class Engine(Protocol):
       θ is left exactly as it was (bit for bit), the result is kept for `encode`.
       `first_step` (window × H) numbers the steps for the learning-rate schedule
       when the run resets the inner optimizer each window; otherwise it is unused.
+      `public` is the window's public batch, required when the inner optimizer keeps a
+      public second moment (`InnerConfig.public_second_moment`), else unused.
       `gradient(batch)` does the same for one batch's gradient (per-step engines).
     * `encode()` turns the pending result into payload bytes, updating the error
       feedback; it raises `EngineStateError` when nothing is pending.
@@ -71,8 +73,8 @@ class Engine(Protocol):
     @property
     def per_step(self) -> bool: ...
 
-    def train(self, batches: Sequence[Tensor], first_step: int | None = None
-              ) -> list[float]: ...
+    def train(self, batches: Sequence[Tensor], first_step: int | None = None,
+              public: Tensor | None = None) -> list[float]: ...
 
     def gradient(self, batch: Tensor) -> float: ...
 

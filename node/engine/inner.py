@@ -28,6 +28,7 @@ from node.engine.model import Decoder
 from node.errors import ConfigError, DataError
 
 ResetScope = Literal["all", "first_moment"]
+SEEDED_STEP = 10_000  # the step count a seeded second moment is given (see restart)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class InnerConfig:
     # cannot replay it): "first_moment" forgets only AdamW's first moment at each reset and
     # carries the second, to tell which of the two a reset costs.
     reset_scope: ResetScope = "all"
+    # Study only so far (the run spec cannot set it): with reset_each_window, AdamW's second
+    # moment starts each window from a public estimate instead of from nothing: an EMA with
+    # this decay, over windows, of the squared clipped gradient of the window's public
+    # batch at θ. Every peer that sees the same θ and public batches holds the same one.
+    public_second_moment: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -65,6 +71,10 @@ class InnerConfig:
         if self.reset_scope not in ("all", "first_moment"):
             raise ConfigError(f"reset_scope must be 'all' or 'first_moment', got "
                               f"{self.reset_scope!r}")
+        if self.public_second_moment is not None and not (
+                self.reset_each_window and 0.0 <= self.public_second_moment < 1.0):
+            raise ConfigError("public_second_moment needs reset_each_window and a decay in "
+                              f"[0, 1), got {self.public_second_moment}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
@@ -121,6 +131,8 @@ class InnerTrainer:
         self.params = list(model.parameters())
         self.step = 0
         self.window_first = 0  # the step the last reset started from
+        self.public_sq: list[Tensor] | None = None  # EMA of the public squared gradients
+        self.public_windows = 0
         self.skipped_steps = 0
         # Norm weights (1-D) are not decayed: shrinking them only fights the normalisation.
         decay = [p for p in self.params if p.dim() >= 2]
@@ -163,10 +175,8 @@ class InnerTrainer:
             if g.shape != p.shape:
                 raise DataError(f"gradient shape {tuple(g.shape)} != parameter {tuple(p.shape)}")
             p.grad = g.to(device=p.device, dtype=p.dtype)
-        norm = exact_norm([p.grad for p in self.params if p.grad is not None],
-                          self.partials)
-        if math.isfinite(norm):
-            coef = self.cfg.grad_clip / (norm + 1e-6)
+        coef = self._clip_coefficient([p.grad for p in self.params if p.grad is not None])
+        if math.isfinite(coef):
             if coef < 1.0:
                 for p in self.params:
                     if p.grad is not None:
@@ -181,12 +191,45 @@ class InnerTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
+    def _clip_coefficient(self, grads: Sequence[Tensor]) -> float:
+        """What clipping to grad_clip multiplies the gradients by (at most 1); NaN when
+        their norm is not finite."""
+        norm = exact_norm(grads, self.partials)
+        return min(1.0, self.cfg.grad_clip / (norm + 1e-6)) if math.isfinite(norm) else math.nan
+
+    def observe_public(self, batch: Tensor) -> None:
+        """Fold the window's public batch, its clipped gradient at θ, into the public
+        second moment (a batch whose gradient is not finite is left out)."""
+        decay = self.cfg.public_second_moment
+        if decay is None:
+            raise ConfigError("this trainer keeps no public second moment")
+        _, grads = self.compute_grads(batch)
+        coef = self._clip_coefficient(grads)
+        if not math.isfinite(coef):
+            return
+        if self.public_sq is None:
+            self.public_sq = [torch.zeros_like(p) for p in self.params]
+        with torch.no_grad():
+            for acc, g in zip(self.public_sq, grads, strict=True):
+                acc.mul_(decay).addcmul_(g, g, value=(1.0 - decay) * coef * coef)
+        self.public_windows += 1
+
     def restart(self, first_step: int) -> None:
-        """Forget the AdamW moments (only the first with reset_scope "first_moment") and
-        count steps from `first_step`."""
+        """Forget the AdamW moments (only the first with reset_scope "first_moment"; the
+        second starts from the public estimate when there is one) and count steps from
+        `first_step`."""
         if first_step < 0:
             raise ConfigError(f"first_step must be >= 0, got {first_step}")
-        if self.cfg.reset_scope == "all":
+        if self.public_sq is not None and self.cfg.public_second_moment is not None:
+            unbias = 1.0 - self.cfg.public_second_moment ** self.public_windows
+            self.optimizer.state.clear()
+            for p, acc in zip(self.params, self.public_sq, strict=True):
+                # counted as long-run, so torch's bias corrections are 1 (β2^SEEDED_STEP
+                # underflows); _first_moment_correction restores the first moment's
+                self.optimizer.state[p] = {"step": torch.tensor(float(SEEDED_STEP)),
+                                           "exp_avg": torch.zeros_like(p),
+                                           "exp_avg_sq": acc / unbias}
+        elif self.cfg.reset_scope == "all":
             self.optimizer.state.clear()
         else:
             for state in self.optimizer.state.values():
@@ -194,22 +237,29 @@ class InnerTrainer:
         self.step = self.window_first = first_step
 
     def _first_moment_correction(self) -> float:
-        """With reset_scope "first_moment": the lr factor that turns torch's bias correction
-        of the first moment (over all steps taken) into one over the window's own steps, as
-        a fresh first moment needs; 1.0 otherwise."""
-        if self.cfg.reset_scope == "all" or not self.optimizer.state:
+        """With a carried or public second moment: the lr factor that turns torch's bias
+        correction of the first moment (over all steps taken) into one over the window's own
+        steps, as a fresh first moment needs; 1.0 otherwise."""
+        carried = self.cfg.reset_scope != "all" or self.public_sq is not None
+        if not carried or not self.optimizer.state:
             return 1.0
         beta1 = float(self.cfg.betas[0])
         taken = float(next(iter(self.optimizer.state.values()))["step"]) + 1
         in_window = self.step - self.window_first + 1
         return float((1.0 - beta1 ** taken) / (1.0 - beta1 ** in_window))
 
-    def run(self, batches: Iterable[Tensor], first_step: int | None = None) -> InnerResult:
+    def run(self, batches: Iterable[Tensor], first_step: int | None = None,
+            public: Tensor | None = None) -> InnerResult:
         """Inner steps over `batches`; returns Δ = θ_start − θ_after and restores θ_start.
-        With `reset_each_window`, the window starts fresh at `first_step` (required)."""
+        With `reset_each_window`, the window starts fresh at `first_step` (required), and
+        with a public second moment `public`, the window's public batch, is required."""
         if self.cfg.reset_each_window:
             if first_step is None:
                 raise ConfigError("a trainer that resets each window needs first_step")
+            if self.cfg.public_second_moment is not None:
+                if public is None:
+                    raise DataError("a public second moment needs the window's public batch")
+                self.observe_public(public)
             self.restart(first_step)
         start = [p.detach().clone() for p in self.params]
         losses: list[float] = []

@@ -96,8 +96,9 @@ class LocalEngine:
         self._outer = outer
 
     # --- training and the outer step ----------------------------------------------------
-    def train(self, batches: Sequence[Tensor], first_step: int | None = None) -> list[float]:
-        result = self._trainer.run(batches, first_step)
+    def train(self, batches: Sequence[Tensor], first_step: int | None = None,
+              public: Tensor | None = None) -> list[float]:
+        result = self._trainer.run(batches, first_step, public)
         self._pending = result.delta
         return result.losses
 

@@ -106,8 +106,9 @@ class Leader:
     def per_step(self) -> bool:
         return self.engine.per_step
 
-    def train(self, batches: Sequence[Tensor], first_step: int | None = None) -> list[float]:
-        return list(self._call("train", list(batches), first_step))
+    def train(self, batches: Sequence[Tensor], first_step: int | None = None,
+              public: Tensor | None = None) -> list[float]:
+        return list(self._call("train", list(batches), first_step, public))
 
     def gradient(self, batch: Tensor) -> float:
         return float(self._call("gradient", batch))

@@ -128,8 +128,10 @@ class ShardedEngine:
         return batch[self.rank * share:(self.rank + 1) * share]
 
     # --- training and the outer step -------------------------------------------------------
-    def train(self, batches: Sequence[Tensor], first_step: int | None = None) -> list[float]:
-        result = self._trainer.run([self._rows(b) for b in batches], first_step)
+    def train(self, batches: Sequence[Tensor], first_step: int | None = None,
+              public: Tensor | None = None) -> list[float]:
+        mine = None if public is None else self._rows(public)
+        result = self._trainer.run([self._rows(b) for b in batches], first_step, mine)
         # SparseLoCo encodes from the shards; the dense baselines from the whole Δ
         self._pending = result.delta if self._sparse else [full(d).cpu() for d in result.delta]
         return result.losses

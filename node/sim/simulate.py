@@ -39,6 +39,7 @@ class SimulationError(NodeError):
     """A simulated miner's own envelope did not pass the outer step's rule (a defect)."""
 
 
+PUBLIC_UID = 2**32 + 11  # no miner holds it: the batches of a public second moment
 SIM_SPEC = RunSpec(run="sim", inner_steps=30, inner_lr=1e-3, warmup_steps=20, eval_batches=8,
                    corpus_bytes=16 * 2**20, inner_reset=False)
 """The simulator's defaults: longer windows and a gentler inner lr than the devnet's; the
@@ -215,9 +216,11 @@ class Swarm:
                     losses.append(miner.engine.gradient(self._batch(miner, window, step)))
                 sent += self._exchange()
         else:
+            public = (self.assets.batch(window, PUBLIC_UID, 0)
+                      if self.spec.inner_config().public_second_moment is not None else None)
             for miner in self.miners:
                 batches = [self._batch(miner, window, s) for s in range(self.spec.inner_steps)]
-                losses.extend(miner.engine.train(batches, self.spec.first_step(window)))
+                losses.extend(miner.engine.train(batches, self.spec.first_step(window), public))
             sent += self._windowed_exchange(last=window == self.cfg.rounds - 1)
         return float(np.mean(losses)), sent / len(self.miners)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from node.engine.local import EngineSpec, LocalEngine
 from node.engine.ranks import init_ranks
 from node.engine.sharded import ShardedEngine
 from node.engine.store import CheckpointStore
-from node.errors import EngineError
+from node.errors import DataError, EngineError
 from node.outer.optimizers import OuterConfig
 from node.outer.step import params_digest, select
 from protocol.baseproof import proof_positions
@@ -70,11 +71,12 @@ def _release_process_group() -> Iterator[None]:
 def make(request: pytest.FixtureRequest) -> Callable[..., Engine]:
     factory = ENGINES[request.param]
 
-    def build(optimizer: str = "sparseloco", store: Path | None = None) -> Engine:
+    def build(optimizer: str = "sparseloco", store: Path | None = None,
+              inner: InnerConfig = INNER) -> Engine:
         if request.param == "sharded" and optimizer == "ddp":
             pytest.skip("the sharded engine trains windows; per-step DDP is a baseline")
         outer = OuterConfig(optimizer=optimizer)  # type: ignore[arg-type]
-        return factory(EngineSpec(model="tiny", seed=0, inner=INNER, outer=outer), store)
+        return factory(EngineSpec(model="tiny", seed=0, inner=inner, outer=outer), store)
 
     return build
 
@@ -290,3 +292,20 @@ def test_the_evaluator_is_scratch_space(make: Callable[..., Engine]) -> None:
     evaluator.load_dense(theta, [torch.ones_like(t) for t in theta], 0.5)
     assert evaluator.loss(_batches(3)) != base
     assert engine.digest() == before
+
+
+def test_a_public_second_moment_takes_the_windows_public_batch(
+        make: Callable[..., Engine]) -> None:
+    """With a public second moment, `train` needs the window's public batch; two engines
+    that saw the same public batches send the same bytes, and θ stays as it was."""
+    inner = replace(INNER, reset_each_window=True, public_second_moment=0.9)
+    a, b = make(inner=inner), make(inner=inner)
+    with pytest.raises(DataError, match="public batch"):
+        a.train(_batches(0), 0)
+    start = a.digest()
+    for window in range(2):
+        public = _batches(99, 1)[0] if window == 0 else _batches(98, 1)[0]
+        for engine in (a, b):
+            engine.train(_batches(window), 2 * window, public)
+        assert a.digest() == start
+        assert a.encode() == b.encode()

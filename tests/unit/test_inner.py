@@ -189,3 +189,61 @@ def test_a_first_moment_reset_carries_the_second_moment() -> None:
     fresh.run(batches(2, seed=1), first_step=0)
     fresh.restart(first_step=2)
     assert not fresh.optimizer.state
+
+
+PUBLIC = InnerConfig(lr=3e-3, warmup_steps=0, total_steps=20, weight_decay=0.0, grad_clip=1e9,
+                     reset_each_window=True, public_second_moment=0.5)
+
+
+def test_a_public_second_moment_starts_each_window_from_the_public_ema() -> None:
+    """Each window folds its public batch's squared gradient at θ into an EMA and starts
+    AdamW's second moment from it (unbiased), the first moment fresh: the window's first
+    step is lr · g / (sqrt(β2·v_pub + (1 − β2)·g²) + eps)."""
+    trainer = InnerTrainer(model(), PUBLIC)
+    public = batches(2, seed=9)
+    _, g0 = InnerTrainer(model(), PUBLIC).compute_grads(public[0])
+    trainer.run(batches(2, seed=1), first_step=0, public=public[0])
+    assert trainer.public_sq is not None
+    assert trainer.public_windows == 1
+    for acc, g in zip(trainer.public_sq, g0, strict=True):
+        torch.testing.assert_close(acc, 0.5 * g * g)
+    _, g1 = InnerTrainer(model(), PUBLIC).compute_grads(public[1])
+    v_pub = [(0.5 * 0.5 * a * a + 0.5 * b * b) / (1 - 0.5 ** 2)
+             for a, b in zip(g0, g1, strict=True)]
+    trainer.observe_public(public[1])
+    trainer.restart(first_step=2)
+    beta2 = PUBLIC.betas[1]
+    before = [p.detach().clone() for p in trainer.params]
+    _, grads = trainer.compute_grads(batches(1, seed=2)[0])
+    expected = [lr_at(2, PUBLIC) * g / ((beta2 * v + (1 - beta2) * g * g).sqrt() + PUBLIC.eps)
+                for g, v in zip(grads, v_pub, strict=True)]
+    trainer.apply_grads([g.clone() for g in grads])
+    for b, p, e in zip(before, trainer.params, expected, strict=True):
+        torch.testing.assert_close(b - p.detach(), e, rtol=1e-4, atol=1e-7)  # fp32 ulps of θ
+
+
+def test_a_public_second_moment_replays_for_whoever_saw_the_same_public_batches() -> None:
+    """A second trainer (a validator's) that folded in the same public batches replays a
+    window bit for bit; one that saw none of them does not."""
+    public = batches(3, seed=9)
+    miner, replayer = InnerTrainer(model(), PUBLIC), InnerTrainer(model(), PUBLIC)
+    for w in range(2):
+        miner.run(batches(2, seed=10 + w), first_step=2 * w, public=public[w])
+        replayer.observe_public(public[w])
+    window = batches(2, seed=3)
+    sent = miner.run(window, first_step=4, public=public[2])
+    replayed = replayer.run(window, first_step=4, public=public[2])
+    assert all(torch.equal(a, b) for a, b in zip(sent.delta, replayed.delta, strict=True))
+    newcomer = InnerTrainer(model(), PUBLIC).run(window, first_step=4, public=public[2])
+    assert not torch.equal(newcomer.delta[0], sent.delta[0])
+
+
+def test_a_public_second_moment_needs_the_public_batch_and_a_reset() -> None:
+    with pytest.raises(DataError, match="public batch"):
+        InnerTrainer(model(), PUBLIC).run(batches(1), first_step=0)
+    with pytest.raises(ConfigError, match="public_second_moment"):
+        InnerConfig(public_second_moment=0.9)
+    with pytest.raises(ConfigError, match="public_second_moment"):
+        InnerConfig(reset_each_window=True, public_second_moment=1.0)
+    with pytest.raises(ConfigError, match="no public second moment"):
+        InnerTrainer(model(), RESET).observe_public(batches(1)[0])
