@@ -100,6 +100,10 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     *((f"SparseLoCo H=5 inner_reset outer lr 1.6, public second moment {decay:g}", "reset-scope",
        {"inner_steps": 5, "inner_reset": True, "outer_lr": 1.6, "public_second_moment": decay})
       for decay in (0.9, 0.7)),
+    *((f"SparseLoCo H=10 inner_reset outer lr 1.6{tag}", "reset-scope",
+       {"inner_steps": 10, "inner_reset": True, "outer_lr": 1.6, **over})
+      for tag, over in ((", public second moment 0.9", {"public_second_moment": 0.9}),
+                        (", second moment kept", {"reset_scope": "first_moment"}))),
     ("DiLoCo H=5 inner_reset, public second moment 0.9", "reset-scope",
      {**DILOCO, "inner_steps": 5, "inner_reset": True, "public_second_moment": 0.9}),
     *((f"SparseLoCo H=5 inner_reset outer lr 1.6{tag} seed {seed}", "seeds",
