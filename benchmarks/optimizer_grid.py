@@ -104,6 +104,22 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
        {"inner_steps": 10, "inner_reset": True, "outer_lr": 1.6, **over})
       for tag, over in ((", public second moment 0.9", {"public_second_moment": 0.9}),
                         (", second moment kept", {"reset_scope": "first_moment"}))),
+    *((f"SparseLoCo H={h} inner_reset outer lr 2, public second moment 0.9", "reset-scope",
+       {"inner_steps": h, "inner_reset": True, "outer_lr": 2.0, "public_second_moment": 0.9})
+      for h in (5, 10)),
+    *((f"SparseLoCo H=5 inner_reset outer lr {lr:g}, public second moment 0.9", "reset-scope",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": lr, "public_second_moment": 0.9})
+      for lr in (2.5, 3.0)),
+    *((f"SparseLoCo H=5 inner_reset outer lr {lr:g}, public second moment 0.9 seed {seed}",
+       "seeds", {"inner_steps": 5, "inner_reset": True, "outer_lr": lr,
+                 "public_second_moment": 0.9, "seed": seed})
+      for lr in (2.0, 2.5, 3.0) for seed in (1, 2)),
+    *((f"DiLoCo H=5 inner_reset seed {seed}", "seeds",
+       {**DILOCO, "inner_steps": 5, "inner_reset": True, "seed": seed}) for seed in (1, 2)),
+    *((f"SparseLoCo H=10 inner_reset outer lr 1.6{tag} seed {seed}", "seeds",
+       {"inner_steps": 10, "inner_reset": True, "outer_lr": 1.6, **over, "seed": seed})
+      for seed in (1, 2) for tag, over in (("", {}), (", public second moment 0.9",
+                                                     {"public_second_moment": 0.9}))),
     ("DiLoCo H=5 inner_reset, public second moment 0.9", "reset-scope",
      {**DILOCO, "inner_steps": 5, "inner_reset": True, "public_second_moment": 0.9}),
     *((f"SparseLoCo H=5 inner_reset outer lr 1.6{tag} seed {seed}", "seeds",

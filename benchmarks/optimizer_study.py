@@ -247,6 +247,7 @@ PICTURES = {
     "reset": ("SparseLoCo H=5", "SparseLoCo H=5 inner_reset outer lr 1.6",
               "SparseLoCo H=5 inner_reset outer lr 1.6, second moment kept",
               "SparseLoCo H=5 inner_reset outer lr 1.6, public second moment 0.9",
+              "SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9",
               "SparseLoCo H=5 inner_reset outer lr 1.6 ε 1e-05", "DiLoCo H=5 inner_reset",
               "DiLoCo H=5 lr 1 μ 0 inner_reset"),
 }
@@ -281,14 +282,14 @@ def write_pictures(results: list[dict[str, Any]], folder: Path, model: str) -> l
 def seed_groups(results: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Final losses per setting that was repeated over seeds: the run named `X` (seed 0)
     and the runs named `X seed N`, in seed order."""
-    groups: dict[str, list[float]] = {}
+    seeded: dict[str, dict[int, float]] = {}
     for r in results:
         if r["group"] == "seeds":
-            base = r["name"].rsplit(" seed ", 1)[0]
-            if base not in groups and (first := _find(results, base)) is not None:
-                groups[base] = [_final(first)]
-            groups.setdefault(base, []).append(_final(r))
-    return groups
+            base, seed = r["name"].rsplit(" seed ", 1)
+            if base not in seeded and (first := _find(results, base)) is not None:
+                seeded[base] = {0: _final(first)}
+            seeded.setdefault(base, {})[int(seed)] = _final(r)
+    return {base: [by_seed[k] for k in sorted(by_seed)] for base, by_seed in seeded.items()}
 
 
 def seed_table(results: list[dict[str, Any]]) -> str:
