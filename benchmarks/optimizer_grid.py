@@ -129,6 +129,21 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
                                             {"reset_scope": "first_moment"}),
                                            (", public second moment 0.9",
                                             {"public_second_moment": 0.9}))),
+    # tuning around the public second moment at outer lr 2.5 (seed 0), each against the
+    # same change to Nesterov DiLoCo with the reset where the change applies to both
+    *((f"SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9{tag}", "tune-public",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
+        **over})
+      for tag, over in ((" β 0.9", {"error_decay": 0.9}), (" β 0.99", {"error_decay": 0.99}),
+                        (" inner lr 2e-3", {"inner_lr": 2e-3}))),
+    ("SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.7", "tune-public",
+     {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.7}),
+    ("DiLoCo H=5 inner_reset inner lr 2e-3", "tune-public",
+     {**DILOCO, "inner_steps": 5, "inner_reset": True, "inner_lr": 2e-3}),
+    *((f"SparseLoCo H={h} inner_reset outer lr 2.5, public second moment 0.9", "tune-public",
+       {"inner_steps": h, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9})
+      for h in (10, 3)),
+    ("DiLoCo H=3 inner_reset", "tune-public", {**DILOCO, "inner_steps": 3, "inner_reset": True}),
     # repeats over seeds (model init, data assignment and held-out sample all follow it)
     *((f"{name} seed {seed}", "seeds", {**over, "seed": seed})
       for seed in (1, 2)

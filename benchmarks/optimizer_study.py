@@ -51,14 +51,12 @@ class StudySpec(RunSpec):
     outer_momentum: float | None = None
     inner_eps: float | None = None
     reset_scope: ResetScope | None = None
-    public_second_moment: float | None = None
 
     def inner_config(self) -> InnerConfig:
         base = super().inner_config()
         eps = base.eps if self.inner_eps is None else self.inner_eps
         scope = base.reset_scope if self.reset_scope is None else self.reset_scope
-        return replace(base, eps=eps, reset_scope=scope,
-                       public_second_moment=self.public_second_moment)
+        return replace(base, eps=eps, reset_scope=scope)
 
     def outer_config(self) -> OuterConfig:
         base = super().outer_config()

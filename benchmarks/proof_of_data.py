@@ -16,9 +16,17 @@ losses and their ratios.
 moment each window and carry the second, while the validator still replays from fresh
 state: does the proof survive a miner that keeps its second moment?
 
+`--public-second-moment DECAY` runs the network's public second moment: miners and
+validator fold each window's public batch; `--late W` then restarts the validator
+(empty public moment, as a validator that joins or restarts at W) and gives the
+first honest miner a fresh trainer at window W (a miner that joins at W), to see
+what the missed history costs their proofs.
+
     .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep
     .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep \
         --reset-scope first_moment
+    .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep \
+        --public-second-moment 0.9 --late 8
 """
 
 from __future__ import annotations
@@ -41,10 +49,11 @@ from tests.support.attackers import HONEST, Harness, HarnessConfig
 EVIDENCE = re.compile(r"e=([+-][0-9.]+)")
 
 
-def evidence_run(windows: int, honest: int, inner_steps: int,
-                 scope: ResetScope = "all") -> dict[str, object]:
+def evidence_run(windows: int, honest: int, inner_steps: int, scope: ResetScope = "all",
+                 public: float | None = None, late: int | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(HarnessConfig(inner_steps=inner_steps, reset_scope=scope),
+        h = Harness(HarnessConfig(inner_steps=inner_steps, reset_scope=scope,
+                                  public_second_moment=public),
                     [HONEST] * honest + ["wrongdata"], Path(tmp) / "v.db")
         bf16 = h.miners[honest - 1]
         assert bf16.model is not None
@@ -53,6 +62,8 @@ def evidence_run(windows: int, honest: int, inner_steps: int,
         names = {m.uid: m.name + (" (bf16)" if m is bf16 else "") for m in h.miners}
         per_miner: dict[str, list[float]] = {n: [] for n in names.values()}
         for w in range(windows):
+            if w == late:
+                rejoin(h)
             for row in h.run_window(w).rows:
                 found = EVIDENCE.search(row.reason)
                 if found:
@@ -62,16 +73,28 @@ def evidence_run(windows: int, honest: int, inner_steps: int,
     honest_e = [e for n, v in per_miner.items() if n.startswith(HONEST) for e in v]
     wrong_e = [e for n, v in per_miner.items() if n.startswith("wrongdata") for e in v]
     return {"windows": windows, "inner_steps": inner_steps, "reset_scope": scope,
+            "public_second_moment": public, "late": late,
             "honest_min": round(min(honest_e), 3), "honest_max": round(max(honest_e), 3),
             "wrongdata_min": round(min(wrong_e), 3), "wrongdata_max": round(max(wrong_e), 3),
             "threshold": h.scoring_config().replay_threshold}
 
 
+def rejoin(h: Harness) -> None:
+    """A validator restarted (its public second moment empty, its scores on disk) and
+    the first honest miner restarted (a fresh trainer)."""
+    h.validator.state.close()
+    h.validator = h.make_validator()
+    first = h.miners[0]
+    assert first.model is not None
+    first.trainer = InnerTrainer(first.model, h.miner_inner_config())
+
+
 def heldout_after(windows: int, inner_steps: int, reset: bool,
-                  scope: ResetScope = "all") -> float:
+                  scope: ResetScope = "all", public: float | None = None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(HarnessConfig(inner_steps=inner_steps, inner_reset=reset,
-                                  proof_of_data=reset, reset_scope=scope),
+                                  proof_of_data=reset, reset_scope=scope,
+                                  public_second_moment=public),
                     [HONEST] * 4, Path(tmp) / "v.db")
         for w in range(windows):
             h.run_window(w, post=False)
@@ -87,9 +110,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reset-scope", choices=("all", "first_moment"), default="all",
                     help="what the miners' reset forgets (the validator replays fresh)")
+    ap.add_argument("--public-second-moment", type=float, default=None, metavar="DECAY")
+    ap.add_argument("--late", type=int, default=None, metavar="W",
+                    help="restart the validator and the first honest miner at window W")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = evidence_run(args.windows, args.honest, args.inner_steps, args.reset_scope)
+    out = evidence_run(args.windows, args.honest, args.inner_steps, args.reset_scope,
+                       args.public_second_moment, args.late)
     print(json.dumps(out), flush=True)
     if args.compare_keep:
         reset = heldout_after(args.windows, args.inner_steps, True)
@@ -101,6 +128,10 @@ def main() -> None:
             partial = heldout_after(args.windows, args.inner_steps, True, args.reset_scope)
             row |= {f"heldout_{args.reset_scope}": round(partial, 4),
                     f"{args.reset_scope}_vs_kept": round(partial / kept, 4)}
+        if args.public_second_moment is not None:
+            public = heldout_after(args.windows, args.inner_steps, True,
+                                   public=args.public_second_moment)
+            row |= {"heldout_public": round(public, 4), "public_vs_kept": round(public / kept, 4)}
         print(json.dumps(row), flush=True)
 
 

@@ -7,7 +7,8 @@ and docs/validator.md): by replaying each author's inner steps from θ_global
 window) and by comparing loss gains with a leave-one-out reference update
 (`loss_proofs`, for runs that keep it). It takes θ, the updates and the
 validator's scratch `Evaluator` and returns numbers; it must never touch the
-engine's own θ, read a clock or the chain, or keep anything between windows.
+engine's own θ, read a clock or the chain, or keep anything between windows
+beyond the public second moment the evaluator folds once per replayed window.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def replay_proofs(ev: Evaluator, cfg: ScoringConfig, tokens: np.ndarray, seed: i
     the validator's), replayed from θ_global one at a time; each update's alignment with
     its own replay against its alignments with the others. An update that names an older
     base cannot be replayed from θ_global: 0, neither proof nor disproof (its sync score
-    already halves its score)."""
+    already halves its score). In a run with a public second moment, the window's public
+    batch is folded first, as every miner that trains the window folds it."""
     assert cfg.inner is not None
+    ev.observe_public(at.theta, scoring.public_batch(tokens, cfg, at.window), cfg.inner)
     proofs = {u: Proof(0.0) for u in updates}
     current = sorted(u for u, up in updates.items() if up.base_step == at.step)
     if not current:

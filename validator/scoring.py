@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from node.engine.data import derive_seed, sample_offsets, window_batch
+from node.engine.data import PUBLIC_UID, derive_seed, sample_offsets, window_batch
 from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerConfig
 from node.outer.aggregate import scale_values
@@ -119,6 +119,13 @@ def random_batches(tokens: np.ndarray, cfg: ScoringConfig, validator_seed: int,
     return [window_batch(tokens, seed=seed, window=window, uid=RANDOM_UID, step=i,
                          batch_size=cfg.batch_size, seq_len=cfg.seq_len)
             for i in range(cfg.rand_batches)]
+
+
+def public_batch(tokens: np.ndarray, cfg: ScoringConfig, window: int) -> torch.Tensor:
+    """The window's public batch (the one every peer folds into the public second
+    moment), as miners draw it."""
+    return window_batch(tokens, seed=cfg.data_seed, window=window, uid=PUBLIC_UID, step=0,
+                        batch_size=cfg.batch_size, seq_len=cfg.seq_len)
 
 
 def assigned_batches(tokens: np.ndarray, cfg: ScoringConfig, window: int,

@@ -143,6 +143,11 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
              help="fresh inner AdamW state every window, so validators can replay a "
                   "miner's training to prove its data (default on; off keeps the state, "
                   "trains faster early on and leaves only the weak loss-based proof)")
+    add_flag(g, "--public-second-moment", env="PUBLIC_SECOND_MOMENT", type=float,
+             help="with --inner-reset on: start each window's AdamW second moment from an "
+                  "EMA with this decay (e.g. 0.9) of every window's public-batch squared "
+                  "gradient, which validators replay too (default: from nothing; "
+                  "docs/optimizer.md)")
     add_flag(g, "--commit-phase", env="COMMIT_PHASE", type=float,
              help="share of each window in which miners commit to their envelope's hash "
                   "on the chain before releasing it (default 0.5; 0: publish at once, "
@@ -181,6 +186,7 @@ def build_spec(args: argparse.Namespace) -> Any:
                       else {"proof_of_data": args.proof_of_data == "on"}),
                    **({} if args.inner_reset is None
                       else {"inner_reset": args.inner_reset == "on"}),
+                   public_second_moment=args.public_second_moment,
                    **({} if args.overlap is None else {"overlap": args.overlap == "on"}))
 
 

@@ -167,6 +167,11 @@ def _sample(tokens: np.ndarray, seed: int, batch_size: int, seq_len: int) -> tor
     return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
 
 
+# the assignment no miner holds (uids are 32-bit): each window's public batch, whose
+# gradient at θ every peer folds into the public second moment (node/engine/inner.py)
+PUBLIC_UID = 2**32 + 11
+
+
 def window_batch(tokens: np.ndarray, *, seed: int, window: int, uid: int, step: int,
                  batch_size: int, seq_len: int) -> torch.Tensor:
     """The [batch_size, seq_len + 1] int64 batch assigned to (uid, window, step)."""

@@ -21,7 +21,7 @@ import torch
 
 from node.engine.config import EngineConfig
 from node.engine.device import autocast
-from node.engine.inner import InnerConfig, InnerTrainer
+from node.engine.inner import InnerConfig, InnerTrainer, PublicMoment
 from node.engine.model import Decoder
 from protocol.sparse import SparseTensor, decompress
 from protocol.spec import CodecSpec, Manifest
@@ -84,6 +84,9 @@ class Evaluator:
         self.spec = spec
         self.device = self.params[0].device
         self._theta = DeviceCopy(self.device)
+        # the public second moment replays start from (runs that keep one): folded once
+        # per proven window by `observe_public`, the one thing kept between windows
+        self.public: PublicMoment | None = None
 
     def _base(self, theta: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
         """θ on the model's device: as given when it is there, else the cached copy."""
@@ -116,9 +119,22 @@ class Evaluator:
                inner: InnerConfig, first_step: int) -> list[torch.Tensor]:
         """A miner's window replayed: AdamW steps from θ on `batches` with fresh state,
         numbered from `first_step`, as a miner of a run that resets its inner optimizer
-        each window trains; returns Δ = θ − θ_after (fp32, on the CPU)."""
+        each window trains (the second moment from this evaluator's public one when the
+        run keeps one); returns Δ = θ − θ_after (fp32, on the CPU)."""
         self.load(theta, None, 0.0)
         fresh = replace(inner, reset_each_window=True, reset_scope="all")
-        trainer = InnerTrainer(self.model, fresh, self.config)
-        result = trainer.run(batches, first_step)
-        return [d.cpu() for d in result.delta]
+        public = self.public if fresh.public_second_moment is not None else None
+        trainer = InnerTrainer(self.model, fresh, self.config, public=public)
+        trainer.restart(first_step)
+        return [d.cpu() for d in trainer.steps(batches).delta]
+
+    def observe_public(self, theta: Sequence[torch.Tensor], batch: torch.Tensor,
+                       inner: InnerConfig) -> None:
+        """Fold `batch`, a window's public batch, at θ into the public second moment that
+        `replay` starts from; nothing when `inner` keeps none."""
+        if inner.public_second_moment is None:
+            return
+        if self.public is None or self.public.decay != inner.public_second_moment:
+            self.public = PublicMoment(inner.public_second_moment)
+        self.load(theta, None, 0.0)
+        InnerTrainer(self.model, inner, self.config, public=self.public).observe_public(batch)

@@ -46,10 +46,10 @@ class InnerConfig:
     # cannot replay it): "first_moment" forgets only AdamW's first moment at each reset and
     # carries the second, to tell which of the two a reset costs.
     reset_scope: ResetScope = "all"
-    # Study only so far (the run spec cannot set it): with reset_each_window, AdamW's second
-    # moment starts each window from a public estimate instead of from nothing: an EMA with
-    # this decay, over windows, of the squared clipped gradient of the window's public
-    # batch at θ. Every peer that sees the same θ and public batches holds the same one.
+    # With reset_each_window, AdamW's second moment starts each window from a public
+    # estimate instead of from nothing (`PublicMoment`, this is its decay; the run spec's
+    # `public_second_moment`). Every peer that sees the same θ and public batches holds
+    # the same one, so a validator can still replay a miner's window.
     public_second_moment: float | None = None
 
     def __post_init__(self) -> None:
@@ -113,6 +113,35 @@ def exact_norm(grads: Sequence[Tensor],
 
 
 @dataclass
+class PublicMoment:
+    """A second-moment estimate every peer can compute: an EMA with `decay`, over windows,
+    of the squared clipped gradient of each window's public batch (the batch no miner is
+    assigned, node/engine/data.py `PUBLIC_UID`) at the θ that window trains from. Whoever
+    folded the same batches at the same θ holds the same tensors; a node that missed
+    windows holds a close one (each missed window weighs `decay`^age)."""
+
+    decay: float
+    sq: list[Tensor] | None = None
+    windows: int = 0
+
+    def fold(self, grads: Sequence[Tensor], coef: float) -> None:
+        """Fold one window's gradients, clipped by `coef`."""
+        if self.sq is None:
+            self.sq = [torch.zeros_like(g) for g in grads]
+        with torch.no_grad():
+            for acc, g in zip(self.sq, grads, strict=True):
+                acc.mul_(self.decay).addcmul_(g, g, value=(1.0 - self.decay) * coef * coef)
+        self.windows += 1
+
+    def estimate(self) -> list[Tensor] | None:
+        """The bias-corrected EMA (None before the first fold)."""
+        if self.sq is None:
+            return None
+        unbias = 1.0 - self.decay ** self.windows
+        return [acc / unbias for acc in self.sq]
+
+
+@dataclass
 class InnerResult:
     delta: list[Tensor]
     losses: list[float]
@@ -123,7 +152,8 @@ class InnerTrainer:
     """AdamW inner optimiser with a global step counter that spans windows."""
 
     def __init__(self, model: Decoder, cfg: InnerConfig,
-                 engine: EngineConfig | None = None) -> None:
+                 engine: EngineConfig | None = None, public: PublicMoment | None = None
+                 ) -> None:
         self.model = model
         self.cfg = cfg
         self.engine = engine or EngineConfig()
@@ -131,8 +161,10 @@ class InnerTrainer:
         self.params = list(model.parameters())
         self.step = 0
         self.window_first = 0  # the step the last reset started from
-        self.public_sq: list[Tensor] | None = None  # EMA of the public squared gradients
-        self.public_windows = 0
+        # the public second moment (shared with the caller when given: a validator's
+        # replays all start from the one it folds once per window)
+        self.public = public if public is not None or cfg.public_second_moment is None \
+            else PublicMoment(cfg.public_second_moment)
         self.skipped_steps = 0
         # Norm weights (1-D) are not decayed: shrinking them only fights the normalisation.
         decay = [p for p in self.params if p.dim() >= 2]
@@ -200,19 +232,12 @@ class InnerTrainer:
     def observe_public(self, batch: Tensor) -> None:
         """Fold the window's public batch, its clipped gradient at θ, into the public
         second moment (a batch whose gradient is not finite is left out)."""
-        decay = self.cfg.public_second_moment
-        if decay is None:
+        if self.public is None:
             raise ConfigError("this trainer keeps no public second moment")
         _, grads = self.compute_grads(batch)
         coef = self._clip_coefficient(grads)
-        if not math.isfinite(coef):
-            return
-        if self.public_sq is None:
-            self.public_sq = [torch.zeros_like(p) for p in self.params]
-        with torch.no_grad():
-            for acc, g in zip(self.public_sq, grads, strict=True):
-                acc.mul_(decay).addcmul_(g, g, value=(1.0 - decay) * coef * coef)
-        self.public_windows += 1
+        if math.isfinite(coef):
+            self.public.fold(grads, coef)
 
     def restart(self, first_step: int) -> None:
         """Forget the AdamW moments (only the first with reset_scope "first_moment"; the
@@ -220,15 +245,15 @@ class InnerTrainer:
         `first_step`."""
         if first_step < 0:
             raise ConfigError(f"first_step must be >= 0, got {first_step}")
-        if self.public_sq is not None and self.cfg.public_second_moment is not None:
-            unbias = 1.0 - self.cfg.public_second_moment ** self.public_windows
+        estimate = None if self.public is None else self.public.estimate()
+        if estimate is not None:
             self.optimizer.state.clear()
-            for p, acc in zip(self.params, self.public_sq, strict=True):
+            for p, v in zip(self.params, estimate, strict=True):
                 # counted as long-run, so torch's bias corrections are 1 (β2^SEEDED_STEP
                 # underflows); _first_moment_correction restores the first moment's
                 self.optimizer.state[p] = {"step": torch.tensor(float(SEEDED_STEP)),
                                            "exp_avg": torch.zeros_like(p),
-                                           "exp_avg_sq": acc / unbias}
+                                           "exp_avg_sq": v.to(p.device)}
         elif self.cfg.reset_scope == "all":
             self.optimizer.state.clear()
         else:
@@ -240,7 +265,8 @@ class InnerTrainer:
         """With a carried or public second moment: the lr factor that turns torch's bias
         correction of the first moment (over all steps taken) into one over the window's own
         steps, as a fresh first moment needs; 1.0 otherwise."""
-        carried = self.cfg.reset_scope != "all" or self.public_sq is not None
+        carried = self.cfg.reset_scope != "all" or (self.public is not None
+                                                    and self.public.sq is not None)
         if not carried or not self.optimizer.state:
             return 1.0
         beta1 = float(self.cfg.betas[0])
@@ -261,6 +287,11 @@ class InnerTrainer:
                     raise DataError("a public second moment needs the window's public batch")
                 self.observe_public(public)
             self.restart(first_step)
+        return self.steps(batches)
+
+    def steps(self, batches: Iterable[Tensor]) -> InnerResult:
+        """One AdamW step per batch from the current state; returns Δ = θ_start − θ_after
+        and restores θ_start."""
         start = [p.detach().clone() for p in self.params]
         losses: list[float] = []
         for batch in batches:

@@ -20,6 +20,7 @@ import numpy as np
 
 from chain.errors import ChainError
 from node.engine.base import Engine
+from node.engine.data import PUBLIC_UID
 from node.mesh.errors import MeshError
 from node.runtime.core import NodeCore
 from node.runtime.publish import commit_then_hold
@@ -69,8 +70,10 @@ class MinerService(NodeCore):
         self.state = "training"
         began = time.time()
         batches = [self.assets.batch(window, self.uid, s) for s in range(self.spec.inner_steps)]
+        public = (self.assets.batch(window, PUBLIC_UID, 0)
+                  if self.spec.public_second_moment is not None else None)
         losses = await asyncio.to_thread(self.engine.train, batches,
-                                          self.spec.first_step(window))
+                                          self.spec.first_step(window), public)
         payload = await asyncio.to_thread(self.engine.encode)
         proof = await asyncio.to_thread(prove_base, self.engine, payload)
         wire = seal(self.identity, run_id=self.spec.run, window=window,

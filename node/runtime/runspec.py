@@ -51,6 +51,12 @@ class RunSpec:
     # Δ is then a function of θ_global and its batches, which validators replay to prove
     # the assigned data was trained on (docs/validator.md); False keeps the state
     inner_reset: bool = True
+    # with inner_reset: AdamW's second moment starts each window from a public estimate
+    # (an EMA with this decay of the squared gradient of each window's public batch at θ,
+    # node/engine/inner.py `PublicMoment`) instead of from nothing; None: from nothing.
+    # Validators replay it exactly, but it thins what the replay proof tells apart, so
+    # honest miners fall under its threshold: only with proof_of_data off (docs/validator.md)
+    public_second_moment: float | None = None
     # two-phase publication: miners commit to their envelope's sha256 on the chain in this
     # share of each window and release it after; 0 = publish at once, nothing committed
     commit_phase: float = 0.5
@@ -83,6 +89,10 @@ class RunSpec:
         if not self.inner_lr > 0:
             raise ConfigError("learning rates must be positive")
         self.outer_config()  # optimizer name, outer lr
+        self.inner_config()  # a public second moment needs the reset and a decay in [0, 1)
+        if self.public_second_moment is not None and self.proof_of_data:
+            raise ConfigError("public_second_moment thins the replay proof until honest miners "
+                              "fail it (docs/validator.md); run it with proof_of_data off")
 
     def outer_config(self) -> OuterConfig:
         return OuterConfig(optimizer=self.optimizer, lr=self.outer_lr, k=self.k,
@@ -99,7 +109,8 @@ class RunSpec:
     def inner_config(self) -> InnerConfig:
         return InnerConfig(lr=self.inner_lr, warmup_steps=self.warmup_steps,
                            total_steps=max(self.total_steps, self.warmup_steps),
-                           reset_each_window=self.inner_reset)
+                           reset_each_window=self.inner_reset,
+                           public_second_moment=self.public_second_moment)
 
     @property
     def lag(self) -> int:

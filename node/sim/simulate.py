@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from node.engine.config import EngineConfig
+from node.engine.data import PUBLIC_UID
 from node.engine.local import LocalEngine
 from node.engine.model import param_count
 from node.errors import ConfigError, NodeError
@@ -39,7 +40,6 @@ class SimulationError(NodeError):
     """A simulated miner's own envelope did not pass the outer step's rule (a defect)."""
 
 
-PUBLIC_UID = 2**32 + 11  # no miner holds it: the batches of a public second moment
 SIM_SPEC = RunSpec(run="sim", inner_steps=30, inner_lr=1e-3, warmup_steps=20, eval_batches=8,
                    corpus_bytes=16 * 2**20, inner_reset=False)
 """The simulator's defaults: longer windows and a gentler inner lr than the devnet's; the

@@ -202,3 +202,31 @@ async def test_a_miner_waits_out_an_unreachable_chain(tmp_path: Path) -> None:
     finally:
         await net.close()
         ticker.cancel()
+
+
+async def test_miners_of_a_public_second_moment_run_fold_each_windows_public_batch(
+        tmp_path: Path) -> None:
+    """A run with a public second moment (the replay proof off, as the run spec demands):
+    every miner folds the public batch of each window it trains, and θ stays identical."""
+    spec = dataclasses.replace(SPEC, public_second_moment=0.9, proof_of_data=False,
+                               score_warmup=0)
+    net = MemNet(tmp_path, spec=spec)
+    ticker = asyncio.create_task(net.tick())
+    try:
+        miners = [net.miner(f"m{i}", i) for i in range(2)]
+        for m in miners:
+            net.start(m)
+        validator = net.validator("v", 10)
+        net.start(validator)
+        await net.until(lambda: all(len(m.history) >= 2 for m in miners), 120, "two windows")
+        for m in miners:
+            trained = sum(1 for p in m.history if p["train_loss"] is not None)
+            public = m.engine._trainer.public  # type: ignore[attr-defined]
+            assert public is not None
+            assert public.windows >= max(1, trained), m.history
+        everyone = [*miners, validator]
+        last = min(s.history[-1]["window"] for s in everyone)
+        assert len(_digests_at(everyone, last)) == 1, "θ differs between nodes"
+    finally:
+        await net.close()
+        ticker.cancel()

@@ -23,7 +23,7 @@ import torch
 
 from chain.client import ChainParams, Role
 from chain.memory import MemoryChain
-from node.engine.data import heldout_batches, stdlib_corpus, window_batch
+from node.engine.data import PUBLIC_UID, heldout_batches, stdlib_corpus, window_batch
 from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerConfig, InnerTrainer, ResetScope, evaluate
 from node.engine.model import Decoder, build_model, get_config, model_manifest
@@ -75,6 +75,9 @@ class HarnessConfig:
     # what the miners' reset forgets ("first_moment": a study of whether the replay proof
     # survives miners that carry AdamW's second moment); the validator replays fresh
     reset_scope: ResetScope = "all"
+    # the run's public second moment (its decay; None: none): miners fold each window's
+    # public batch before training it, the validator before replaying it
+    public_second_moment: float | None = None
     commit_phase: float = 0.5  # two-phase publication (0: announce at once, no commitments)
 
 
@@ -139,7 +142,8 @@ class Harness:
 
     def inner_config(self) -> InnerConfig:
         return InnerConfig(lr=self.cfg.inner_lr, warmup_steps=2, total_steps=1000,
-                           reset_each_window=self.cfg.inner_reset)
+                           reset_each_window=self.cfg.inner_reset,
+                           public_second_moment=self.cfg.public_second_moment)
 
     def miner_inner_config(self) -> InnerConfig:
         return replace(self.inner_config(), reset_scope=self.cfg.reset_scope)
@@ -178,7 +182,10 @@ class Harness:
         batches = [window_batch(self.tokens, seed=self.cfg.seed, window=window, uid=data_uid,
                                 step=s, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len)
                    for s in range(self.cfg.inner_steps)]
-        return m.trainer.run(batches, first_step=window * self.cfg.inner_steps).delta
+        public = None if self.cfg.public_second_moment is None else window_batch(
+            self.tokens, seed=self.cfg.seed, window=window, uid=PUBLIC_UID, step=0,
+            batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len)
+        return m.trainer.run(batches, window * self.cfg.inner_steps, public).delta
 
     def _seal(self, m: Miner, window: int, payload: bytes) -> bytes:
         """Sealed on the current base, with the base proof from the θ the miner holds

@@ -8,9 +8,11 @@ import math
 import pytest
 import torch
 
+from node.engine.evaluator import Evaluator
 from node.engine.inner import InnerConfig, InnerTrainer, evaluate, lr_at
-from node.engine.model import Decoder, ModelConfig, build_model
+from node.engine.model import Decoder, ModelConfig, build_model, model_manifest
 from node.errors import ConfigError, DataError
+from protocol.spec import CodecSpec
 
 CFG = ModelConfig("unit", vocab_size=256, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
                   ffn_dim=128, max_seq_len=32)
@@ -203,9 +205,9 @@ def test_a_public_second_moment_starts_each_window_from_the_public_ema() -> None
     public = batches(2, seed=9)
     _, g0 = InnerTrainer(model(), PUBLIC).compute_grads(public[0])
     trainer.run(batches(2, seed=1), first_step=0, public=public[0])
-    assert trainer.public_sq is not None
-    assert trainer.public_windows == 1
-    for acc, g in zip(trainer.public_sq, g0, strict=True):
+    assert trainer.public.sq is not None
+    assert trainer.public.windows == 1
+    for acc, g in zip(trainer.public.sq, g0, strict=True):
         torch.testing.assert_close(acc, 0.5 * g * g)
     _, g1 = InnerTrainer(model(), PUBLIC).compute_grads(public[1])
     v_pub = [(0.5 * 0.5 * a * a + 0.5 * b * b) / (1 - 0.5 ** 2)
@@ -247,3 +249,26 @@ def test_a_public_second_moment_needs_the_public_batch_and_a_reset() -> None:
         InnerConfig(reset_each_window=True, public_second_moment=1.0)
     with pytest.raises(ConfigError, match="no public second moment"):
         InnerTrainer(model(), RESET).observe_public(batches(1)[0])
+
+
+def test_a_validators_evaluator_replays_from_the_public_second_moment_it_folded() -> None:
+    """The validator's scratch Evaluator folds each window's public batch once, at that
+    window's θ, and starts every replay of the window from it: the miner's Δ bit for bit.
+    An evaluator that folded nothing replays from fresh state, which differs."""
+    miner_model = model()
+    theta = [p.detach().clone() for p in miner_model.parameters()]
+    miner = InnerTrainer(miner_model, PUBLIC)
+    ev = Evaluator(model(), model_manifest(miner_model), CodecSpec())
+    public = batches(2, seed=9)
+    miner.observe_public(public[0])
+    ev.observe_public(theta, public[0], PUBLIC)
+    window = batches(2, seed=3)
+    sent = miner.run(window, first_step=2, public=public[1])
+    ev.observe_public(theta, public[1], PUBLIC)
+    ev.observe_public(theta, public[1], RESET)  # a run without one: nothing folded
+    assert ev.public is not None
+    assert ev.public.windows == 2
+    replayed = ev.replay(theta, window, PUBLIC, first_step=2)
+    assert all(torch.equal(a, b) for a, b in zip(sent.delta, replayed, strict=True))
+    blank = Evaluator(model(), model_manifest(miner_model), CodecSpec())
+    assert not torch.equal(blank.replay(theta, window, PUBLIC, 2)[0], sent.delta[0])
