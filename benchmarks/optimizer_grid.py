@@ -144,6 +144,19 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
        {"inner_steps": h, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9})
       for h in (10, 3)),
     ("DiLoCo H=3 inner_reset", "tune-public", {**DILOCO, "inner_steps": 3, "inner_reset": True}),
+    *((f"SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3 "
+       f"seed {seed}", "seeds",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
+        "inner_lr": 2e-3, "seed": seed}) for seed in (1, 2)),
+    ("SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.7 inner lr 2e-3",
+     "tune-public", {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5,
+                     "public_second_moment": 0.7, "inner_lr": 2e-3}),
+    *((f"DiLoCo H=5 inner_reset inner lr 2e-3 seed {seed}", "seeds",
+       {**DILOCO, "inner_steps": 5, "inner_reset": True, "inner_lr": 2e-3, "seed": seed})
+      for seed in (1, 2)),
+    ("DiLoCo H=5 lr 1 μ 0 inner_reset inner lr 2e-3", "tune-public",
+     {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0,
+      "inner_lr": 2e-3}),
     # repeats over seeds (model init, data assignment and held-out sample all follow it)
     *((f"{name} seed {seed}", "seeds", {**over, "seed": seed})
       for seed in (1, 2)

@@ -17,16 +17,18 @@ moment each window and carry the second, while the validator still replays from 
 state: does the proof survive a miner that keeps its second moment?
 
 `--public-second-moment DECAY` runs the network's public second moment: miners and
-validator fold each window's public batch; `--late W` then restarts the validator
-(empty public moment, as a validator that joins or restarts at W) and gives the
-first honest miner a fresh trainer at window W (a miner that joins at W), to see
-what the missed history costs their proofs.
+validator fold each window's public batch; `--late W` then gives the first honest
+miner a fresh trainer at window W (a miner that joins or restarts at W, its public
+moment empty), and `--late-validator W` restarts the validator at W (its scores on
+disk, its public moment empty), to see what the missed history costs the proofs.
 
     .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep
     .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep \
         --reset-scope first_moment
     .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep \
         --public-second-moment 0.9 --late 8
+    .venv/bin/python benchmarks/proof_of_data.py --windows 14 \
+        --public-second-moment 0.9 --late-validator 8
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ EVIDENCE = re.compile(r"e=([+-][0-9.]+)")
 
 
 def evidence_run(windows: int, honest: int, inner_steps: int, scope: ResetScope = "all",
-                 public: float | None = None, late: int | None = None) -> dict[str, object]:
+                 public: float | None = None, late: int | None = None,
+                 late_validator: int | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(HarnessConfig(inner_steps=inner_steps, reset_scope=scope,
                                   public_second_moment=public),
@@ -63,7 +66,10 @@ def evidence_run(windows: int, honest: int, inner_steps: int, scope: ResetScope 
         per_miner: dict[str, list[float]] = {n: [] for n in names.values()}
         for w in range(windows):
             if w == late:
-                rejoin(h)
+                rejoin_miner(h)
+            if w == late_validator:
+                h.validator.state.close()
+                h.validator = h.make_validator()
             for row in h.run_window(w).rows:
                 found = EVIDENCE.search(row.reason)
                 if found:
@@ -73,17 +79,14 @@ def evidence_run(windows: int, honest: int, inner_steps: int, scope: ResetScope 
     honest_e = [e for n, v in per_miner.items() if n.startswith(HONEST) for e in v]
     wrong_e = [e for n, v in per_miner.items() if n.startswith("wrongdata") for e in v]
     return {"windows": windows, "inner_steps": inner_steps, "reset_scope": scope,
-            "public_second_moment": public, "late": late,
+            "public_second_moment": public, "late": late, "late_validator": late_validator,
             "honest_min": round(min(honest_e), 3), "honest_max": round(max(honest_e), 3),
             "wrongdata_min": round(min(wrong_e), 3), "wrongdata_max": round(max(wrong_e), 3),
             "threshold": h.scoring_config().replay_threshold}
 
 
-def rejoin(h: Harness) -> None:
-    """A validator restarted (its public second moment empty, its scores on disk) and
-    the first honest miner restarted (a fresh trainer)."""
-    h.validator.state.close()
-    h.validator = h.make_validator()
+def rejoin_miner(h: Harness) -> None:
+    """The first honest miner restarted: a fresh trainer, its public moment empty."""
     first = h.miners[0]
     assert first.model is not None
     first.trainer = InnerTrainer(first.model, h.miner_inner_config())
@@ -112,11 +115,13 @@ def main() -> None:
                     help="what the miners' reset forgets (the validator replays fresh)")
     ap.add_argument("--public-second-moment", type=float, default=None, metavar="DECAY")
     ap.add_argument("--late", type=int, default=None, metavar="W",
-                    help="restart the validator and the first honest miner at window W")
+                    help="restart the first honest miner at window W")
+    ap.add_argument("--late-validator", type=int, default=None, metavar="W",
+                    help="restart the validator at window W")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = evidence_run(args.windows, args.honest, args.inner_steps, args.reset_scope,
-                       args.public_second_moment, args.late)
+                       args.public_second_moment, args.late, args.late_validator)
     print(json.dumps(out), flush=True)
     if args.compare_keep:
         reset = heldout_after(args.windows, args.inner_steps, True)

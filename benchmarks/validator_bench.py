@@ -80,14 +80,18 @@ def replay_all(ev: scoring.Evaluator, theta: list[torch.Tensor], tokens: object,
                scfg: scoring.ScoringConfig, updates: list[list[object]]) -> None:
     """What `Validator._replay_bits` does for one window."""
     inner = InnerConfig(lr=2e-3, warmup_steps=2, total_steps=1000, reset_each_window=True)
-    sent = [scoring.sent_values(u, ev.manifest, ev.spec) for u in updates]  # type: ignore[arg-type]
+    sent = [scoring.attribution_sample(scoring.sent_values(u, ev.manifest, ev.spec), 0)  # type: ignore[arg-type]
+            for u in updates]
     assignments = [scoring.assigned_batches(tokens, scfg, 0, u)  # type: ignore[arg-type]
                    for u in range(len(updates))]
     assignments.append(scoring.unassigned_batches(tokens, scfg, 1, 0))  # type: ignore[arg-type]
+    columns: list[list[torch.Tensor]] = [[] for _ in sent]
     for batches in assignments:
         replay = ev.replay(theta, batches, inner, first_step=0)
-        for s in sent:
-            scoring.alignment(s, replay)
+        for s, cols in zip(sent, columns, strict=True):
+            cols.append(scoring.at_positions(s, replay))
+    for i, (s, cols) in enumerate(zip(sent, columns, strict=True)):
+        scoring.replay_evidence(scoring.attribution(s, cols), i)
 
 
 def main() -> None:

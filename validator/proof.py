@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from node.engine.data import derive_seed
 from node.engine.evaluator import Evaluator
 from node.outer.aggregate import aggregate_sparse
 from protocol.sparse import SparseTensor
@@ -66,8 +67,9 @@ def replay_proofs(ev: Evaluator, cfg: ScoringConfig, tokens: np.ndarray, seed: i
                   at: Window, updates: Mapping[int, Update], codec: CodecSpec
                   ) -> dict[int, Proof]:
     """The assignment of every update built on θ_global, and one nobody holds (`seed`:
-    the validator's), replayed from θ_global one at a time; each update's alignment with
-    its own replay against its alignments with the others. An update that names an older
+    the validator's), replayed from θ_global one at a time; each update's sent values
+    attributed to those replays (scoring.attribution), its evidence its own replay's
+    share against the largest other's. An update that names an older
     base cannot be replayed from θ_global: 0, neither proof nor disproof (its sync score
     already halves its score). In a run with a public second moment, the window's public
     batch is folded first, as every miner that trains the window folds it."""
@@ -77,17 +79,20 @@ def replay_proofs(ev: Evaluator, cfg: ScoringConfig, tokens: np.ndarray, seed: i
     current = sorted(u for u, up in updates.items() if up.base_step == at.step)
     if not current:
         return proofs
-    sent = {u: scoring.sent_values(updates[u].tensors, ev.manifest, codec) for u in current}
+    sent = {u: scoring.attribution_sample(
+        scoring.sent_values(updates[u].tensors, ev.manifest, codec),
+        derive_seed("val-attribution", seed, at.window, u)) for u in current}
     assignments = {u: scoring.assigned_batches(tokens, cfg, at.window, u) for u in current}
     assignments[scoring.RANDOM_UID] = scoring.unassigned_batches(tokens, cfg, seed, at.window)
-    aligned: dict[int, dict[int, float]] = {u: {} for u in current}
-    for v, batches in assignments.items():
-        replay = ev.replay(at.theta, batches, cfg.inner, at.window * cfg.inner_steps)
+    order = sorted(assignments)
+    columns: dict[int, list[torch.Tensor]] = {u: [] for u in current}
+    for v in order:  # one replay in memory at a time: only its values at sent positions stay
+        replay = ev.replay(at.theta, assignments[v], cfg.inner, at.window * cfg.inner_steps)
         for u in current:
-            aligned[u][v] = scoring.alignment(sent[u], replay)
+            columns[u].append(scoring.at_positions(sent[u], replay))
     for u in current:
-        evidence = scoring.replay_evidence(aligned[u][u],
-                                           [a for v, a in aligned[u].items() if v != u])
+        shares = scoring.attribution(sent[u], columns[u])
+        evidence = scoring.replay_evidence(shares, order.index(u))
         proofs[u] = Proof(scoring.replay_bit(evidence, cfg), evidence)
     return proofs
 

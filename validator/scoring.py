@@ -15,12 +15,11 @@ Reference values (Covenant-72B's Gauntlet) and what we use on `tiny`:
   optimizer every window, `ScoringConfig.inner`): the validator replays the
   miner's first `replay_steps` inner steps on its assigned batches from
   θ_global, and replays of every other evaluated miner's assignment and of one
-  assignment nobody holds. `alignment` is the cosine between the update's sent
-  values and a replay at the update's positions; with m the median alignment
-  with the other replays, the evidence e = (a_own − m)/(1 − m) is the share of
-  the gap to a perfect match that the update's own assignment explains, and
-  b = +1 iff e ≥ `replay_threshold` (measured on `tiny`: honest 0.65–1.00, also
-  for a bf16 miner replayed in fp32; an update trained on other data ≤ 0.34);
+  assignment nobody holds. `attribution` fits the update's sent values, at its
+  positions, as a weighted sum of all those replays (least squares); the
+  evidence e is the own assignment's share of the weights minus the largest
+  other share, and b = +1 iff e ≥ `replay_threshold` (docs/validator.md has
+  the measured ranges, also for a bf16 miner replayed in fp32);
 * proof of assigned data by loss (runs that keep the inner optimizer state):
   on `tiny` early in training an update
   generalises almost perfectly, and which batch happens to be easier dominates
@@ -78,7 +77,7 @@ class ScoringConfig:
     # the run's inner optimizer when it resets every window: the proof replays it
     inner: InnerConfig | None = None
     replay_steps: int | None = None  # inner steps replayed (None: all H)
-    replay_threshold: float = 0.5  # evidence a replayed update must reach for b = +1
+    replay_threshold: float = 0.3  # evidence a replayed update must reach for b = +1
 
     def __post_init__(self) -> None:
         if self.replay_steps is not None and self.replay_steps < 1:
@@ -165,29 +164,62 @@ def sent_values(update: Sequence[SparseTensor], manifest: Manifest,
     return SentValues(positions, values)
 
 
-def alignment(sent: SentValues, replay: Sequence[torch.Tensor]) -> float:
-    """Cosine between the sent values and `replay` (a dense Δ) at the sent positions,
-    from fp64 per-tensor sums added exactly; 0 when either side is zero."""
-    dots, own, other = [], [], []
-    for idx, vals, r in zip(sent.positions, sent.values, replay, strict=True):
-        at = r.reshape(-1)[idx].to(torch.float64)
-        dots.append(float(vals @ at))
-        own.append(float(vals @ vals))
-        other.append(float(at @ at))
-    denom = math.sqrt(math.fsum(own) * math.fsum(other))
-    cos = math.fsum(dots) / denom if denom > 0.0 else 0.0
-    return cos if math.isfinite(cos) else 0.0
+ATTRIBUTION_POSITIONS = 1 << 16  # sent positions the proof's regression keeps at most
 
 
-def replay_evidence(own: float, others: Sequence[float]) -> float:
-    """How much better the update matches its own assignment's replay than the others'
-    (their lower median m): (own − m)/(1 − m); −1 without a reference or a gap."""
+def attribution_sample(sent: SentValues, seed: int,
+                       limit: int = ATTRIBUTION_POSITIONS) -> SentValues:
+    """At most `limit` of the sent positions, drawn by `seed` (the validator's, so a
+    miner cannot know which are checked); all of them when there are no more."""
+    sizes = [int(p.numel()) for p in sent.positions]
+    total = sum(sizes)
+    if total <= limit:
+        return sent
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(total, generator=gen)[:limit].sort().values
+    positions, values, start = [], [], 0
+    for idx, vals, n in zip(sent.positions, sent.values, sizes, strict=True):
+        local = chosen[(chosen >= start) & (chosen < start + n)] - start
+        positions.append(idx[local])
+        values.append(vals[local])
+        start += n
+    return SentValues(positions, values)
+
+
+def at_positions(sent: SentValues, replay: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`replay` (a dense Δ per tensor) at the sent positions, flat, fp64, on the CPU."""
+    return torch.cat([r.reshape(-1)[idx.to(r.device)].to("cpu", torch.float64)
+                      for idx, r in zip(sent.positions, replay, strict=True)])
+
+
+def attribution(sent: SentValues, columns: Sequence[torch.Tensor]) -> list[float]:
+    """How much of the sent values each replay explains: the least-squares weights w
+    of sent ≈ Σ_v w_v · replay_v at the sent positions (`columns`, from `at_positions`),
+    each divided by Σ|w|. What every assignment's steps share from the same θ (and a
+    shared second moment) is split among the replays; what sets a weight apart is what
+    its assignment alone adds. All 0 when nothing is explained."""
+    values = torch.cat(sent.values).to(torch.float64) if sent.values else torch.zeros(0)
+    if not columns or values.numel() == 0:
+        return [0.0] * len(columns)
+    x = torch.nan_to_num(torch.stack([c.to(torch.float64) for c in columns], dim=1),
+                         nan=0.0, posinf=0.0, neginf=0.0)
+    y = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).unsqueeze(1)
+    w = torch.linalg.lstsq(x, y, driver="gelsd").solution.reshape(-1)
+    total = float(w.abs().sum())
+    if not (math.isfinite(total) and total > 0.0):
+        return [0.0] * len(columns)
+    return [float(v) / total for v in w]
+
+
+def replay_evidence(shares: Sequence[float], own: int) -> float:
+    """The own assignment's share of the attribution minus the largest other share:
+    about 1 when the update is its own assignment's steps, about 0 or below when it is
+    another's (that one takes the weight) or nobody's; −1 without another replay to
+    compare with."""
+    others = [s for i, s in enumerate(shares) if i != own]
     if not others:
         return -1.0
-    ref = sorted(others)[(len(others) - 1) // 2]
-    if not ref < 1.0:
-        return -1.0
-    return (own - ref) / (1.0 - ref)
+    return shares[own] - max(others)
 
 
 def replay_bit(evidence: float, cfg: ScoringConfig) -> float:

@@ -54,8 +54,7 @@ class RunSpec:
     # with inner_reset: AdamW's second moment starts each window from a public estimate
     # (an EMA with this decay of the squared gradient of each window's public batch at θ,
     # node/engine/inner.py `PublicMoment`) instead of from nothing; None: from nothing.
-    # Validators replay it exactly, but it thins what the replay proof tells apart, so
-    # honest miners fall under its threshold: only with proof_of_data off (docs/validator.md)
+    # Validators fold the same public batches and replay it exactly (docs/validator.md)
     public_second_moment: float | None = None
     # two-phase publication: miners commit to their envelope's sha256 on the chain in this
     # share of each window and release it after; 0 = publish at once, nothing committed
@@ -90,9 +89,6 @@ class RunSpec:
             raise ConfigError("learning rates must be positive")
         self.outer_config()  # optimizer name, outer lr
         self.inner_config()  # a public second moment needs the reset and a decay in [0, 1)
-        if self.public_second_moment is not None and self.proof_of_data:
-            raise ConfigError("public_second_moment thins the replay proof until honest miners "
-                              "fail it (docs/validator.md); run it with proof_of_data off")
 
     def outer_config(self) -> OuterConfig:
         return OuterConfig(optimizer=self.optimizer, lr=self.outer_lr, k=self.k,

@@ -206,10 +206,9 @@ async def test_a_miner_waits_out_an_unreachable_chain(tmp_path: Path) -> None:
 
 async def test_miners_of_a_public_second_moment_run_fold_each_windows_public_batch(
         tmp_path: Path) -> None:
-    """A run with a public second moment (the replay proof off, as the run spec demands):
-    every miner folds the public batch of each window it trains, and θ stays identical."""
-    spec = dataclasses.replace(SPEC, public_second_moment=0.9, proof_of_data=False,
-                               score_warmup=0)
+    """A run with a public second moment: every miner folds the public batch of each
+    window it trains, the validator of each window it replays, and θ stays identical."""
+    spec = dataclasses.replace(SPEC, public_second_moment=0.9, score_warmup=0)
     net = MemNet(tmp_path, spec=spec)
     ticker = asyncio.create_task(net.tick())
     try:
@@ -219,6 +218,11 @@ async def test_miners_of_a_public_second_moment_run_fold_each_windows_public_bat
         validator = net.validator("v", 10)
         net.start(validator)
         await net.until(lambda: all(len(m.history) >= 2 for m in miners), 120, "two windows")
+        await net.until(lambda: validator.scorer.evaluator.public is not None, 60,
+                        "the validator to replay a window")
+        folded = validator.scorer.evaluator.public
+        assert folded is not None
+        assert folded.windows >= 1
         for m in miners:
             trained = sum(1 for p in m.history if p["train_loss"] is not None)
             public = m.engine._trainer.public  # type: ignore[attr-defined]

@@ -98,18 +98,13 @@ def test_the_overlap_flag_reaches_the_run_spec(monkeypatch: pytest.MonkeyPatch) 
 def test_the_public_second_moment_flag_reaches_the_inner_optimizer(
         monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_spec(build_parser().parse_args(["miner"])).public_second_moment is None
-    spec = build_spec(build_parser().parse_args(["miner", "--public-second-moment", "0.9",
-                                                 "--proof-of-data", "off"]))
+    spec = build_spec(build_parser().parse_args(["miner", "--public-second-moment", "0.9"]))
     assert spec.inner_config().public_second_moment == 0.9
     monkeypatch.setenv("GRADMESH_PUBLIC_SECOND_MOMENT", "0.7")
-    monkeypatch.setenv("GRADMESH_PROOF_OF_DATA", "off")
     assert build_spec(build_parser().parse_args(["validator"])).public_second_moment == 0.7
-    # it needs the inner reset, a decay below 1, and the replay proof off (honest miners
-    # fail that proof under it): typed errors, not a crash or a punished miner later
+    # it needs the inner reset and a decay below 1: typed errors, not a crash later
     with pytest.raises(ConfigError, match="public_second_moment"):
         build_spec(build_parser().parse_args(["miner", "--inner-reset", "off"]))
-    with pytest.raises(ConfigError, match="public_second_moment thins the replay proof"):
-        build_spec(build_parser().parse_args(["miner", "--proof-of-data", "on"]))
     monkeypatch.delenv("GRADMESH_PUBLIC_SECOND_MOMENT")
     with pytest.raises(ConfigError, match="public_second_moment"):
         build_spec(build_parser().parse_args(["miner", "--public-second-moment", "1"]))

@@ -133,25 +133,56 @@ def _sent(values: dict[int, float], numel: int = 8) -> scoring.SentValues:
     return scoring.SentValues([idx], [vals])
 
 
-def test_alignment_is_the_cosine_at_the_sent_positions() -> None:
-    sent = _sent({1: 1.0, 4: -2.0})
-    replay = [torch.tensor([9.0, 1.0, 9.0, 9.0, -2.0, 9.0, 9.0, 9.0])]
-    assert abs(scoring.alignment(sent, replay) - 1.0) < 1e-12  # elsewhere does not count
-    assert abs(scoring.alignment(sent, [-replay[0]]) + 1.0) < 1e-12
-    orthogonal = [torch.tensor([0.0, 2.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])]
-    assert abs(scoring.alignment(sent, orthogonal)) < 1e-12
-    assert scoring.alignment(sent, [torch.zeros(8)]) == 0.0
-    assert scoring.alignment(sent, [torch.full((8,), float("nan"))]) == 0.0
+def test_attribution_fits_the_sent_values_at_their_positions() -> None:
+    """Replays that share one direction (as all do from the same θ) and differ in what
+    their assignment adds: an update of one of them is attributed to it alone, whatever
+    its scale; elsewhere than at the sent positions does not count."""
+    common = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    a = common + torch.tensor([0.0, 0.5, 0.0, -0.3, 0.0, 0.2, 0.0, 0.0])
+    b = common + torch.tensor([0.0, -0.2, 0.0, 0.4, 0.0, 0.1, 0.0, 0.0])
+    c = common + torch.tensor([0.0, 0.1, 0.0, 0.2, 0.0, -0.5, 0.0, 0.0])
+    sent = _sent({i: 3 * float(a[i]) for i in (1, 3, 5)})
+    columns = [scoring.at_positions(sent, [r + 9.0 * (torch.arange(8) % 2 == 0)])
+               for r in (a, b, c)]  # the even positions are never sent
+    shares = scoring.attribution(sent, columns)
+    assert abs(shares[0] - 1.0) < 1e-9
+    assert all(abs(s) < 1e-9 for s in shares[1:])
+    assert abs(scoring.replay_evidence(shares, 0) - 1.0) < 1e-9
+    assert scoring.replay_evidence(shares, 1) < -0.99  # the update is another's
+    # half one, half another: neither is proven
+    mixed = _sent({i: 0.5 * float(a[i] + b[i]) for i in (1, 3, 5)})
+    halves = scoring.attribution(mixed, [scoring.at_positions(mixed, [r]) for r in (a, b, c)])
+    assert abs(scoring.replay_evidence(halves, 0)) < 1e-6  # fp32 replays
+    # nothing to explain, or nothing that explains: all zero
+    assert scoring.attribution(_sent({}), columns[:1]) == [0.0]
+    assert scoring.attribution(sent, [torch.zeros(3), torch.full((3,), float("nan"))]) \
+        == [0.0, 0.0]
+
+
+def test_the_attribution_sample_is_the_validators_draw() -> None:
+    sent = scoring.SentValues([torch.arange(10), torch.arange(6) * 2],
+                              [torch.arange(10.0, dtype=torch.float64),
+                               -torch.arange(6.0, dtype=torch.float64)])
+    assert scoring.attribution_sample(sent, 1, limit=16) is sent  # all of them fit
+    drawn = scoring.attribution_sample(sent, 1, limit=5)
+    again = scoring.attribution_sample(sent, 1, limit=5)
+    other = scoring.attribution_sample(sent, 2, limit=5)
+    assert sum(p.numel() for p in drawn.positions) == 5
+    assert all(torch.equal(x, y) for x, y in zip(drawn.positions, again.positions, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(drawn.positions, other.positions,
+                                                     strict=True))
+    for idx, vals, full_idx, full_vals in zip(drawn.positions, drawn.values, sent.positions,
+                                              sent.values, strict=True):
+        for i, v in zip(idx.tolist(), vals.tolist(), strict=True):  # values stay with positions
+            assert v == full_vals[full_idx.tolist().index(i)]
 
 
 def test_replay_evidence_and_bit() -> None:
-    # own replay explains 3/4 of the gap the others leave: (0.95 − 0.8) / (1 − 0.8)
-    assert abs(scoring.replay_evidence(0.95, [0.8, 0.7, 0.9]) - 0.75) < 1e-12
-    assert scoring.replay_evidence(0.8, [0.8, 0.85]) == 0.0  # no better than the others
-    assert scoring.replay_evidence(0.9, []) == -1.0  # nothing to compare with
-    assert scoring.replay_evidence(1.0, [1.0]) == -1.0  # no gap to explain
-    assert scoring.replay_bit(0.5, CFG) == 1.0
-    assert scoring.replay_bit(0.49, CFG) == -1.0
+    assert abs(scoring.replay_evidence([0.8, 0.1, -0.1], 0) - 0.7) < 1e-12
+    assert scoring.replay_evidence([0.4, 0.4, 0.2], 1) == 0.0  # no more than another's
+    assert scoring.replay_evidence([1.0], 0) == -1.0  # nothing to compare with
+    assert scoring.replay_bit(0.3, CFG) == 1.0
+    assert scoring.replay_bit(0.29, CFG) == -1.0
     assert not CFG.replays  # no inner config: the proof is by loss
     replaying = ScoringConfig(**{**CFG.__dict__, "inner": InnerConfig(reset_each_window=True)})
     assert replaying.replays
