@@ -16,6 +16,8 @@ BASE: dict[str, Any] = {
 DILOCO = {"optimizer": "diloco", "outer_lr": 0.7, "outer_momentum": 0.9, "error_decay": None}
 DDP = {"optimizer": "ddp", "outer_lr": None, "error_decay": None}
 ADAMW = {**DILOCO, "miners": 1, "outer_lr": 1.0, "outer_momentum": 0.0}
+# the seeds beyond 0 of the recommended setting, its DiLoCo references and DDP
+SEEDS = (1, 2, 3, 4, 5, 6)
 
 # (name, group, overrides of BASE; "token_share" scales the budget, "sparsity" names a
 # study-only SparseLoCo variant of node/outer/ablations.py); quick is a prefix of full, in
@@ -115,7 +117,7 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
                  "public_second_moment": 0.9, "seed": seed})
       for lr in (2.0, 2.5, 3.0) for seed in (1, 2)),
     *((f"DiLoCo H=5 inner_reset seed {seed}", "seeds",
-       {**DILOCO, "inner_steps": 5, "inner_reset": True, "seed": seed}) for seed in (1, 2)),
+       {**DILOCO, "inner_steps": 5, "inner_reset": True, "seed": seed}) for seed in SEEDS),
     *((f"SparseLoCo H=10 inner_reset outer lr 1.6{tag} seed {seed}", "seeds",
        {"inner_steps": 10, "inner_reset": True, "outer_lr": 1.6, **over, "seed": seed})
       for seed in (1, 2) for tag, over in (("", {}), (", public second moment 0.9",
@@ -147,13 +149,13 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     *((f"SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3 "
        f"seed {seed}", "seeds",
        {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
-        "inner_lr": 2e-3, "seed": seed}) for seed in (1, 2)),
+        "inner_lr": 2e-3, "seed": seed}) for seed in SEEDS),
     ("SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.7 inner lr 2e-3",
      "tune-public", {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5,
                      "public_second_moment": 0.7, "inner_lr": 2e-3}),
     *((f"DiLoCo H=5 inner_reset inner lr 2e-3 seed {seed}", "seeds",
        {**DILOCO, "inner_steps": 5, "inner_reset": True, "inner_lr": 2e-3, "seed": seed})
-      for seed in (1, 2)),
+      for seed in SEEDS),
     ("DiLoCo H=5 lr 1 μ 0 inner_reset inner lr 2e-3", "tune-public",
      {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0,
       "inner_lr": 2e-3}),
@@ -163,5 +165,6 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
       for name, over in (("SparseLoCo H=10", {"inner_steps": 10}),
                          ("DiLoCo H=10", {**DILOCO, "inner_steps": 10}),
                          ("DiLoCo base", DILOCO), ("DDP base", DDP))),
+    *((f"DDP base seed {seed}", "seeds", {**DDP, "seed": seed}) for seed in SEEDS[2:]),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -277,9 +278,9 @@ def write_pictures(results: list[dict[str, Any]], folder: Path, model: str) -> l
     return paths
 
 
-def seed_groups(results: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Final losses per setting that was repeated over seeds: the run named `X` (seed 0)
-    and the runs named `X seed N`, in seed order."""
+def seed_groups(results: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """Final losses by seed per setting that was repeated over seeds: the run named `X`
+    (seed 0) and the runs named `X seed N`, in seed order."""
     seeded: dict[str, dict[int, float]] = {}
     for r in results:
         if r["group"] == "seeds":
@@ -287,7 +288,7 @@ def seed_groups(results: list[dict[str, Any]]) -> dict[str, list[float]]:
             if base not in seeded and (first := _find(results, base)) is not None:
                 seeded[base] = {0: _final(first)}
             seeded.setdefault(base, {})[int(seed)] = _final(r)
-    return {base: [by_seed[k] for k in sorted(by_seed)] for base, by_seed in seeded.items()}
+    return {base: dict(sorted(by_seed.items())) for base, by_seed in seeded.items()}
 
 
 def seed_table(results: list[dict[str, Any]]) -> str:
@@ -296,20 +297,58 @@ def seed_table(results: list[dict[str, Any]]) -> str:
     groups = seed_groups(results)
     lines = ["| setting | seeds | mean | min – max | per seed | vs DDP base, per seed |"
              " vs DiLoCo base, per seed |", "|---|---|---|---|---|---|---|"]
-    for name, losses in groups.items():
+    for name, by_seed in groups.items():
+        losses = list(by_seed.values())
         per = " / ".join(f"{x:.4f}" for x in losses)
         lines.append(f"| {name} | {len(losses)} | {sum(losses) / len(losses):.4f} | "
                      f"{min(losses):.4f} – {max(losses):.4f} | {per} | "
-                     f"{_paired(losses, groups.get('DDP base'))} | "
-                     f"{_paired(losses, groups.get('DiLoCo base'))} |")
+                     f"{_paired(by_seed, groups.get('DDP base'))} | "
+                     f"{_paired(by_seed, groups.get('DiLoCo base'))} |")
     return "\n".join(lines) + "\n"
 
 
-def _paired(losses: list[float], ref: list[float] | None) -> str:
-    """Each seed's loss against the reference's at the same seed."""
-    if ref is None or len(ref) != len(losses):
+def _paired(by_seed: dict[int, float], ref: dict[int, float] | None) -> str:
+    """Each seed's loss against the reference's at the same seed (– where it has none)."""
+    if ref is None:
         return "–"
-    return " / ".join(f"{100 * (x / r - 1):+.1f}%" for x, r in zip(losses, ref, strict=True))
+    return " / ".join(f"{100 * (x / ref[s] - 1):+.1f}%" if s in ref else "–"
+                      for s, x in by_seed.items())
+
+
+# the recommended setting against its references, seed by seed (pair_table)
+RECOMMENDED = "SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3"
+PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
+         (RECOMMENDED, "DiLoCo H=5 inner_reset inner lr 2e-3"), (RECOMMENDED, "DDP base"))
+# Student's t, two-sided 95%, by degrees of freedom
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179)
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[int, float, float, int]:
+    """Over the seeds both have: how many, the mean of a/b − 1, the half-width of its 95%
+    confidence interval (t; nan under two seeds) and on how many seeds a ≤ b."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] / b[s] - 1 for s in seeds]
+    n = len(diffs)
+    mean = sum(diffs) / n if n else math.nan
+    if n < 2 or n - 1 > len(T95):
+        return n, mean, math.nan, sum(d <= 0 for d in diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    return n, mean, T95[n - 2] * sd / math.sqrt(n), sum(d <= 0 for d in diffs)
+
+
+def pair_table(results: list[dict[str, Any]]) -> str:
+    """Each pair of PAIRS over the seeds both ran: the mean per-seed difference with its
+    95% confidence interval, and the seeds where the first is at or below the second."""
+    groups = seed_groups(results)
+    lines = ["| setting | against | seeds | mean difference | 95% interval | at or below |",
+             "|---|---|---|---|---|---|"]
+    for a, b in PAIRS:
+        if a in groups and b in groups:
+            n, mean, half, below = paired_difference(groups[a], groups[b])
+            lines.append(f"| {a} | {b} | {n} | {100 * mean:+.2f}% | "
+                         f"{100 * (mean - half):+.2f}% to {100 * (mean + half):+.2f}% | "
+                         f"{below} of {n} |")
+    return "\n".join(lines) + "\n"
 
 
 def report(out: Path, folder: Path) -> Path:
@@ -321,7 +360,7 @@ def report(out: Path, folder: Path) -> Path:
     table.write_text(markdown_table(results))
     write_csv(results, folder / "table.csv")
     if seed_groups(results):
-        (folder / "seeds.md").write_text(seed_table(results))
+        (folder / "seeds.md").write_text(seed_table(results) + "\n" + pair_table(results))
     write_pictures(results, folder, model)
     return table
 

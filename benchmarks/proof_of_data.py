@@ -48,7 +48,7 @@ from node.engine.config import EngineConfig
 from node.engine.inner import InnerTrainer, ResetScope
 from tests.support.attackers import HONEST, Harness, HarnessConfig
 
-EVIDENCE = re.compile(r"e=([+-][0-9.]+)")
+EVIDENCE = re.compile(r"b=([+-][01]) e=([+-][0-9.]+)")
 
 
 def evidence_run(windows: int, honest: int, inner_steps: int, scope: ResetScope = "all",
@@ -64,6 +64,7 @@ def evidence_run(windows: int, honest: int, inner_steps: int, scope: ResetScope 
                                     EngineConfig(precision="bf16"))
         names = {m.uid: m.name + (" (bf16)" if m is bf16 else "") for m in h.miners}
         per_miner: dict[str, list[float]] = {n: [] for n in names.values()}
+        bits: dict[str, list[int]] = {n: [] for n in names.values()}
         for w in range(windows):
             if w == late:
                 rejoin_miner(h)
@@ -73,16 +74,26 @@ def evidence_run(windows: int, honest: int, inner_steps: int, scope: ResetScope 
             for row in h.run_window(w).rows:
                 found = EVIDENCE.search(row.reason)
                 if found:
-                    per_miner[names[row.uid]].append(float(found.group(1)))
-            print(f"window {w}: " + "  ".join(f"{n} {v[-1]:+.2f}" for n, v in per_miner.items()
-                                               if v), flush=True)
+                    bits[names[row.uid]].append(int(found.group(1)))
+                    per_miner[names[row.uid]].append(float(found.group(2)))
+            print(f"window {w}: " + "  ".join(
+                f"{n} {v[-1]:+.2f}" + ("" if bits[n][-1] else " (b 0)")
+                for n, v in per_miner.items() if v), flush=True)
     honest_e = [e for n, v in per_miner.items() if n.startswith(HONEST) for e in v]
     wrong_e = [e for n, v in per_miner.items() if n.startswith("wrongdata") for e in v]
     return {"windows": windows, "inner_steps": inner_steps, "reset_scope": scope,
             "public_second_moment": public, "late": late, "late_validator": late_validator,
             "honest_min": round(min(honest_e), 3), "honest_max": round(max(honest_e), 3),
             "wrongdata_min": round(min(wrong_e), 3), "wrongdata_max": round(max(wrong_e), 3),
-            "threshold": h.scoring_config().replay_threshold}
+            "threshold": h.scoring_config().replay_threshold,
+            "honest_bits": bit_counts(bits, HONEST),
+            "wrongdata_bits": bit_counts(bits, "wrongdata")}
+
+
+def bit_counts(bits: dict[str, list[int]], prefix: str) -> dict[int, int]:
+    """How many +1, 0 and −1 bits the miners whose name starts with `prefix` got."""
+    got = [x for n, v in bits.items() if n.startswith(prefix) for x in v]
+    return {b: got.count(b) for b in (1, 0, -1)}
 
 
 def rejoin_miner(h: Harness) -> None:

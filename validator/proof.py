@@ -72,9 +72,13 @@ def replay_proofs(ev: Evaluator, cfg: ScoringConfig, tokens: np.ndarray, seed: i
     share against the largest other's. An update that names an older
     base cannot be replayed from θ_global: 0, neither proof nor disproof (its sync score
     already halves its score). In a run with a public second moment, the window's public
-    batch is folded first, as every miner that trains the window folds it."""
+    batch is folded first, as every miner that trains the window folds it. While the
+    validator's own estimate lacks more than `public_settle_weight` of the run's (it
+    restarted or joined late), its replays differ from honest miners' through its own
+    doing: an update its replays still prove gets +1, any other 0, never −1."""
     assert cfg.inner is not None
     ev.observe_public(at.theta, scoring.public_batch(tokens, cfg, at.window), cfg.inner)
+    settled = public_settled(ev, cfg, at.step + 1)
     proofs = {u: Proof(0.0) for u in updates}
     current = sorted(u for u, up in updates.items() if up.base_step == at.step)
     if not current:
@@ -93,8 +97,23 @@ def replay_proofs(ev: Evaluator, cfg: ScoringConfig, tokens: np.ndarray, seed: i
     for u in current:
         shares = scoring.attribution(sent[u], columns[u])
         evidence = scoring.replay_evidence(shares, order.index(u))
-        proofs[u] = Proof(scoring.replay_bit(evidence, cfg), evidence)
+        bit = scoring.replay_bit(evidence, cfg)
+        proofs[u] = Proof(bit if settled else max(bit, 0.0), evidence)
     return proofs
+
+
+def public_settled(ev: Evaluator, cfg: ScoringConfig, run_windows: int) -> bool:
+    """Whether the evaluator's public second moment (if the run keeps one) lacks at most
+    `cfg.public_settle_weight` of the weight that an estimate folded over the run's
+    `run_windows` windows so far gives the windows it missed (the oldest ones). The
+    caller counts the run's windows by θ_global's outer steps plus the current one, so
+    a validator started with the run's first step is settled from its first window."""
+    public = ev.public
+    if public is None:
+        return True
+    whole = 1.0 - public.decay ** run_windows
+    missed = public.decay ** public.windows - public.decay ** run_windows
+    return missed <= cfg.public_settle_weight * whole
 
 
 def loss_proofs(ev: Evaluator, cfg: ScoringConfig, theta: Sequence[torch.Tensor],

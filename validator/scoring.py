@@ -78,12 +78,18 @@ class ScoringConfig:
     inner: InnerConfig | None = None
     replay_steps: int | None = None  # inner steps replayed (None: all H)
     replay_threshold: float = 0.3  # evidence a replayed update must reach for b = +1
+    # the share of the public second moment's weight a validator may lack (it missed the
+    # run's earlier windows: a restart, a late join) before its replays may disprove
+    public_settle_weight: float = 0.05
 
     def __post_init__(self) -> None:
         if self.replay_steps is not None and self.replay_steps < 1:
             raise ConfigError(f"replay_steps must be >= 1, got {self.replay_steps}")
         if not 0.0 < self.replay_threshold <= 1.0:
             raise ConfigError(f"replay_threshold must lie in (0, 1], got {self.replay_threshold}")
+        if not 0.0 <= self.public_settle_weight < 1.0:
+            raise ConfigError(
+                f"public_settle_weight must lie in [0, 1), got {self.public_settle_weight}")
 
     @property
     def replays(self) -> bool:

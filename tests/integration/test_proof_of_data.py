@@ -108,3 +108,25 @@ def test_the_validator_replays_a_public_second_moment_exactly(tmp_path: Path) ->
             batches = scoring.assigned_batches(h.tokens, cfg, w, m.uid)
             replayed = ev.replay(theta, batches, cfg.inner, w * cfg.inner_steps)
             assert all(torch.equal(a, b) for a, b in zip(replayed, sent[m.uid, w], strict=True))
+
+
+def test_a_restarted_validator_disproves_nobody_until_its_public_second_moment_settles(
+        tmp_path: Path) -> None:
+    """A validator that restarts mid-run starts its public second moment from nothing, so
+    its replays differ from what honest miners (who folded every window) trained. Until
+    its estimate holds all but `public_settle_weight` of the run's, it gives no −1: the
+    wrong-data miner it disproved before gets 0, and so does any honest one whose
+    evidence falls short; the evidence is still recorded."""
+    h = Harness(HarnessConfig(public_second_moment=0.9), [HONEST] * 3 + ["wrongdata"],
+                tmp_path / "v.db")
+    wrong = h.miners[-1].uid
+    bits = {r.uid: r.reason[:4] for r in h.run_window(0).rows}
+    assert bits == {0: "b=+1", 1: "b=+1", 2: "b=+1", wrong: "b=-1"}
+    h.validator.state.close()
+    h.validator = h.make_validator()
+    for w in (1, 2):
+        rows = h.run_window(w).rows
+        assert len(rows) == 4
+        assert all(" e=" in r.reason for r in rows), rows
+        assert not any(r.reason.startswith("b=-1") for r in rows), rows
+        assert next(r for r in rows if r.uid == wrong).reason.startswith("b=+0"), rows

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "optimizer_study.py"
 TOY = ["--grid", "smoke", "--rounds", "1", "--miners", "2", "--inner-steps", "2"]
@@ -91,10 +94,25 @@ def test_runs_repeated_over_seeds_are_grouped_with_seed_zero() -> None:
 
     results = [rec("A", "base", 2.0), rec("A seed 1", "seeds", 2.2), rec("B seed 1", "seeds", 3.0),
                rec("A seed 2", "seeds", 1.9)]
-    assert study.seed_groups(results) == {"A": [2.0, 2.2, 1.9], "B": [3.0]}
+    assert study.seed_groups(results) == {"A": {0: 2.0, 1: 2.2, 2: 1.9}, "B": {1: 3.0}}
     table = study.seed_table(results)
     assert "| A | 3 | 2.0333 | 1.9000 – 2.2000 | 2.0000 / 2.2000 / 1.9000 | – | – |" in table
     results += [rec("DDP base", "base", 1.0), rec("DDP base seed 1", "seeds", 2.0),
                 rec("DDP base seed 2", "seeds", 1.9)]
     paired = study.seed_table(results)  # each seed against DDP at the same seed
     assert "| 2.0000 / 2.2000 / 1.9000 | +100.0% / +10.0% / +0.0% | – |" in paired
+    results.append(rec("DiLoCo base seed 2", "seeds", 1.0))  # seed 2 only: pairs on seed 2
+    assert "| 2.0000 / 2.2000 / 1.9000 | +100.0% / +10.0% / +0.0% | – / – / +90.0% |" in (
+        study.seed_table(results))
+
+
+def test_a_pair_is_compared_seed_by_seed_with_a_confidence_interval() -> None:
+    """Mean of the per-seed differences over the seeds both ran, its t interval (by hand:
+    diffs +10%, −10%, +30% → mean 10%, sd 20%, half-width 4.303 · 20% / √3)."""
+    study = _load()
+    n, mean, half, below = study.paired_difference({0: 1.1, 1: 0.9, 2: 1.3, 5: 9.0},
+                                                   {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0})
+    assert (n, below) == (3, 1)
+    assert mean == pytest.approx(0.1)
+    assert half == pytest.approx(4.303 * 0.2 / 3 ** 0.5)
+    assert math.isnan(study.paired_difference({0: 1.0}, {0: 2.0})[2])

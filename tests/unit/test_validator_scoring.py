@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from node.engine.data import stdlib_corpus, window_batch
-from node.engine.inner import InnerConfig, InnerTrainer
+from node.engine.inner import InnerConfig, InnerTrainer, PublicMoment
 from node.engine.model import Decoder, build_model, get_config, model_manifest
 from node.outer.aggregate import median_norms, sparse_norm
 from protocol.envelope import BaseModel
@@ -16,6 +17,7 @@ from protocol.sparse import SparseTensor, compress
 from protocol.spec import CodecSpec, Manifest
 from validator import scoring
 from validator.errors import ConfigError
+from validator.proof import public_settled
 from validator.scoring import LossScore, ScoringConfig
 
 CFG = ScoringConfig(data_seed=0, inner_steps=4, batch_size=2, seq_len=32, own_steps=2,
@@ -223,3 +225,24 @@ def test_replay_settings_are_checked() -> None:
         ScoringConfig(**{**CFG.__dict__, "replay_steps": 0})
     with pytest.raises(ConfigError, match="replay_threshold"):
         ScoringConfig(**{**CFG.__dict__, "replay_threshold": 0.0})
+
+
+def test_the_public_second_moment_settles_once_it_lacks_little_of_the_runs_weight() -> None:
+    """A validator's replays may disprove once its public estimate lacks at most
+    `public_settle_weight` of the weight a whole-run estimate gives the windows it
+    missed; without a public estimate, always."""
+    cfg = scoring.ScoringConfig(data_seed=1, inner_steps=2, batch_size=1, seq_len=4)
+    ev = SimpleNamespace(public=None)
+    assert public_settled(ev, cfg, 50)  # type: ignore[arg-type]
+    ev.public = PublicMoment(0.9, windows=1)
+    assert public_settled(ev, cfg, 1)  # type: ignore[arg-type]  # the whole run
+    assert not public_settled(ev, cfg, 2)  # type: ignore[arg-type]  # lacks 47%
+    ev.public.windows = 28  # lacks 0.9^28 = 5.2%
+    assert not public_settled(ev, cfg, 100)  # type: ignore[arg-type]
+    ev.public.windows = 29  # lacks 4.7%
+    assert public_settled(ev, cfg, 100)  # type: ignore[arg-type]
+    ev.public.windows = 28
+    assert public_settled(ev, replace(cfg, public_settle_weight=0.06), 100)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        scoring.ScoringConfig(data_seed=1, inner_steps=2, batch_size=1, seq_len=4,
+                              public_settle_weight=1.0)
