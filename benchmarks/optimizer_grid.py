@@ -168,3 +168,7 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     *((f"DDP base seed {seed}", "seeds", {**DDP, "seed": seed}) for seed in SEEDS[2:]),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
+# the recommended setting against its references, seed by seed (the report's pair table)
+RECOMMENDED = "SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3"
+PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
+         (RECOMMENDED, "DiLoCo H=5 inner_reset inner lr 2e-3"), (RECOMMENDED, "DDP base"))

@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.optimizer_grid
 
-from benchmarks.optimizer_grid import BASE, GRIDS
+from benchmarks.optimizer_grid import BASE, GRIDS, PAIRS, RECOMMENDED
 from node.dashboard.svgplot import xy_chart
 from node.engine.config import EngineConfig
 from node.engine.inner import InnerConfig, ResetScope
@@ -249,6 +250,8 @@ PICTURES = {
               "SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9",
               "SparseLoCo H=5 inner_reset outer lr 1.6 ε 1e-05", "DiLoCo H=5 inner_reset",
               "DiLoCo H=5 lr 1 μ 0 inner_reset"),
+    "recommended": (RECOMMENDED, "SparseLoCo H=5 inner_reset outer lr 1.6",
+                    "DiLoCo H=5 inner_reset", "DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP base"),
 }
 WALL_RUNS = ("DDP base", "DiLoCo base", "SparseLoCo base", "SparseLoCo H=10")
 
@@ -265,7 +268,7 @@ def write_pictures(results: list[dict[str, Any]], folder: Path, model: str) -> l
         path.write_text(xy_chart(_series(results, names, token_curve), chart_id=tag,
                                  title=f"held-out loss vs tokens ({model})",
                                  x_label="training tokens", y_label="loss (nats/byte)",
-                                 width=760, height=380))
+                                 width=1180, height=380, legend_width=560))
         paths.append(path)
     for label, bps in BANDWIDTHS.items():
         path = folder / f"loss_vs_wallclock_{label.split()[0].lower()}.svg"
@@ -273,7 +276,7 @@ def write_pictures(results: list[dict[str, Any]], folder: Path, model: str) -> l
         path.write_text(xy_chart(series, chart_id=f"wall-{label}", integer_x=False,
                                  title=f"held-out loss vs modelled wall-clock, {label}",
                                  x_label="seconds", y_label="loss (nats/byte)",
-                                 width=760, height=380))
+                                 width=1180, height=380, legend_width=560))
         paths.append(path)
     return paths
 
@@ -315,25 +318,18 @@ def _paired(by_seed: dict[int, float], ref: dict[int, float] | None) -> str:
                       for s, x in by_seed.items())
 
 
-# the recommended setting against its references, seed by seed (pair_table)
-RECOMMENDED = "SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3"
-PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
-         (RECOMMENDED, "DiLoCo H=5 inner_reset inner lr 2e-3"), (RECOMMENDED, "DDP base"))
-# Student's t, two-sided 95%, by degrees of freedom
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179)
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # 95% t, df 1-10
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[int, float, float, int]:
     """Over the seeds both have: how many, the mean of a/b − 1, the half-width of its 95%
     confidence interval (t; nan under two seeds) and on how many seeds a ≤ b."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [a[s] / b[s] - 1 for s in seeds]
-    n = len(diffs)
-    mean = sum(diffs) / n if n else math.nan
-    if n < 2 or n - 1 > len(T95):
-        return n, mean, math.nan, sum(d <= 0 for d in diffs)
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    return n, mean, T95[n - 2] * sd / math.sqrt(n), sum(d <= 0 for d in diffs)
+    diffs = [a[s] / b[s] - 1 for s in sorted(set(a) & set(b))]
+    n, below = len(diffs), sum(d <= 0 for d in diffs)
+    mean = statistics.fmean(diffs) if n else math.nan
+    ok = 2 <= n <= len(T95) + 1
+    half = T95[n - 2] * statistics.stdev(diffs) / math.sqrt(n) if ok else math.nan
+    return n, mean, half, below
 
 
 def pair_table(results: list[dict[str, Any]]) -> str:
@@ -359,8 +355,13 @@ def report(out: Path, folder: Path) -> Path:
     table = folder / "table.md"
     table.write_text(markdown_table(results))
     write_csv(results, folder / "table.csv")
-    if seed_groups(results):
+    if groups := seed_groups(results):
         (folder / "seeds.md").write_text(seed_table(results) + "\n" + pair_table(results))
+        names = dict.fromkeys(n for pair in PAIRS for n in pair if n in groups)
+        (folder / "final_loss_by_seed.svg").write_text(xy_chart(
+            {n: [(float(k), v) for k, v in groups[n].items()] for n in names},
+            chart_id="seeds", title=f"final held-out loss by seed ({model})", x_label="seed",
+            y_label="loss (nats/byte)", width=1180, height=380, legend_width=560))
     write_pictures(results, folder, model)
     return table
 

@@ -119,10 +119,11 @@ def line_chart(series: Mapping[str, Sequence[float]], *, title: str, x_label: st
 
 def xy_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: str, x_label: str,
              y_label: str, chart_id: str, width: int = 600, height: int = 320,
-             integer_x: bool = True) -> str:
+             integer_x: bool = True, legend_width: int = 150) -> str:
     """One polyline per series through explicit (x, y) points, each drawn as a
-    `<circle class="point">` with a tooltip; non-finite points are left out."""
-    left, right, top, bottom = 64, 150, 36, 44
+    `<circle class="point">` with a tooltip; non-finite points are left out. The legend
+    takes `legend_width` pixels right of the plot."""
+    left, right, top, bottom = 64, legend_width, 36, 44
     clean = {name: [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
              for name, pts in series.items()}
     xs = [x for pts in clean.values() for x, _ in pts]

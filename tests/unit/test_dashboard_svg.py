@@ -24,6 +24,15 @@ def test_xy_chart_draws_one_point_per_finite_pair() -> None:
     assert count_points(svg) == {"c": 3}
 
 
+def test_the_legend_gets_the_width_asked_for_right_of_the_plot() -> None:
+    """Long series names get room: the plot ends `legend_width` pixels from the right."""
+    for legend in (150, 500):
+        root = _parse(xy_chart({"a": [(0, 1.0), (10, 2.0)]}, title="t", x_label="x",
+                               y_label="y", chart_id="c", width=1000, legend_width=legend))
+        xs = [float(c.get("cx", "nan")) for c in root.findall(f"{SVG}circle[@class='point']")]
+        assert max(xs) == 1000 - legend
+
+
 def test_names_and_labels_are_escaped() -> None:
     evil = "<script>alert(1)</script>"
     for svg in (xy_chart({evil: [(0, 1.0)]}, title=evil, x_label=evil, y_label=evil,
