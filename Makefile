@@ -102,9 +102,15 @@ devnet: setup ## set up, then run gradmesh devnet with ARGS
 	@. $(VENV)/bin/activate
 	exec gradmesh devnet $(ARGS)
 
-test: setup ## set up, then run python -m pytest with PYTEST_ARGS
+# two passes (tests/conftest.py): the tests that do not rest on the wall clock on every
+# core (pytest-xdist; a module stays on one worker, so its module fixtures are built
+# once), then the wall-clock ones (devnet, processes, real hosts) alone.
+# pytest's exit status 5 is "nothing collected": PYTEST_ARGS may pick one phase's tests
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+test: setup ## set up, then run python -m pytest with PYTEST_ARGS (two phases)
 	@. $(VENV)/bin/activate
-	exec python -m pytest $(PYTEST_ARGS)
+	python -m pytest -n $(TEST_WORKERS) --dist loadscope --phase parallel $(PYTEST_ARGS) || [ $$? = 5 ]
+	python -m pytest --phase serial $(PYTEST_ARGS) || [ $$? = 5 ]
 
 clean-venv: ## remove .venv (the next setup rebuilds it)
 	rm -rf $(VENV)

@@ -22,7 +22,8 @@ from node.runtime.miner import MinerService
 from tests.support.daemons import SPEC, MemNet
 from tests.support.keys import identity
 
-pytestmark = pytest.mark.slow
+# real-time windows of a few seconds: the serial phase of `make test` (tests/conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.wallclock]
 
 
 def _digests_at(services: list, window: int) -> set[str]:

@@ -26,13 +26,28 @@ WINDOWS_FAST = 6
 WINDOWS_FULL = 10
 
 
-def _run(tmp_path: Path, windows: int) -> tuple[Harness, Harness]:
-    attacked = Harness(HarnessConfig(), all_kinds(4), tmp_path / "attacked.db")
-    honest = Harness(HarnessConfig(), [HONEST] * 4, tmp_path / "honest.db")
-    for w in range(windows):
-        attacked.run_window(w)
-        honest.run_window(w)
-    return attacked, honest
+class Run:
+    """One network with the attackers and one without, run window by window. The
+    ten-window test goes on from where the six-window test stopped: the windows are the
+    same (the harness is deterministic and checking reads, settling nothing not due)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.attacked = Harness(HarnessConfig(), all_kinds(4), tmp_path / "attacked.db")
+        self.honest = Harness(HarnessConfig(), [HONEST] * 4, tmp_path / "honest.db")
+        self.windows = 0
+
+    def to(self, windows: int) -> tuple[Harness, Harness]:
+        assert self.windows <= windows, "this module's tests run in order: 6, then 10"
+        for w in range(self.windows, windows):
+            self.attacked.run_window(w)
+            self.honest.run_window(w)
+        self.windows = windows
+        return self.attacked, self.honest
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return Run(tmp_path_factory.mktemp("adversarial"))
 
 
 # A kind that does honest training and earns like an honest miner, by design: "scaled"
@@ -115,15 +130,15 @@ def _check(attacked: Harness, honest: Harness, windows: int) -> None:
     assert set(members) == set(top)
 
 
-def test_honest_miners_outscore_attackers(tmp_path: Path) -> None:
-    attacked, honest = _run(tmp_path, WINDOWS_FAST)
+def test_honest_miners_outscore_attackers(run: Run) -> None:
+    attacked, honest = run.to(WINDOWS_FAST)
     _check(attacked, honest, WINDOWS_FAST)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # about 100 s on an idle 2-core machine
-def test_honest_miners_outscore_attackers_ten_windows(tmp_path: Path) -> None:
-    attacked, honest = _run(tmp_path, WINDOWS_FULL)
+@pytest.mark.timeout(900)  # about 100 s on an idle 2-core machine (windows 6-9 alone)
+def test_honest_miners_outscore_attackers_ten_windows(run: Run) -> None:
+    attacked, honest = run.to(WINDOWS_FULL)
     _check(attacked, honest, WINDOWS_FULL)
 
 
