@@ -166,9 +166,14 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
                          ("DiLoCo H=10", {**DILOCO, "inner_steps": 10}),
                          ("DiLoCo base", DILOCO), ("DDP base", DDP))),
     *((f"DDP base seed {seed}", "seeds", {**DDP, "seed": seed}) for seed in SEEDS[2:]),
+    # DiLoCo's best outer step on tiny (plain averaging) over the recommended setting's seeds
+    *((f"DiLoCo H=5 lr 1 μ 0 inner_reset seed {seed}", "seeds",
+       {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0,
+        "outer_momentum": 0.0, "seed": seed}) for seed in SEEDS),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 # the recommended setting against its references, seed by seed (the report's pair table)
 RECOMMENDED = "SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3"
 PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
-         (RECOMMENDED, "DiLoCo H=5 inner_reset inner lr 2e-3"), (RECOMMENDED, "DDP base"))
+         (RECOMMENDED, "DiLoCo H=5 inner_reset inner lr 2e-3"),
+         (RECOMMENDED, "DiLoCo H=5 lr 1 μ 0 inner_reset"), (RECOMMENDED, "DDP base"))
