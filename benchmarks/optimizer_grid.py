@@ -166,6 +166,11 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
                          ("DiLoCo H=10", {**DILOCO, "inner_steps": 10}),
                          ("DiLoCo base", DILOCO), ("DDP base", DDP))),
     *((f"DDP base seed {seed}", "seeds", {**DDP, "seed": seed}) for seed in SEEDS[2:]),
+    # the recommended setting's outer lr at its inner lr (2e-3), seeds 0-3
+    *((f"SparseLoCo H=5 inner_reset outer lr {lr:g}, public second moment 0.9 inner lr 2e-3"
+       + (f" seed {seed}" if seed else ""), "seeds" if seed else "tune-public",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": lr, "public_second_moment": 0.9,
+        "inner_lr": 2e-3, "seed": seed}) for lr in (2.0, 3.0) for seed in range(4)),
     # DiLoCo's best outer step on tiny (plain averaging) over the recommended setting's seeds
     *((f"DiLoCo H=5 lr 1 μ 0 inner_reset seed {seed}", "seeds",
        {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0,
