@@ -18,8 +18,8 @@ state: does the proof survive a miner that keeps its second moment?
 
 `--public-second-moment DECAY` runs the network's public second moment: miners and
 validator fold each window's public batch; `--late W` then gives the first honest
-miner a fresh trainer at window W (a miner that joins or restarts at W, its public
-moment empty), and `--late-validator W` restarts the validator at W (its scores on
+miner a fresh trainer at window W (a miner that joins at W, its public moment
+empty; a restarted miner keeps its estimate, docs/daemons.md), and `--late-validator W` restarts the validator at W (its scores on
 disk, its public moment empty), to see what the missed history costs the proofs.
 
     .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep
@@ -126,7 +126,7 @@ def main() -> None:
                     help="what the miners' reset forgets (the validator replays fresh)")
     ap.add_argument("--public-second-moment", type=float, default=None, metavar="DECAY")
     ap.add_argument("--late", type=int, default=None, metavar="W",
-                    help="restart the first honest miner at window W")
+                    help="the first honest miner starts anew (an empty public moment) at W")
     ap.add_argument("--late-validator", type=int, default=None, metavar="W",
                     help="restart the validator at window W")
     args = ap.parse_args()

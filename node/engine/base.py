@@ -36,6 +36,11 @@ class Engine(Protocol):
       `public` is the window's public batch, required when the inner optimizer keeps a
       public second moment (`InnerConfig.public_second_moment`), else unused.
       `gradient(batch)` does the same for one batch's gradient (per-step engines).
+      `fold_public(batch, first_step)` folds a window's public batch at θ into the
+      public second moment, as `train` does first (catch-up folds the windows it
+      replays); both skip a window (named by its first step) folded already, so a
+      window trained before a restart and replayed after counts once. `EngineError`
+      when the run keeps no public second moment.
     * `encode()` turns the pending result into payload bytes, updating the error
       feedback; it raises `EngineStateError` when nothing is pending.
     * `apply(chosen)` is the one canonical outer step: the contributions that
@@ -52,8 +57,10 @@ class Engine(Protocol):
       takes such a list (shapes checked, `EngineStateError` otherwise); `reset()`
       loads θ_init, identical on every node of the run.
     * `local_state()` / `load_local_state()` are what only this node has (the
-      error feedback): fp32 CPU copies, keyed by name; unknown or misshaped
-      entries are ignored on load.
+      error feedback, and the public second moment when the run keeps one): fp32
+      CPU copies, keyed by name; unknown or misshaped entries are ignored on load.
+      `load_params` forgets the public second moment (it was folded along another
+      θ's history); `restore_local` brings back the one its checkpoint kept.
     * `save_local(window, meta)` writes θ and the local state to this node's
       checkpoint store. `write_local(window, params, state, meta)` writes a snapshot
       taken earlier with `full_params()` and `local_state()` instead; it reads nothing
@@ -77,6 +84,8 @@ class Engine(Protocol):
               public: Tensor | None = None) -> list[float]: ...
 
     def gradient(self, batch: Tensor) -> float: ...
+
+    def fold_public(self, batch: Tensor, first_step: int) -> None: ...
 
     def encode(self) -> bytes: ...
 

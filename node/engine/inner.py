@@ -15,7 +15,7 @@ assigned data, validator/scoring.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -118,13 +118,19 @@ class PublicMoment:
     of the squared clipped gradient of each window's public batch (the batch no miner is
     assigned, node/engine/data.py `PUBLIC_UID`) at the θ that window trains from. Whoever
     folded the same batches at the same θ holds the same tensors; a node that missed
-    windows holds a close one (each missed window weighs `decay`^age)."""
+    windows holds a close one (each missed window weighs `decay`^age). A fold may carry
+    a tag, its window's first step: a window already folded is not folded again."""
 
     decay: float
     sq: list[Tensor] | None = None
     windows: int = 0
+    last: int | None = None  # the tag of the newest tagged fold
 
-    def fold(self, grads: Sequence[Tensor], coef: float) -> None:
+    def folded(self, tag: int | None) -> bool:
+        """Whether the window tagged `tag` (or a later one) was folded already."""
+        return tag is not None and self.last is not None and tag <= self.last
+
+    def fold(self, grads: Sequence[Tensor], coef: float, tag: int | None = None) -> None:
         """Fold one window's gradients, clipped by `coef`."""
         if self.sq is None:
             self.sq = [torch.zeros_like(g) for g in grads]
@@ -132,6 +138,7 @@ class PublicMoment:
             for acc, g in zip(self.sq, grads, strict=True):
                 acc.mul_(self.decay).addcmul_(g, g, value=(1.0 - self.decay) * coef * coef)
         self.windows += 1
+        self.last = tag if tag is not None else self.last
 
     def estimate(self) -> list[Tensor] | None:
         """The bias-corrected EMA (None before the first fold)."""
@@ -139,6 +146,41 @@ class PublicMoment:
             return None
         unbias = 1.0 - self.decay ** self.windows
         return [acc / unbias for acc in self.sq]
+
+    def state(self, whole: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        """What a restart keeps, as fp32 CPU copies keyed `public.*` (nothing before the
+        first fold): each EMA made whole by `whole` (a sharded engine gathers its shards),
+        the decay, the number of windows folded and the newest tag."""
+        if self.sq is None:
+            return {}
+        out = {f"public.{i}": whole(acc).to("cpu", torch.float32, copy=True)
+               for i, acc in enumerate(self.sq)}
+        # counts as fp32 too, as checkpoint stores keep local state (exact below 2^24)
+        out["public.decay"] = torch.tensor(self.decay, dtype=torch.float32)
+        out["public.windows"] = torch.tensor(float(self.windows))
+        out["public.last"] = torch.tensor(-1.0 if self.last is None else float(self.last))
+        return out
+
+    def load_state(self, state: Mapping[str, Tensor], params: Sequence[Tensor],
+                   place: Callable[[Tensor, Tensor], Tensor]) -> None:
+        """Take what `state` returned if it fits: the same decay and one entry per tensor
+        of `params` in its (whole) shape, laid out like it by `place(param, saved)`.
+        Anything else (another decay, a missing or misshaped entry) leaves it as it is."""
+        decay, windows = state.get("public.decay"), state.get("public.windows")
+        saved = [state.get(f"public.{i}") for i in range(len(params))]
+        ours = torch.tensor(self.decay, dtype=torch.float32)
+        if decay is None or windows is None or not torch.equal(decay.float(), ours):
+            return
+        if any(t is None or t.shape != p.shape for t, p in zip(saved, params, strict=True)):
+            return
+        self.sq = [place(p, t) for p, t in zip(params, saved, strict=True) if t is not None]
+        self.windows = int(windows)
+        last = int(state.get("public.last", torch.tensor(-1.0)))
+        self.last = last if last >= 0 else None
+
+    def clear(self) -> None:
+        """Forget every fold (θ was replaced by one with another history)."""
+        self.sq, self.windows, self.last = None, 0, None
 
 
 @dataclass
@@ -229,15 +271,29 @@ class InnerTrainer:
         norm = exact_norm(grads, self.partials)
         return min(1.0, self.cfg.grad_clip / (norm + 1e-6)) if math.isfinite(norm) else math.nan
 
-    def observe_public(self, batch: Tensor) -> None:
+    def observe_public(self, batch: Tensor, tag: int | None = None) -> None:
         """Fold the window's public batch, its clipped gradient at θ, into the public
-        second moment (a batch whose gradient is not finite is left out)."""
+        second moment (a batch whose gradient is not finite is left out), unless the
+        window tagged `tag` (its first step) was folded already."""
         if self.public is None:
             raise ConfigError("this trainer keeps no public second moment")
+        if self.public.folded(tag):
+            return
         _, grads = self.compute_grads(batch)
         coef = self._clip_coefficient(grads)
         if math.isfinite(coef):
-            self.public.fold(grads, coef)
+            self.public.fold(grads, coef, tag)
+
+    def public_state(self, whole: Callable[[Tensor], Tensor] = lambda t: t
+                     ) -> dict[str, Tensor]:
+        """The public second moment as local state (`PublicMoment.state`; empty if none)."""
+        return self.public.state(whole) if self.public is not None else {}
+
+    def load_public_state(self, state: Mapping[str, Tensor],
+                          place: Callable[[Tensor, Tensor], Tensor]) -> None:
+        """Take back `public_state`'s entries of `state` (`PublicMoment.load_state`)."""
+        if self.public is not None:
+            self.public.load_state(state, self.params, place)
 
     def restart(self, first_step: int) -> None:
         """Forget the AdamW moments (only the first with reset_scope "first_moment"; the
@@ -285,7 +341,7 @@ class InnerTrainer:
             if self.cfg.public_second_moment is not None:
                 if public is None:
                     raise DataError("a public second moment needs the window's public batch")
-                self.observe_public(public)
+                self.observe_public(public, first_step)
             self.restart(first_step)
         return self.steps(batches)
 

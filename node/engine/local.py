@@ -69,9 +69,9 @@ class LocalEngine:
                 layer.compile()  # in place: parameter names (the manifest) stay the same
         self._params = list(self._model.parameters())
         self._manifest = model_manifest(self._model)
+        self._trainer = InnerTrainer(self._model, spec.inner, self.config)
         if spec.init_from is not None:
             self.load_params(initial_params(spec, self.model_config))
-        self._trainer = InnerTrainer(self._model, spec.inner, self.config)
         state_device = "cpu" if self.config.offload_error_feedback else self.device
         self._outer = make_outer(spec.outer, self._manifest, state_device=state_device)
         self._store = store
@@ -145,16 +145,24 @@ class LocalEngine:
             for p, q in zip(self._params, params, strict=True):
                 p.copy_(q)
         self._digest = None
+        if self._trainer.public is not None:
+            self._trainer.public.clear()  # folded along another θ's history
 
     def reset(self) -> None:
         self.load_params(initial_params(self.spec, self.model_config))
 
     # --- what only this node has ---------------------------------------------------------
     def local_state(self) -> dict[str, Tensor]:
-        return self._outer.local_state()
+        return {**self._outer.local_state(), **self._trainer.public_state()}
 
     def load_local_state(self, state: Mapping[str, Tensor]) -> None:
         self._outer.load_local_state(state)
+        self._trainer.load_public_state(state, lambda p, t: t.to(p.device, p.dtype))
+
+    def fold_public(self, batch: Tensor, first_step: int) -> None:
+        if self._trainer.public is None:
+            raise EngineError("this run keeps no public second moment")
+        self._trainer.observe_public(batch, first_step)
 
     def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
         self.write_local(window, self.full_params(), self.local_state(), meta)

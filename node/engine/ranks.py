@@ -113,6 +113,9 @@ class Leader:
     def gradient(self, batch: Tensor) -> float:
         return float(self._call("gradient", batch))
 
+    def fold_public(self, batch: Tensor, first_step: int) -> None:
+        self._call("fold_public", batch, first_step)
+
     def encode(self) -> bytes:
         return bytes(self._call("encode"))
 

@@ -192,16 +192,24 @@ class ShardedEngine:
         with torch.no_grad():
             for p, q in zip(self._params, params, strict=True):
                 p.copy_(self._place(p, q.to(torch.float32)))
+        if self._trainer.public is not None:
+            self._trainer.public.clear()  # folded along another θ's history
 
     def reset(self) -> None:
         self.load_params(initial_params(self.spec, self.model_config))
 
     # --- what only this node has ------------------------------------------------------------
     def local_state(self) -> dict[str, Tensor]:
-        return self._state.local_state()
+        return {**self._state.local_state(), **self._trainer.public_state(full)}
 
     def load_local_state(self, state: Mapping[str, Tensor]) -> None:
         self._state.load_local_state(state)
+        self._trainer.load_public_state(state, self._place)
+
+    def fold_public(self, batch: Tensor, first_step: int) -> None:
+        if self._trainer.public is None:
+            raise EngineError("this run keeps no public second moment")
+        self._trainer.observe_public(self._rows(batch), first_step)
 
     def save_local(self, window: int, meta: Mapping[str, MetaValue]) -> None:
         self.write_local(window, self.full_params(), self.local_state(), meta)

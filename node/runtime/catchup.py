@@ -1,12 +1,16 @@
 """Bring a node to the network's θ: from a checkpoint, then replay window by window.
 
 1. Read every registered miner's head record; the newest checkpoint among them
-   (or this node's own local one, if newer) is the starting point. A remote
+   (or this node's own local one, if newer) is the starting point (in a run with a
+   public second moment, this node's own first: see `catch_up`). A remote
    checkpoint's manifest is signed by the miner whose head named it, and each
    chunk and the assembled parameters are hash-checked.
 2. For each window since, take the window record most miners agree on, fetch
    the envelopes it lists (from any holder), apply the same outer step and
-   check that θ's digest equals the record's.
+   check that θ's digest equals the record's. In a run with a public second
+   moment, the public batch of the window that trains from θ (that window plus
+   the lag) is folded first, as if this node had trained it: a local checkpoint
+   keeps the estimate, so the node comes back with the one its peers hold.
 3. Stop at the first window nobody has applied yet: the node holds θ at its start.
 
 With no checkpoint anywhere (a new network) the node starts from θ_init at the
@@ -59,6 +63,9 @@ class CatchUpInputs:
     fetch_timeout: float = 20.0
     record_timeout: float = 5.0
     limits: Limits = DEFAULT_LIMITS
+    # a window's public batch and first step, in a run with a public second moment
+    public_batch: Callable[[int], tuple[torch.Tensor, int]] | None = None
+    lag: int = 0  # windows between training a window and applying it (the run's overlap)
 
 
 @dataclass
@@ -121,14 +128,15 @@ async def _remote_checkpoint(inp: CatchUpInputs, signer: bytes, head: HeadRecord
         raise CatchUpError(f"checkpoint from 0x{signer.hex()}: {exc}") from exc
 
 
-async def _start_point(inp: CatchUpInputs, heads: dict[bytes, HeadRecord]
+async def _start_point(inp: CatchUpInputs, heads: dict[bytes, HeadRecord], prefer_local: bool
                        ) -> tuple[int, str, bool]:
-    """Load the starting θ into the engine: (its window, an account, from θ_init?)."""
+    """Load the starting θ into the engine: (its window, an account, from θ_init?). The
+    newest checkpoint, or with `prefer_local` this node's own if it has one."""
     engine = inp.engine
     local = await asyncio.to_thread(engine.latest_local) if inp.use_local else None
     remote = [(h.checkpoint_window, a, h) for a, h in heads.items() if h.checkpoint_sha256]
     best = max(remote, key=lambda r: r[0], default=None)
-    if best is not None and (local is None or best[0] > local.window):
+    if best is not None and (local is None or (best[0] > local.window and not prefer_local)):
         params = await _remote_checkpoint(inp, best[1], best[2])
         try:
             await asyncio.to_thread(engine.load_params, params)
@@ -176,15 +184,37 @@ async def _replay(inp: CatchUpInputs, record: WindowRecord, heads: dict[bytes, H
     chosen, skipped = select(envelopes, expect, {s for s, _ in record.inputs}, inp.limits)
     if skipped:
         raise CatchUpError(f"window {record.window}: {len(skipped)} listed envelopes invalid")
+    if inp.public_batch is not None:  # θ before this step is θ of window + lag
+        batch, first_step = inp.public_batch(record.window + inp.lag)
+        await asyncio.to_thread(inp.engine.fold_public, batch, first_step)
     await asyncio.to_thread(inp.engine.apply, chosen)
     if await asyncio.to_thread(inp.engine.digest) != record.digest_after:
         raise CatchUpError(f"window {record.window}: replayed θ differs from the record")
 
 
 async def catch_up(inp: CatchUpInputs) -> CatchUpResult:
-    """Bring `inp.engine` to the network's θ; the result says where it now stands."""
+    """Bring `inp.engine` to the network's θ; the result says where it now stands. In a
+    run with a public second moment the node's own checkpoint is tried first even when a
+    peer's is newer: it keeps the estimate and the replays fold the windows since (a
+    peer's checkpoint carries θ alone). If that fails, the newest checkpoint is taken."""
     heads = await read_heads(inp)
-    window, start, fresh = await _start_point(inp, heads)
+    if inp.public_batch is not None and inp.use_local:
+        newest = max((h.checkpoint_window for h in heads.values() if h.checkpoint_sha256),
+                     default=-1)
+        try:
+            result = await _from_start(inp, heads, prefer_local=True)
+            if result.window >= newest:
+                return result
+            log.info("the local checkpoint's replays stop at window %d, before the newest "
+                     "checkpoint's %d: from that", result.window, newest)
+        except CatchUpError as exc:
+            log.info("catch-up from the local checkpoint failed (%s): from the newest", exc)
+    return await _from_start(inp, heads, prefer_local=False)
+
+
+async def _from_start(inp: CatchUpInputs, heads: dict[bytes, HeadRecord], prefer_local: bool
+                      ) -> CatchUpResult:
+    window, start, fresh = await _start_point(inp, heads, prefer_local)
     holders = [h.peer_id for h in heads.values()]
     replayed = 0
     while True:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from chain.client import Role
 from chain.errors import ChainError, ChainUnavailableError
 from node.engine.base import Engine
@@ -355,6 +357,12 @@ class NodeCore(Persistence):
                 return
             await pause(stop, self.cfg.poll * 4)  # peers are still finishing a window
 
+    def replay_public(self) -> Callable[[int], tuple[Tensor, int]] | None:
+        """What gives catch-up each replayed window's public batch and first step to fold
+        (None: this node keeps no public second moment; a miner's does,
+        node/runtime/miner.py)."""
+        return None
+
     def catch_up_inputs(self) -> CatchUpInputs:
         """What catch-up needs of this node, and nothing more."""
         return CatchUpInputs(
@@ -364,4 +372,5 @@ class NodeCore(Persistence):
             manifest_digest=self.assets.manifest_digest(self.manifest),
             use_local=not self.distrust_local, fetch_timeout=self.cfg.fetch_timeout,
             record_timeout=self.cfg.record_timeout, limits=self.assets.limits,
+            public_batch=self.replay_public(), lag=self.lag,
         )  # fmt: skip

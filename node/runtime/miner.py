@@ -14,9 +14,11 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from torch import Tensor
 
 from chain.errors import ChainError
 from node.engine.base import Engine
@@ -53,6 +55,13 @@ class MinerService(NodeCore):
         if self.window >= 0:
             await self.save_local()
             self.event(self.window, "state flushed")
+
+    def replay_public(self) -> Callable[[int], tuple[Tensor, int]] | None:
+        """Each replayed window's public batch, in a run with a public second moment: a
+        miner back from a restart then holds the estimate its peers hold."""
+        if self.spec.public_second_moment is None:
+            return None
+        return lambda w: (self.assets.batch(w, PUBLIC_UID, 0), self.spec.first_step(w))
 
     async def work(self, window: int, whole: bool) -> Trained | None:
         if not whole:

@@ -208,7 +208,9 @@ async def test_a_miner_waits_out_an_unreachable_chain(tmp_path: Path) -> None:
 async def test_miners_of_a_public_second_moment_run_fold_each_windows_public_batch(
         tmp_path: Path) -> None:
     """A run with a public second moment: every miner folds the public batch of each
-    window it trains, the validator of each window it replays, and θ stays identical."""
+    window it trains, the validator of each window it replays, and θ stays identical.
+    A miner that restarts comes back with its estimate (its local checkpoint keeps it,
+    catch-up folds the windows it replays), not an empty one."""
     spec = dataclasses.replace(SPEC, public_second_moment=0.9, score_warmup=0)
     net = MemNet(tmp_path, spec=spec)
     ticker = asyncio.create_task(net.tick())
@@ -231,7 +233,17 @@ async def test_miners_of_a_public_second_moment_run_fold_each_windows_public_bat
             public = m.engine._trainer.public  # type: ignore[attr-defined]
             assert public is not None
             assert public.windows >= max(1, trained), m.history
-        everyone = [*miners, validator]
+        await net.halt("m1")  # what SIGTERM does: abandon the window, flush, leave
+        before = miners[1].engine._trainer.public  # type: ignore[attr-defined]
+        restarted = net.miner("m1", 1)
+        net.start(restarted)
+        await net.until(lambda: sum(1 for p in restarted.history if p["train_loss"]) >= 1, 120,
+                        "the restarted miner to train a window")
+        after = restarted.engine._trainer.public  # type: ignore[attr-defined]
+        # the count goes on from where it stopped (an empty estimate would count from 0)
+        assert after.windows >= before.windows + 1, [e["event"] for e in restarted.timeline]
+        assert after.last > before.last
+        everyone = [miners[0], restarted, validator]
         last = min(s.history[-1]["window"] for s in everyone)
         assert len(_digests_at(everyone, last)) == 1, "θ differs between nodes"
     finally:

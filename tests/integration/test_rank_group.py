@@ -4,6 +4,8 @@ call with a typed `RankError`, never a hang."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,40 @@ def test_a_miner_over_two_ranks_trains_checkpoints_and_closes(tmp_path) -> None:
         engine.load_params([torch.zeros_like(t) for t in engine.full_params()])
         engine.restore_local(saved)
         assert engine.digest() == start
+    finally:
+        codes = group.close()
+    assert codes == [0]
+
+
+def test_over_two_ranks_the_public_second_moment_is_gathered_kept_and_folded_once(
+        tmp_path) -> None:
+    """The sharded estimate made whole is the one process's, a restore brings its shards
+    back, and the next window sends the one process's bytes; `fold_public` reaches the
+    follower (a window folded already is skipped on both ranks)."""
+    base = engine_spec("tiny")
+    spec = replace(base, inner=replace(base.inner, reset_each_window=True,
+                                       public_second_moment=0.9))
+    public = [window_batch(TOKENS, seed=1, window=w, uid=7, step=0, batch_size=4, seq_len=32)
+              for w in range(2)]
+    group = RankGroup(2, spec, EngineConfig(), checkpoints=tmp_path / "ck")
+    single = LocalEngine(spec, config=EngineConfig(micro_batch=2))
+    try:
+        engine = group.leader
+        for e in (engine, single):
+            e.train(_batches(), 0, public[0])
+            e.fold_public(public[0], 0)  # window 0 again: skipped
+        assert engine.encode() == single.encode()
+        state, mine = engine.local_state(), single.local_state()
+        assert int(state["public.windows"]) == 1
+        assert all(torch.equal(state[k], mine[k]) for k in mine if k.startswith("public."))
+        engine.save_local(1, {})
+        saved = engine.latest_local()
+        assert saved is not None
+        engine.load_params(engine.full_params())  # forgets the estimate on both ranks
+        engine.restore_local(saved)
+        for e in (engine, single):
+            e.train(_batches(), 2, public[1])
+        assert engine.encode() == single.encode()
     finally:
         codes = group.close()
     assert codes == [0]

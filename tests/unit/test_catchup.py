@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from node.engine.data import window_batch
+from node.engine.data import PUBLIC_UID, window_batch
 from node.engine.inner import InnerConfig
 from node.engine.local import EngineSpec, LocalEngine
 from node.engine.store import CheckpointStore
@@ -41,10 +41,13 @@ MODEL = "tiny"
 SPEC = EngineSpec(model=MODEL, seed=0,
                   inner=InnerConfig(lr=3e-3, warmup_steps=1, total_steps=100))
 TOKENS = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint16)
+PUBLIC_SPEC = replace(SPEC, inner=replace(SPEC.inner, reset_each_window=True,
+                                          public_second_moment=0.9))
+PublicBatch = Callable[[int], tuple[torch.Tensor, int]]
 
 
-def _engine(store: Path | None = None) -> LocalEngine:
-    return LocalEngine(SPEC, CheckpointStore(store) if store is not None else None)
+def _engine(store: Path | None = None, spec: EngineSpec = SPEC) -> LocalEngine:
+    return LocalEngine(spec, CheckpointStore(store) if store is not None else None)
 
 
 def _expectation(codec_engine: LocalEngine) -> Callable[[int, Manifest], Expectation]:
@@ -151,14 +154,15 @@ class Peer:
 class Joiner:
     """The node catching up: its own mesh and engine on the same network."""
 
-    def __init__(self, network: MemoryNetwork, store: Path | None, n: int) -> None:
+    def __init__(self, network: MemoryNetwork, store: Path | None, n: int,
+                 spec: EngineSpec = SPEC) -> None:
         self.identity = identity(n)
         self.mesh = network.node(self.identity, RUN)
-        self.engine = _engine(store)
+        self.engine = _engine(store, spec)
         self._started = False
 
-    async def catch_up(self, miners: Sequence[bytes], *, now: int,
-                       use_local: bool = True) -> CatchUpResult:
+    async def catch_up(self, miners: Sequence[bytes], *, now: int, use_local: bool = True,
+                       public: PublicBatch | None = None, lag: int = 0) -> CatchUpResult:
         if not self._started:
             await self.mesh.start()
             self._started = True
@@ -167,7 +171,7 @@ class Joiner:
             miners=(*miners, self.identity.address), mesh=self.mesh, engine=self.engine,
             window=_clock(now), expectation=_expectation(self.engine),
             manifest_digest=manifest_digest(self.engine.manifest), use_local=use_local,
-            fetch_timeout=5.0, record_timeout=1.0))
+            fetch_timeout=5.0, record_timeout=1.0, public_batch=public, lag=lag))
 
 
 _JOINER_KEYS = itertools.count(90)
@@ -179,8 +183,9 @@ async def joiner() -> AsyncIterator[MakeJoiner]:
     """Joiners with distinct keys, their meshes stopped afterwards (networks may be shared)."""
     made: list[Joiner] = []
 
-    def make(network: MemoryNetwork, store: Path | None = None) -> Joiner:
-        made.append(Joiner(network, store, next(_JOINER_KEYS)))
+    def make(network: MemoryNetwork, store: Path | None = None, spec: EngineSpec = SPEC
+             ) -> Joiner:
+        made.append(Joiner(network, store, next(_JOINER_KEYS), spec))
         return made[-1]
 
     yield make
@@ -376,3 +381,63 @@ async def test_a_listed_envelope_that_no_holder_serves_is_an_error(joiner: MakeJ
     node = joiner(network)
     with pytest.raises(CatchUpError, match=f"no holder served {sha256(envelope).hex()[:16]}"):
         await node.catch_up([a.address], now=2)
+
+
+# --- 7. the public second moment -----------------------------------------------------------
+
+
+def _public(window: int) -> tuple[torch.Tensor, int]:
+    """A window's public batch and first step (H = 2)."""
+    return window_batch(TOKENS, seed=0, window=window, uid=PUBLIC_UID, step=0, batch_size=2,
+                        seq_len=32), 2 * window
+
+
+@pytest.mark.parametrize("lag", [0, 1])
+async def test_replayed_windows_fold_the_public_batch_of_the_window_their_theta_trains(
+        tmp_path: Path, history: History, joiner: MakeJoiner, lag: int) -> None:
+    """A miner stopped after training the window that trains from θ of 4 (window 4 + lag),
+    with its local checkpoint of window 4, replays 4 and 5: that window is not folded again,
+    window 5 + lag is folded at θ of 5, and the estimate is the one a validator folding
+    every window at its θ holds, bit for bit."""
+    a, b_address = history.a, history.b_address
+    node = joiner(history.network, store=tmp_path, spec=PUBLIC_SPEC)
+    node.engine.load_params(a.thetas[4])
+    node.engine.fold_public(*_public(4 + lag))
+    node.engine.save_local(4, {"digest": a.digests[4].hex(), "run": RUN})
+    node.engine.reset()  # the restart
+    assert not any(k.startswith("public.") for k in node.engine.local_state())
+    result = await node.catch_up([a.address, b_address], now=6, public=_public, lag=lag)
+    assert result.text == "local checkpoint of window 4, replayed 2 windows, now at window 6"
+    assert node.engine.digest() == a.digests[6]
+    validator = node.engine.evaluator()
+    for w in (4, 5):
+        validator.observe_public(a.thetas[w], _public(w + lag)[0], PUBLIC_SPEC.inner)
+    state = node.engine.local_state()
+    assert validator.public is not None
+    assert validator.public.sq is not None
+    assert int(state["public.windows"]) == 2
+    assert all(torch.equal(state[f"public.{i}"], t) for i, t in enumerate(validator.public.sq))
+
+
+async def test_with_a_public_second_moment_the_own_checkpoint_goes_first_then_the_newest(
+        tmp_path: Path, history: History, joiner: MakeJoiner) -> None:
+    """Its own checkpoint (window 3) keeps the estimate, so it is replayed from even though
+    A's (window 4) is newer; one from before every record (window 2) cannot reach A's, so
+    A's is taken after all. Without a public second moment the newest always wins."""
+    a, b_address = history.a, history.b_address
+    node = joiner(history.network, store=tmp_path, spec=PUBLIC_SPEC)
+    node.engine.load_params(a.thetas[3])
+    node.engine.save_local(3, {"digest": a.digests[3].hex(), "run": RUN})
+    result = await node.catch_up([a.address, b_address], now=6, public=_public)
+    assert result.text == "local checkpoint of window 3, replayed 3 windows, now at window 6"
+    assert node.engine.digest() == a.digests[6]
+    assert int(node.engine.local_state()["public.windows"]) == 3
+    for store, window in ((tmp_path / "old", 2), (tmp_path / "plain", 3)):
+        other = joiner(history.network, store=store, spec=PUBLIC_SPEC)
+        other.engine.load_params(a.thetas[3])
+        other.engine.save_local(window, {"digest": a.digests[3].hex(), "run": RUN})
+        result = await other.catch_up([a.address, b_address], now=6,
+                                      public=_public if window == 2 else None)
+        assert result.text == (f"checkpoint of window 4 from 0x{a.address.hex()[:8]}, "
+                               "replayed 2 windows, now at window 6")
+        assert other.engine.digest() == a.digests[6]

@@ -309,3 +309,39 @@ def test_a_public_second_moment_takes_the_windows_public_batch(
             engine.train(_batches(window), 2 * window, public)
         assert a.digest() == start
         assert a.encode() == b.encode()
+
+
+def test_the_public_second_moment_is_local_state_and_a_window_folds_once(
+        make: Callable[..., Engine], tmp_path: Path) -> None:
+    """A restart keeps the public second moment (local state, local checkpoint);
+    `fold_public` and `train` skip a window folded already; `load_params` forgets it."""
+    inner = replace(INNER, reset_each_window=True, public_second_moment=0.9)
+    public = [_batches(99 - w, 1)[0] for w in range(3)]
+    a = make(inner=inner, store=tmp_path)
+    assert not any(k.startswith("public.") for k in a.local_state())  # nothing folded yet
+    for window in range(2):
+        a.train(_batches(window), 2 * window, public[window])
+        a.encode()
+    a.fold_public(public[1], 2)  # window 1 again: skipped
+    state = a.local_state()
+    assert int(state["public.windows"]) == 2
+    a.save_local(2, {"run": "contract"})
+    checkpoint = make(inner=inner, store=tmp_path).latest_local()
+    assert checkpoint is not None
+    restored, fresh = make(inner=inner), make(inner=inner)
+    restored.restore_local(checkpoint)
+    assert all(torch.equal(restored.local_state()[k], v) for k, v in state.items())
+    # the next window from the kept estimate sends what the uninterrupted engine sends
+    fresh.load_local_state({k: v for k, v in state.items() if not k.startswith("public.")})
+    for engine in (a, restored, fresh):
+        engine.train(_batches(2), 4, public[2])
+    assert a.encode() == restored.encode() != fresh.encode()
+    a.load_params(a.full_params())
+    assert not any(k.startswith("public.") for k in a.local_state())
+    a.fold_public(public[2], 4)  # forgotten: folded anew
+    assert int(a.local_state()["public.windows"]) == 1
+
+
+def test_fold_public_needs_a_public_second_moment(make: Callable[..., Engine]) -> None:
+    with pytest.raises(EngineError, match="public second moment"):
+        make().fold_public(_batches(99, 1)[0], 0)

@@ -240,6 +240,42 @@ def test_a_public_second_moment_replays_for_whoever_saw_the_same_public_batches(
     assert not torch.equal(newcomer.delta[0], sent.delta[0])
 
 
+def test_a_public_second_moment_survives_its_state_and_folds_each_tagged_window_once() -> None:
+    """`state`/`load_state` carry the EMA, its count and newest tag (fp32, as checkpoint
+    stores keep them); another decay or a misshaped entry is ignored; a tagged window is
+    folded once."""
+    trainer = InnerTrainer(model(), PUBLIC)
+    public = batches(2, seed=9)
+    trainer.observe_public(public[0], tag=0)
+    trainer.observe_public(public[0], tag=0)  # folded already: skipped
+    assert trainer.public is not None
+    assert trainer.public.windows == 1
+    state = trainer.public_state()
+    assert {k for k in state if not k[-1].isdigit()} == {"public.decay", "public.windows",
+                                                         "public.last"}
+    keep = lambda p, t: t.to(p.device, p.dtype)  # noqa: E731
+    back = InnerTrainer(model(), PUBLIC)
+    back.load_public_state(state, keep)
+    assert back.public is not None
+    assert (back.public.windows, back.public.last) == (1, 0)
+    assert all(torch.equal(a, b) for a, b in zip(back.public.sq or [], trainer.public.sq or [],
+                                                 strict=True))
+    back.observe_public(public[1], tag=2)
+    trainer.observe_public(public[1], tag=2)
+    assert all(torch.equal(a, b) for a, b in zip(back.public.sq or [], trainer.public.sq or [],
+                                                 strict=True))
+    for bad in ({**state, "public.decay": torch.tensor(0.25)},
+                {**state, "public.0": torch.ones(3)},
+                {k: v for k, v in state.items() if k != "public.1"}):
+        other = InnerTrainer(model(), PUBLIC)
+        other.load_public_state(bad, keep)
+        assert other.public is not None
+        assert other.public.sq is None
+    trainer.public.clear()
+    assert (trainer.public.sq, trainer.public.windows, trainer.public.last) == (None, 0, None)
+    assert trainer.public_state() == {}
+
+
 def test_a_public_second_moment_needs_the_public_batch_and_a_reset() -> None:
     with pytest.raises(DataError, match="public batch"):
         InnerTrainer(model(), PUBLIC).run(batches(1), first_step=0)
