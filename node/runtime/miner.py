@@ -71,9 +71,19 @@ class MinerService(NodeCore):
 
     async def finish(self, window: int, started: float, ended: float,
                       trained: Trained | None) -> None:
+        await self._fold_public(window)
         await self.finish_window(window, started=started,
                                  train_loss=trained.train_loss if trained else None,
                                  ratio=trained.ratio if trained else None)
+
+    async def _fold_public(self, window: int) -> None:
+        """Fold `window`'s public batch if training did not (this miner reached the window
+        late): θ is still the one that trains it, and its peers fold it. A window trained
+        is skipped by its tag."""
+        public = self.replay_public()
+        if public is not None and self.window == window:
+            batch, first_step = public(window)
+            await asyncio.to_thread(self.engine.fold_public, batch, first_step)
 
     async def _train_and_publish(self, window: int) -> Trained | None:
         self.state = "training"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,17 +207,45 @@ async def test_a_miner_waits_out_an_unreachable_chain(tmp_path: Path) -> None:
         ticker.cancel()
 
 
+@dataclass
+class _LateOnce:
+    skipped: int = -1  # the window the miner let pass untrained
+    folds: dict[int, int | None] = field(default_factory=dict)  # window -> newest fold tag
+
+
+def _late_once(miner: MinerService) -> _LateOnce:
+    """Make `miner` let its first whole window from window 1 on pass untrained, as when it
+    reaches a window late, and note its newest public fold after each window's finish."""
+    seen = _LateOnce()
+    train, finish = miner.work, miner.finish
+
+    async def work(window: int, whole: bool) -> Any:
+        if seen.skipped < 0 and window >= 1 and whole:
+            seen.skipped = window
+            return None
+        return await train(window, whole)
+
+    async def finish_then_note(window: int, started: float, ended: float, result: Any) -> None:
+        await finish(window, started, ended, result)
+        seen.folds[window] = miner.engine._trainer.public.last  # type: ignore[attr-defined]
+
+    miner.work, miner.finish = work, finish_then_note  # type: ignore[method-assign]
+    return seen
+
+
 async def test_miners_of_a_public_second_moment_run_fold_each_windows_public_batch(
         tmp_path: Path) -> None:
     """A run with a public second moment: every miner folds the public batch of each
     window it trains, the validator of each window it replays, and θ stays identical.
-    A miner that restarts comes back with its estimate (its local checkpoint keeps it,
-    catch-up folds the windows it replays), not an empty one."""
+    A miner that reaches a window too late to train it still folds it; one that restarts
+    comes back with its estimate (its local checkpoint keeps it, catch-up folds the
+    windows it replays), not an empty one."""
     spec = dataclasses.replace(SPEC, public_second_moment=0.9, score_warmup=0)
     net = MemNet(tmp_path, spec=spec)
     ticker = asyncio.create_task(net.tick())
     try:
         miners = [net.miner(f"m{i}", i) for i in range(2)]
+        late = _late_once(miners[0])
         for m in miners:
             net.start(m)
         validator = net.validator("v", 10)
@@ -233,6 +263,10 @@ async def test_miners_of_a_public_second_moment_run_fold_each_windows_public_bat
             public = m.engine._trainer.public  # type: ignore[attr-defined]
             assert public is not None
             assert public.windows >= max(1, trained), m.history
+        await net.until(lambda: late.skipped in late.folds, 60, "m0 to let a window pass")
+        assert late.folds[late.skipped] == spec.first_step(late.skipped)
+        assert all(p["train_loss"] is None for p in miners[0].history
+                   if p["window"] == late.skipped)
         await net.halt("m1")  # what SIGTERM does: abandon the window, flush, leave
         before = miners[1].engine._trainer.public  # type: ignore[attr-defined]
         restarted = net.miner("m1", 1)
