@@ -175,6 +175,17 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     *((f"DiLoCo H=5 lr 1 μ 0 inner_reset seed {seed}", "seeds",
        {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0,
         "outer_momentum": 0.0, "seed": seed}) for seed in SEEDS),
+    # how much of the gap to plain averaging is the compression's: the recommended setting
+    # with 4x denser top-k, and with unquantised values (seed 0)
+    *((f"SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3{tag}",
+       "tune-public", {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5,
+                       "public_second_moment": 0.9, "inner_lr": 2e-3, **over})
+      for tag, over in ((" k=256", {"k": 256}), (" unquantised", {"sparsity": "unquantised"}),
+                        (" k=128", {"k": 128}))),
+    *((f"SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3 k={k} "
+       f"seed {seed}", "seeds",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
+        "inner_lr": 2e-3, "k": k, "seed": seed}) for k in (256, 128) for seed in SEEDS),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 # the recommended setting against its references, seed by seed (the report's pair table)

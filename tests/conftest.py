@@ -36,8 +36,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     phase = config.getoption("--phase")
     if phase == "all":
         return
-    keep = [i for i in items if serial(i) == (phase == "serial")]
-    dropped = [i for i in items if serial(i) != (phase == "serial")]
+    wanted = phase == "serial"
+    keep, dropped = [], []
+    for item in items:
+        (keep if serial(item) == wanted else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
     items[:] = keep
