@@ -19,8 +19,9 @@ state: does the proof survive a miner that keeps its second moment?
 `--public-second-moment DECAY` runs the network's public second moment: miners and
 validator fold each window's public batch; `--late W` then gives the first honest
 miner a fresh trainer at window W (a miner that joins at W, its public moment
-empty; a restarted miner keeps its estimate, docs/daemons.md), and `--late-validator W` restarts the validator at W (its scores on
+empty), and `--late-validator W` starts the validator anew at W (its scores on
 disk, its public moment empty), to see what the missed history costs the proofs.
+(A miner or validator daemon that restarts keeps its estimate: docs/daemons.md.)
 
     .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep
     .venv/bin/python benchmarks/proof_of_data.py --windows 14 --compare-keep \
@@ -128,7 +129,7 @@ def main() -> None:
     ap.add_argument("--late", type=int, default=None, metavar="W",
                     help="the first honest miner starts anew (an empty public moment) at W")
     ap.add_argument("--late-validator", type=int, default=None, metavar="W",
-                    help="restart the validator at window W")
+                    help="the validator starts anew (an empty public moment) at W")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = evidence_run(args.windows, args.honest, args.inner_steps, args.reset_scope,

@@ -74,10 +74,11 @@ def replay_proofs(ev: Evaluator, cfg: ScoringConfig, tokens: np.ndarray, seed: i
     already halves its score). In a run with a public second moment, the window's public
     batch is folded first, as every miner that trains the window folds it. While the
     validator's own estimate lacks more than `public_settle_weight` of the run's (it
-    restarted or joined late), its replays differ from honest miners' through its own
+    joined late or lost its state), its replays differ from honest miners' through its own
     doing: an update its replays still prove gets +1, any other 0, never −1."""
     assert cfg.inner is not None
-    ev.observe_public(at.theta, scoring.public_batch(tokens, cfg, at.window), cfg.inner)
+    ev.observe_public(at.theta, scoring.public_batch(tokens, cfg, at.window), cfg.inner,
+                      tag=at.window * cfg.inner_steps)
     settled = public_settled(ev, cfg, at.step + 1)
     proofs = {u: Proof(0.0) for u in updates}
     current = sorted(u for u, up in updates.items() if up.base_step == at.step)

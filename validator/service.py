@@ -115,6 +115,8 @@ class ValidatorService(NodeCore):
         return [self._posting(stop)]
 
     async def shutdown(self) -> None:
+        if self.window >= 0:  # θ at the window in progress, and the public second moment
+            await self.save_local()
         self._last_scores = self.scores()
         self._closed = True
         self.scorer.state.close()

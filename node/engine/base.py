@@ -68,7 +68,10 @@ class Engine(Protocol):
       (`EngineError` without a store, for both). `latest_local()` returns the
       newest checkpoint there that verifies (None without a store or a checkpoint)
       and `restore_local(c)` loads θ and local state from it.
-    * `evaluator()` is a scratch model for scoring updates without touching θ.
+    * `evaluator()` is a scratch model for scoring updates without touching θ. A
+      single-process engine's shares the engine's public second moment, so what a
+      validator's scoring folds is kept by its local checkpoint and continued by its
+      catch-up (a sharded engine's holds its own).
     """
 
     @property

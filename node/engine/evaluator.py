@@ -76,7 +76,8 @@ class Evaluator:
     """Holds one scratch model; `load` puts θ − scale·update into it."""
 
     def __init__(self, model: Decoder, manifest: Manifest, spec: CodecSpec,
-                 config: EngineConfig | None = None) -> None:
+                 config: EngineConfig | None = None, public: PublicMoment | None = None
+                 ) -> None:
         self.model = model.eval()
         self.config = config or EngineConfig()
         self.params = list(model.parameters())
@@ -85,8 +86,9 @@ class Evaluator:
         self.device = self.params[0].device
         self._theta = DeviceCopy(self.device)
         # the public second moment replays start from (runs that keep one): folded once
-        # per proven window by `observe_public`, the one thing kept between windows
-        self.public: PublicMoment | None = None
+        # per proven window by `observe_public`, the one thing kept between windows (an
+        # engine's evaluator shares the engine's, node/engine/local.py `evaluator`)
+        self.public: PublicMoment | None = public
 
     def _base(self, theta: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
         """θ on the model's device: as given when it is there, else the cached copy."""
@@ -129,12 +131,16 @@ class Evaluator:
         return [d.cpu() for d in trainer.steps(batches).delta]
 
     def observe_public(self, theta: Sequence[torch.Tensor], batch: torch.Tensor,
-                       inner: InnerConfig) -> None:
+                       inner: InnerConfig, tag: int | None = None) -> None:
         """Fold `batch`, a window's public batch, at θ into the public second moment that
-        `replay` starts from; nothing when `inner` keeps none."""
+        `replay` starts from; nothing when `inner` keeps none, or when the window tagged
+        `tag` (its first step) was folded already."""
         if inner.public_second_moment is None:
             return
         if self.public is None or self.public.decay != inner.public_second_moment:
             self.public = PublicMoment(inner.public_second_moment)
+        if self.public.folded(tag):
+            return
         self.load(theta, None, 0.0)
-        InnerTrainer(self.model, inner, self.config, public=self.public).observe_public(batch)
+        trainer = InnerTrainer(self.model, inner, self.config, public=self.public)
+        trainer.observe_public(batch, tag)

@@ -182,4 +182,7 @@ class LocalEngine:
 
     def evaluator(self) -> Evaluator:
         scratch = build_model(self.model_config, seed=self.spec.seed, device=self.device)
-        return Evaluator(scratch, self._manifest, self.codec, self.config)
+        # the engine's public second moment: a validator's scoring folds into the one that
+        # its local checkpoint keeps and its catch-up folds (node/runtime/catchup.py)
+        return Evaluator(scratch, self._manifest, self.codec, self.config,
+                         public=self._trainer.public)

@@ -30,6 +30,7 @@ from chain.client import Role
 from chain.errors import ChainError, ChainUnavailableError
 from node.engine.base import Engine
 from node.engine.config import EngineConfig
+from node.engine.data import PUBLIC_UID
 from node.errors import ConfigError, NodeError
 from node.mesh.base import Mesh, sha256
 from node.mesh.errors import MeshError
@@ -224,6 +225,7 @@ class NodeCore(Persistence):
                             ratio: float | None) -> None:
         """After window `trained`: gather the envelopes of window `trained - lag`, apply
         its outer step, leave records. On success θ trains window `trained + 1`."""
+        await self._fold_public(trained)
         self.state = "gathering"
         window = trained - self.lag
         await self.gatherer.settle(window, self.cfg.gather_grace)
@@ -357,11 +359,23 @@ class NodeCore(Persistence):
                 return
             await pause(stop, self.cfg.poll * 4)  # peers are still finishing a window
 
-    def replay_public(self) -> Callable[[int], tuple[Tensor, int]] | None:
-        """What gives catch-up each replayed window's public batch and first step to fold
-        (None: this node keeps no public second moment; a miner's does,
-        node/runtime/miner.py)."""
-        return None
+    def public_batch(self) -> Callable[[int], tuple[Tensor, int]] | None:
+        """A window's public batch and first step, in a run with a public second moment
+        (None otherwise): what catch-up and `_fold_public` fold."""
+        if self.spec.public_second_moment is None:
+            return None
+        return lambda w: (self.assets.batch(w, PUBLIC_UID, 0), self.spec.first_step(w))
+
+    async def _fold_public(self, window: int) -> None:
+        """Fold `window`'s public batch into the engine's public second moment while θ is
+        still the one that trains it, as every peer folds it: a miner that trained the
+        window has (the engine skips it by its tag), one that reached it too late has
+        not, and a validator's scoring folds it into the same estimate (its evaluator
+        shares the engine's)."""
+        public = self.public_batch()
+        if public is not None and self.window == window:
+            batch, first_step = public(window)
+            await asyncio.to_thread(self.engine.fold_public, batch, first_step)
 
     def catch_up_inputs(self) -> CatchUpInputs:
         """What catch-up needs of this node, and nothing more."""
@@ -372,5 +386,5 @@ class NodeCore(Persistence):
             manifest_digest=self.assets.manifest_digest(self.manifest),
             use_local=not self.distrust_local, fetch_timeout=self.cfg.fetch_timeout,
             record_timeout=self.cfg.record_timeout, limits=self.assets.limits,
-            public_batch=self.replay_public(), lag=self.lag,
+            public_batch=self.public_batch(), lag=self.lag,
         )  # fmt: skip

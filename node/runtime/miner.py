@@ -14,11 +14,9 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from torch import Tensor
 
 from chain.errors import ChainError
 from node.engine.base import Engine
@@ -56,13 +54,6 @@ class MinerService(NodeCore):
             await self.save_local()
             self.event(self.window, "state flushed")
 
-    def replay_public(self) -> Callable[[int], tuple[Tensor, int]] | None:
-        """Each replayed window's public batch, in a run with a public second moment: a
-        miner back from a restart then holds the estimate its peers hold."""
-        if self.spec.public_second_moment is None:
-            return None
-        return lambda w: (self.assets.batch(w, PUBLIC_UID, 0), self.spec.first_step(w))
-
     async def work(self, window: int, whole: bool) -> Trained | None:
         if not whole:
             self.event(window, "joined mid-window: not training this window")
@@ -71,19 +62,9 @@ class MinerService(NodeCore):
 
     async def finish(self, window: int, started: float, ended: float,
                       trained: Trained | None) -> None:
-        await self._fold_public(window)
         await self.finish_window(window, started=started,
                                  train_loss=trained.train_loss if trained else None,
                                  ratio=trained.ratio if trained else None)
-
-    async def _fold_public(self, window: int) -> None:
-        """Fold `window`'s public batch if training did not (this miner reached the window
-        late): θ is still the one that trains it, and its peers fold it. A window trained
-        is skipped by its tag."""
-        public = self.replay_public()
-        if public is not None and self.window == window:
-            batch, first_step = public(window)
-            await asyncio.to_thread(self.engine.fold_public, batch, first_step)
 
     async def _train_and_publish(self, window: int) -> Trained | None:
         self.state = "training"

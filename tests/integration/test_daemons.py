@@ -239,7 +239,7 @@ async def test_miners_of_a_public_second_moment_run_fold_each_windows_public_bat
     window it trains, the validator of each window it replays, and θ stays identical.
     A miner that reaches a window too late to train it still folds it; one that restarts
     comes back with its estimate (its local checkpoint keeps it, catch-up folds the
-    windows it replays), not an empty one."""
+    windows it replays), not an empty one, and so does a validator."""
     spec = dataclasses.replace(SPEC, public_second_moment=0.9, score_warmup=0)
     net = MemNet(tmp_path, spec=spec)
     ticker = asyncio.create_task(net.tick())
@@ -277,6 +277,16 @@ async def test_miners_of_a_public_second_moment_run_fold_each_windows_public_bat
         # the count goes on from where it stopped (an empty estimate would count from 0)
         assert after.windows >= before.windows + 1, [e["event"] for e in restarted.timeline]
         assert after.last > before.last
+        # so does a validator: its scoring folds into its engine's estimate
+        await net.halt("v")
+        before = validator.scorer.evaluator.public
+        validator = net.validator("v", 10)
+        net.start(validator)
+        await net.until(lambda: len(validator.history) >= 1, 60,
+                        "the restarted validator to score a window")
+        after = validator.scorer.evaluator.public
+        assert after is not None
+        assert after.windows >= before.windows + 1, [e["event"] for e in validator.timeline]
         everyone = [miners[0], restarted, validator]
         last = min(s.history[-1]["window"] for s in everyone)
         assert len(_digests_at(everyone, last)) == 1, "θ differs between nodes"

@@ -112,7 +112,8 @@ def test_the_validator_replays_a_public_second_moment_exactly(tmp_path: Path) ->
 
 def test_a_restarted_validator_disproves_nobody_until_its_public_second_moment_settles(
         tmp_path: Path) -> None:
-    """A validator that restarts mid-run starts its public second moment from nothing, so
+    """A validator that starts anew mid-run (it joined late or lost its data directory;
+    a daemon that restarts keeps its estimate) starts its public second moment from nothing, so
     its replays differ from what honest miners (who folded every window) trained. Until
     its estimate holds all but `public_settle_weight` of the run's, it gives no −1: the
     wrong-data miner it disproved before gets 0, and so does any honest one whose

@@ -409,9 +409,10 @@ async def test_replayed_windows_fold_the_public_batch_of_the_window_their_theta_
     result = await node.catch_up([a.address, b_address], now=6, public=_public, lag=lag)
     assert result.text == "local checkpoint of window 4, replayed 2 windows, now at window 6"
     assert node.engine.digest() == a.digests[6]
-    validator = node.engine.evaluator()
+    validator = _engine(spec=PUBLIC_SPEC).evaluator()  # another node's
     for w in (4, 5):
-        validator.observe_public(a.thetas[w], _public(w + lag)[0], PUBLIC_SPEC.inner)
+        batch, first_step = _public(w + lag)
+        validator.observe_public(a.thetas[w], batch, PUBLIC_SPEC.inner, tag=first_step)
     state = node.engine.local_state()
     assert validator.public is not None
     assert validator.public.sq is not None

@@ -345,3 +345,20 @@ def test_the_public_second_moment_is_local_state_and_a_window_folds_once(
 def test_fold_public_needs_a_public_second_moment(make: Callable[..., Engine]) -> None:
     with pytest.raises(EngineError, match="public second moment"):
         make().fold_public(_batches(99, 1)[0], 0)
+
+
+def test_a_local_engines_evaluator_folds_into_the_engines_public_second_moment() -> None:
+    """What a validator's scoring folds (tagged with the window's first step) is the
+    engine's local state, and a window folded either way is not folded again."""
+    inner = replace(INNER, reset_each_window=True, public_second_moment=0.9)
+    engine = LocalEngine(EngineSpec(model="tiny", seed=0, inner=inner, outer=OuterConfig()))
+    evaluator = engine.evaluator()
+    public = [_batches(99 - w, 1)[0] for w in range(2)]
+    evaluator.observe_public(engine.full_params(), public[0], inner, tag=0)
+    engine.fold_public(public[0], 0)  # folded already, by the evaluator
+    assert int(engine.local_state()["public.windows"]) == 1
+    engine.fold_public(public[1], 2)
+    evaluator.observe_public(engine.full_params(), public[1], inner, tag=2)
+    assert evaluator.public is not None
+    assert evaluator.public.windows == 2
+    assert int(engine.local_state()["public.windows"]) == 2
