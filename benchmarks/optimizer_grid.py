@@ -181,15 +181,26 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
        "tune-public", {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5,
                        "public_second_moment": 0.9, "inner_lr": 2e-3, **over})
       for tag, over in ((" k=256", {"k": 256}), (" unquantised", {"sparsity": "unquantised"}),
-                        (" k=128", {"k": 128}))),
+                        (" k=128", {"k": 128}), (" k=512", {"k": 512}))),
     *((f"SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3 k={k} "
        f"seed {seed}", "seeds",
        {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
-        "inner_lr": 2e-3, "k": k, "seed": seed}) for k in (256, 128) for seed in SEEDS),
+        "inner_lr": 2e-3, "k": k, "seed": seed}) for k in (256, 128, 512) for seed in SEEDS),
+    # does a denser top-k want another outer lr? (seed 0)
+    *((f"SparseLoCo H=5 inner_reset outer lr {lr:g}, public second moment 0.9 inner lr 2e-3 "
+       f"k={k}", "tune-public", {"inner_steps": 5, "inner_reset": True, "outer_lr": lr,
+                                 "public_second_moment": 0.9, "inner_lr": 2e-3, "k": k})
+      for lr in (1.6, 3.5) for k in (256, 512)),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 # the recommended setting against its references, seed by seed (the report's pair table)
 RECOMMENDED = "SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3"
+# the recommended setting at each top-k density (entries per 64x64 chunk), all seeds
+DENSITY = ((64, RECOMMENDED),
+           *((k, f"{RECOMMENDED} k={k}") for k in (128, 256, 512)))
 PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
          (RECOMMENDED, "DiLoCo H=5 inner_reset inner lr 2e-3"),
-         (RECOMMENDED, "DiLoCo H=5 lr 1 μ 0 inner_reset"), (RECOMMENDED, "DDP base"))
+         (RECOMMENDED, "DiLoCo H=5 lr 1 μ 0 inner_reset"), (RECOMMENDED, "DDP base"),
+         # what the gap to plain averaging is made of: denser top-k, fewer bytes saved
+         *((f"{RECOMMENDED} k={k}", other) for k in (128, 256, 512)
+           for other in ("DiLoCo H=5 lr 1 μ 0 inner_reset", RECOMMENDED)))

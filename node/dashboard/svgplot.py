@@ -11,7 +11,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from html import escape
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+           "#bcbd22")
 
 Scale = Callable[[float], float]
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
@@ -86,8 +87,13 @@ def test_a_run_on_another_device_is_another_run_and_reaches_the_engines() -> Non
     assert study.sim_config(cpu, 1).engine.device == "cpu"
 
 
+def _report() -> ModuleType:
+    _load()  # puts the repository on the path, as the script does
+    return importlib.import_module("benchmarks.optimizer_report")
+
+
 def test_runs_repeated_over_seeds_are_grouped_with_seed_zero() -> None:
-    study = _load()
+    study = _report()
 
     def rec(name: str, group: str, loss: float) -> dict[str, object]:
         return {"name": name, "group": group, "heldout_loss": [5.0, loss]}
@@ -109,10 +115,30 @@ def test_runs_repeated_over_seeds_are_grouped_with_seed_zero() -> None:
 def test_a_pair_is_compared_seed_by_seed_with_a_confidence_interval() -> None:
     """Mean of the per-seed differences over the seeds both ran, its t interval (by hand:
     diffs +10%, −10%, +30% → mean 10%, sd 20%, half-width 4.303 · 20% / √3)."""
-    study = _load()
+    study = _report()
     n, mean, half, below = study.paired_difference({0: 1.1, 1: 0.9, 2: 1.3, 5: 9.0},
                                                    {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0})
     assert (n, below) == (3, 1)
     assert mean == pytest.approx(0.1)
     assert half == pytest.approx(4.303 * 0.2 / 3 ** 0.5)
     assert math.isnan(study.paired_difference({0: 1.0}, {0: 2.0})[2])
+
+
+def test_final_loss_against_compression_is_drawn_once_two_densities_have_seeds() -> None:
+    report = _report()
+    grid = importlib.import_module("benchmarks.optimizer_grid")
+    (_, k64), (_, k128) = grid.DENSITY[:2]
+
+    def rec(name: str, group: str, loss: float, ratio: float) -> dict[str, object]:
+        return {"name": name, "group": group, "heldout_loss": [5.0, loss],
+                "compression_ratio": ratio}
+
+    results = [rec(k64, "tune-public", 2.2, 206.0), rec(k64 + " seed 1", "seeds", 2.3, 206.0),
+               rec("DDP base", "base", 2.0, 1.0), rec("DDP base seed 1", "seeds", 2.0, 1.0)]
+    assert report.density_chart(results, "tiny") is None  # one density only
+    results += [rec(k128, "tune-public", 2.1, 117.0), rec(k128 + " seed 1", "seeds", 2.2, 117.0)]
+    chart = report.density_chart(results, "tiny")
+    assert chart is not None
+    assert "<polyline" in chart
+    assert "DDP (dense)" in chart
+    assert "plain averaging" not in chart  # no seeds of it in these results
