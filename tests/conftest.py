@@ -16,6 +16,9 @@ import os
 
 import pytest
 
+# shared fixtures (catch-up's peers and joiners: tests/unit/test_catchup*.py)
+pytest_plugins = ["tests.support.catchup"]
+
 SERIAL_DIRS = ("e2e", "network", "containers")
 
 

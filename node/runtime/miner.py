@@ -20,7 +20,6 @@ import numpy as np
 
 from chain.errors import ChainError
 from node.engine.base import Engine
-from node.engine.data import PUBLIC_UID
 from node.mesh.errors import MeshError
 from node.runtime.core import NodeCore
 from node.runtime.publish import commit_then_hold
@@ -70,8 +69,8 @@ class MinerService(NodeCore):
         self.state = "training"
         began = time.time()
         batches = [self.assets.batch(window, self.uid, s) for s in range(self.spec.inner_steps)]
-        public = (self.assets.batch(window, PUBLIC_UID, 0)
-                  if self.spec.public_second_moment is not None else None)
+        fold = self.public_batch()
+        public = fold(window)[0] if fold is not None else None
         losses = await asyncio.to_thread(self.engine.train, batches,
                                           self.spec.first_step(window), public)
         payload = await asyncio.to_thread(self.engine.encode)
