@@ -103,7 +103,7 @@ PICTURES = {
               "SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9",
               "SparseLoCo H=5 inner_reset outer lr 1.6 ε 1e-05", "DiLoCo H=5 inner_reset",
               "DiLoCo H=5 lr 1 μ 0 inner_reset"),
-    "recommended": (RECOMMENDED, "SparseLoCo H=5 inner_reset outer lr 1.6",
+    "recommended": (RECOMMENDED, f"{RECOMMENDED} k=256", "SparseLoCo H=5 inner_reset outer lr 1.6",
                     "DiLoCo H=5 inner_reset", "DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP base"),
 }
 WALL_RUNS = ("DDP base", "DiLoCo base", "SparseLoCo base", "SparseLoCo H=10")
