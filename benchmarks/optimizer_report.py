@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.optimizer_grid
 
-from benchmarks.optimizer_grid import DENSITY, PAIRS, RECOMMENDED
+from benchmarks.optimizer_grid import DENSITY, PAIRS, RECOMMENDED, SMALL_SETTING
 from node.dashboard.svgplot import xy_chart
 
 BANDWIDTHS = {"100 Mbit/s": 100e6, "1 Gbit/s": 1e9}
@@ -105,6 +105,9 @@ PICTURES = {
               "DiLoCo H=5 lr 1 μ 0 inner_reset"),
     "recommended": (RECOMMENDED, f"{RECOMMENDED} k=256", "SparseLoCo H=5 inner_reset outer lr 1.6",
                     "DiLoCo H=5 inner_reset", "DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP base"),
+    # small's inner lr (1e-3) at three top-k densities against the dense references
+    "density_lr1e-3": (*(SMALL_SETTING + tag for tag in ("", " k=256", " k=512")),
+                       "DiLoCo H=5 inner_reset", "DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP base"),
 }
 WALL_RUNS = ("DDP base", "DiLoCo base", "SparseLoCo base", "SparseLoCo H=10")
 
@@ -117,8 +120,11 @@ def _series(results: list[dict[str, Any]], names: tuple[str, ...], curve: Any
 def write_pictures(results: list[dict[str, Any]], folder: Path, model: str) -> list[Path]:
     paths = []
     for tag, names in PICTURES.items():
+        series = _series(results, names, token_curve)
+        if not any(name.startswith("SparseLoCo") for name in series):
+            continue  # references alone: nothing for this picture to show
         path = folder / f"loss_vs_tokens_{tag}.svg"
-        path.write_text(xy_chart(_series(results, names, token_curve), chart_id=tag,
+        path.write_text(xy_chart(series, chart_id=tag,
                                  title=f"held-out loss vs tokens ({model})",
                                  x_label="training tokens", y_label="loss (nats/byte)",
                                  width=1180, height=380, legend_width=560))

@@ -47,6 +47,13 @@ def test_runs_resume_and_report(tmp_path: Path) -> None:
     assert (docs / "table.csv").read_text().count("\n") == 3
     assert "<polyline" in (docs / "loss_vs_tokens_gap.svg").read_text()
     assert (docs / "loss_vs_wallclock_100.svg").exists()
+    assert not (docs / "loss_vs_tokens_reset.svg").exists()  # none of its runs finished
+
+    references = tmp_path / "references"  # DiLoCo alone: no loss-vs-tokens picture is drawn
+    references.mkdir()
+    _report().write_pictures(first[1:], references, "tiny")
+    assert not list(references.glob("loss_vs_tokens_*.svg"))
+    assert (references / "loss_vs_wallclock_100.svg").exists()
 
 
 def test_a_run_key_ignores_the_label_but_not_the_settings() -> None:
