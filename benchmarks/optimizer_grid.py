@@ -18,6 +18,11 @@ DDP = {"optimizer": "ddp", "outer_lr": None, "error_decay": None}
 ADAMW = {**DILOCO, "miners": 1, "outer_lr": 1.0, "outer_momentum": 0.0}
 # the seeds beyond 0 of the recommended setting, its DiLoCo references and DDP
 SEEDS = (1, 2, 3, 4, 5, 6)
+# the setting closest to DDP on tiny: the recommended one at k=256 and outer lr 3
+CLOSEST = "SparseLoCo H=5 inner_reset outer lr 3, public second moment 0.9 inner lr 2e-3 k=256"
+# the recommended setting (below) at inner lr 3e-3
+RECOMMENDED_AT_3E3 = ("SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 "
+                      "inner lr 3e-3")
 
 # (name, group, overrides of BASE; "token_share" scales the budget, "sparsity" names a
 # study-only SparseLoCo variant of node/outer/ablations.py); quick is a prefix of full, in
@@ -195,6 +200,37 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     *((f"SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 k={k}", "tune-public",
        {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
         "k": k}) for k in (256, 512)),
+    # a denser top-k on small at another outer lr (inner lr 1e-3)
+    *((f"SparseLoCo H=5 inner_reset outer lr {lr:g}, public second moment 0.9 k=256",
+       "tune-public", {"inner_steps": 5, "inner_reset": True, "outer_lr": lr,
+                       "public_second_moment": 0.9, "k": 256}) for lr in (2.0, 3.0)),
+    # the closest setting to DDP on tiny (k=256) tuned further: inner lr 3e-3, β, outer lr
+    *((f"SparseLoCo H=5 inner_reset outer lr {lr:g}, public second moment 0.9 inner lr {ilr}"
+       f"{tag}", "tune-public",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": lr, "public_second_moment": 0.9,
+        "inner_lr": float(ilr), **over})
+      for lr, ilr, tag, over in ((2.5, "3e-3", "", {}), (2.5, "3e-3", " k=256", {"k": 256}),
+                                 (2.5, "2e-3", " k=256 β 0.99", {"k": 256, "error_decay": 0.99}),
+                                 (3.0, "2e-3", " k=256", {"k": 256}))),
+    *((f"{RECOMMENDED_AT_3E3} seed {seed}", "seeds",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
+        "inner_lr": 3e-3, "seed": seed}) for seed in SEEDS),
+    *((f"{CLOSEST} seed {seed}", "seeds",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": 3.0, "public_second_moment": 0.9,
+        "inner_lr": 2e-3, "k": 256, "seed": seed}) for seed in SEEDS),
+    *((f"{RECOMMENDED_AT_3E3.replace('3e-3', '4e-3')}" + (f" seed {seed}" if seed else ""),
+       "seeds" if seed else "tune-public",
+       {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
+        "inner_lr": 4e-3, "seed": seed}) for seed in range(4)),
+    # plain averaging extrapolated: DiLoCo without momentum at outer lr above 1
+    *((f"DiLoCo H=5 lr {lr:g} μ 0 inner_reset", "tune-public",
+       {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": lr, "outer_momentum": 0.0})
+      for lr in (1.5, 2.0, 3.0)),
+    # three more seeds of the setting closest to DDP and of DDP itself
+    *((f"{name} seed {seed}", "seeds", {**over, "seed": seed}) for seed in (7, 8, 9)
+      for name, over in ((CLOSEST, {"inner_steps": 5, "inner_reset": True, "outer_lr": 3.0,
+                                    "public_second_moment": 0.9, "inner_lr": 2e-3, "k": 256}),
+                         ("DDP base", DDP))),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 # the recommended setting against its references, seed by seed (the report's pair table)
@@ -211,4 +247,9 @@ PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
          *((f"{RECOMMENDED} k={k}", other) for k in (128, 256, 512)
            for other in ("DiLoCo H=5 lr 1 μ 0 inner_reset", RECOMMENDED)),
          # small's setting (inner lr 1e-3) against its references
-         *((SMALL_SETTING, other) for other in ("DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP base")))
+         *((SMALL_SETTING, other) for other in ("DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP base")),
+         # the closest to DDP: k=256 at outer lr 3; and the recommended setting at inner lr 3e-3
+         *((CLOSEST, other) for other in ("DDP base", "DiLoCo H=5 lr 1 μ 0 inner_reset",
+                                          f"{RECOMMENDED} k=256")),
+         *((RECOMMENDED_AT_3E3, other) for other in (RECOMMENDED, "DDP base")),
+         (RECOMMENDED_AT_3E3.replace("3e-3", "4e-3"), RECOMMENDED))
