@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from html import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
-           "#bcbd22")
+           "#bcbd22", "#7f7f7f", "#393b79", "#000000")
 
 Scale = Callable[[float], float]
 
