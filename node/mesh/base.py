@@ -201,6 +201,10 @@ def broadcast(registry: list[asyncio.Queue[Announcement | None]],
 
 @dataclass(frozen=True)
 class MeshStats:
+    """A node's transfer counters. A server counts bytes once its write returns, which
+    can be a moment after the fetcher holds them: poll a server's counters after a
+    fetch rather than reading them once."""
+
     bytes_in: int
     bytes_out: int
     blobs_served: int

@@ -24,7 +24,7 @@ from node.mesh.p2p_pieces import HAVE, FetchJob, read_bitfield
 from node.mesh.p2p_select import ProtocolRefused
 from node.mesh.pieces import IN_FLIGHT, PER_SOURCE, PER_SOURCE_ALONE, PIECE_BYTES, piece_count
 from tests.support.keys import identity
-from tests.support.mesh import Cluster, Collector, announce_until_seen
+from tests.support.mesh import Cluster, Collector, announce_until_seen, wait_until
 
 
 @pytest.mark.parametrize("swarm", [True, False])
@@ -45,13 +45,15 @@ async def test_swarming_spends_the_authors_upload_about_once(cluster: Cluster,
         # that see no other holder yet: 1.6-2.5 copies in 9 runs here (2026-12-06),
         # against the 6 of whole fetches below
         assert sent < 3.0, f"the author sent the blob {sent:.2f} times"
-        assert sum(f.stats().bytes_out for f in fetchers) > 2 * len(blob)
+        await wait_until(lambda: sum(f.stats().bytes_out for f in fetchers) > 2 * len(blob),
+                         timeout=10, what="the fetchers serving each other")
         # each piece logged with its wait for the first byte
         waits = [t.first_byte_s for f in fetchers for t in f.transfers if t.sha256 == ann.sha256]
         assert len(waits) >= 6 * piece_count(len(blob))
         assert all(w is not None and w > 0 for w in waits)
-    else:
-        assert sent >= 6.0
+    else:  # the author counts once its writes return, maybe after the fetchers hold it
+        await wait_until(lambda: author.stats().bytes_out >= 6 * len(blob), timeout=10,
+                         what="six copies counted by the author")
 
 
 async def test_one_node_keeps_in_flight_piece_requests_over_all_its_fetches(

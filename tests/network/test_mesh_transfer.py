@@ -50,6 +50,8 @@ async def test_a_source_dying_mid_blob_is_resumed_at_the_next_announcer(cluster:
     assert got_from_slow >= 2 * MIB
     assert parts[1].offset == got_from_slow  # resumed, not restarted
     assert parts[1].nbytes == size - got_from_slow
+    await wait_until(lambda: spare.stats().bytes_out >= size - got_from_slow, timeout=10,
+                     what="the spare's count of what it sent")
     assert spare.stats().bytes_out == size - got_from_slow
     for c in collectors:
         c.cancel()
