@@ -229,6 +229,20 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     # three more seeds of the setting closest to DDP and of DDP itself
     *((f"{name} seed {seed}", "seeds", {**over, "seed": seed}) for seed in (7, 8, 9)
       for name, over in ((CLOSEST, CLOSEST_SETTINGS), ("DDP base", DDP))),
+    # M = 8: the sparse step's gain should fall as picks overlap less, wanting a larger
+    # outer lr; against plain averaging and DDP (its own lr too) at M = 8
+    *((f"SparseLoCo H=5 inner_reset outer lr {lr:g}, public second moment 0.9 inner lr 2e-3 "
+       "M=8", "M8", {"inner_steps": 5, "inner_reset": True, "outer_lr": lr,
+                     "public_second_moment": 0.9, "inner_lr": 2e-3, "miners": 8})
+      for lr in (2.5, 3.5, 5.0)),
+    ("DiLoCo H=5 lr 1 μ 0 inner_reset M=8", "M8",
+     {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0,
+      "miners": 8}),
+    ("DDP M=8 inner lr 2e-3", "M8", {**DDP, "miners": 8, "inner_lr": 2e-3}),
+    # small: plain averaging at DDP's best inner lr there (5e-4)
+    ("DiLoCo H=5 lr 1 μ 0 inner_reset inner lr 5e-4", "tune-public",
+     {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0,
+      "inner_lr": 5e-4}),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 # the recommended setting against its references, seed by seed (the report's pair table)
