@@ -6,6 +6,7 @@ to BASE would change every key and rerun the whole grid.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 BASE: dict[str, Any] = {
@@ -25,6 +26,15 @@ CLOSEST_SETTINGS = {"inner_steps": 5, "inner_reset": True, "outer_lr": 3.0,
 # the recommended setting (below) at inner lr 3e-3
 RECOMMENDED_AT_3E3 = ("SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 "
                       "inner lr 3e-3")
+# M = 8: the recommended setting, plain averaging and DDP (the pair table's M = 8 rows)
+M8_REFERENCES = (
+    ("SparseLoCo H=5 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3 M=8",
+     {"inner_steps": 5, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
+      "inner_lr": 2e-3, "miners": 8}),
+    ("DiLoCo H=5 lr 1 μ 0 inner_reset M=8",
+     {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0,
+      "miners": 8}),
+    ("DDP M=8", {**DDP, "miners": 8}))
 
 # (name, group, overrides of BASE; "token_share" scales the budget, "sparsity" names a
 # study-only SparseLoCo variant of node/outer/ablations.py); quick is a prefix of full, in
@@ -235,10 +245,10 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
        "M=8", "M8", {"inner_steps": 5, "inner_reset": True, "outer_lr": lr,
                      "public_second_moment": 0.9, "inner_lr": 2e-3, "miners": 8})
       for lr in (2.5, 3.5, 5.0)),
-    ("DiLoCo H=5 lr 1 μ 0 inner_reset M=8", "M8",
-     {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0,
-      "miners": 8}),
+    (M8_REFERENCES[1][0], "M8", M8_REFERENCES[1][1]),
     ("DDP M=8 inner lr 2e-3", "M8", {**DDP, "miners": 8, "inner_lr": 2e-3}),
+    *((f"{name} seed {seed}", "seeds", {**over, "seed": seed}) for seed in (1, 2)
+      for name, over in M8_REFERENCES),
     # small: plain averaging at DDP's best inner lr there (5e-4)
     ("DiLoCo H=5 lr 1 μ 0 inner_reset inner lr 5e-4", "tune-public",
      {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0,
@@ -264,4 +274,6 @@ PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
          *((CLOSEST, other) for other in ("DDP base", "DiLoCo H=5 lr 1 μ 0 inner_reset",
                                           f"{RECOMMENDED} k=256")),
          *((RECOMMENDED_AT_3E3, other) for other in (RECOMMENDED, "DDP base")),
-         (RECOMMENDED_AT_3E3.replace("3e-3", "4e-3"), RECOMMENDED))
+         (RECOMMENDED_AT_3E3.replace("3e-3", "4e-3"), RECOMMENDED),
+         # M = 8: the recommended setting against plain averaging and DDP, both at M = 8
+         *((a[0], b[0]) for a, b in itertools.combinations(M8_REFERENCES, 2)))

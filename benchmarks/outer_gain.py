@@ -153,8 +153,9 @@ def table(records: Sequence[dict[str, Any]], study: dict[str, dict[str, Any]]) -
 
 
 def label(record: dict[str, Any]) -> str:
-    h = json.loads(record["key"])["inner_steps"]
-    return f"k={record['k']}, lr {record['outer_lr']:g}, H={h}"
+    key = json.loads(record["key"])
+    miners = "" if key["miners"] == 4 else f", M={key['miners']}"
+    return f"k={record['k']}, lr {record['outer_lr']:g}, H={key['inner_steps']}{miners}"
 
 
 def picture(records: Sequence[dict[str, Any]]) -> str:
