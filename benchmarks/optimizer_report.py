@@ -153,6 +153,26 @@ def seed_groups(results: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     return {base: dict(sorted(by_seed.items())) for base, by_seed in seeded.items()}
 
 
+def _miners(results: list[dict[str, Any]], name: str) -> int:
+    record = next(r for r in results if r["name"] == name or r["name"].startswith(f"{name} seed "))
+    return int(record.get("settings", {}).get("miners", 4))
+
+
+def seed_charts(results: list[dict[str, Any]], model: str) -> dict[str, str]:
+    """Final loss by seed of the pair table's settings, one picture per miner count (so
+    each stays within one palette of lines): final_loss_by_seed.svg for M = 4,
+    final_loss_by_seed_M8.svg and so on for the others."""
+    groups = seed_groups(results)
+    by_miners: dict[int, list[str]] = {}
+    for name in dict.fromkeys(n for pair in PAIRS for n in pair if n in groups):
+        by_miners.setdefault(_miners(results, name), []).append(name)
+    return {("final_loss_by_seed.svg" if m == 4 else f"final_loss_by_seed_M{m}.svg"): xy_chart(
+        {n: [(float(k), v) for k, v in groups[n].items()] for n in names}, chart_id="seeds",
+        title=f"final held-out loss by seed ({model}{'' if m == 4 else f', M = {m}'})",
+        x_label="seed", y_label="loss (nats/byte)", width=1180, height=380, legend_width=560)
+        for m, names in by_miners.items()}
+
+
 def seed_table(results: list[dict[str, Any]]) -> str:
     """Mean, spread and every seed's final loss per repeated setting; the seeds pair up
     (the same seed gives every method the same init, batches and held-out sample)."""
@@ -242,13 +262,10 @@ def report(out: Path, folder: Path) -> Path:
     table = folder / "table.md"
     table.write_text(markdown_table(results))
     write_csv(results, folder / "table.csv")
-    if groups := seed_groups(results):
+    if seed_groups(results):
         (folder / "seeds.md").write_text(seed_table(results) + "\n" + pair_table(results))
-        names = dict.fromkeys(n for pair in PAIRS for n in pair if n in groups)
-        (folder / "final_loss_by_seed.svg").write_text(xy_chart(
-            {n: [(float(k), v) for k, v in groups[n].items()] for n in names},
-            chart_id="seeds", title=f"final held-out loss by seed ({model})", x_label="seed",
-            y_label="loss (nats/byte)", width=1180, height=380, legend_width=560))
+        for name, chart in seed_charts(results, model).items():
+            (folder / name).write_text(chart)
     if (chart := density_chart(results, model)) is not None:
         (folder / "final_loss_vs_compression.svg").write_text(chart)
     write_pictures(results, folder, model)

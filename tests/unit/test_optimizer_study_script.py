@@ -149,3 +149,26 @@ def test_final_loss_against_compression_is_drawn_once_two_densities_have_seeds()
     assert "<polyline" in chart
     assert "DDP (dense)" in chart
     assert "plain averaging" not in chart  # no seeds of it in these results
+
+
+def test_final_loss_by_seed_is_drawn_once_per_miner_count() -> None:
+    """Settings at M = 8 get their own picture: one palette of lines per picture."""
+    report = _report()
+    grid = importlib.import_module("benchmarks.optimizer_grid")
+    (m8, _), (m8_dense, _) = grid.M8_REFERENCES[:2]
+
+    def rec(name: str, group: str, loss: float, miners: int) -> dict[str, object]:
+        return {"name": name, "group": group, "heldout_loss": [5.0, loss],
+                "settings": {"miners": miners}}
+
+    results = [rec(grid.RECOMMENDED, "tune-public", 2.2, 4),
+               rec(grid.RECOMMENDED + " seed 1", "seeds", 2.3, 4),
+               rec("DDP base", "base", 2.0, 4), rec("DDP base seed 1", "seeds", 2.1, 4)]
+    assert list(report.seed_charts(results, "tiny")) == ["final_loss_by_seed.svg"]
+    results += [rec(m8, "M8", 2.5, 8), rec(m8 + " seed 1", "seeds", 2.4, 8),
+                rec(m8_dense + " seed 1", "seeds", 2.45, 8)]  # seed 0 not run yet
+    charts = report.seed_charts(results, "tiny")
+    assert sorted(charts) == ["final_loss_by_seed.svg", "final_loss_by_seed_M8.svg"]
+    assert "M=8" not in charts["final_loss_by_seed.svg"]
+    assert m8 in charts["final_loss_by_seed_M8.svg"]
+    assert "DDP base" not in charts["final_loss_by_seed_M8.svg"]
