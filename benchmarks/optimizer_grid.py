@@ -35,6 +35,13 @@ M8_REFERENCES = (
      {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0,
       "miners": 8}),
     ("DDP M=8", {**DDP, "miners": 8}))
+# H = 3: the recommended setting and plain averaging (the pair table's H = 3 rows)
+H3_REFERENCES = (
+    ("SparseLoCo H=3 inner_reset outer lr 2.5, public second moment 0.9 inner lr 2e-3",
+     {"inner_steps": 3, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9,
+      "inner_lr": 2e-3}),
+    ("DiLoCo H=3 lr 1 μ 0 inner_reset",
+     {**DILOCO, "inner_steps": 3, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0}))
 
 # (name, group, overrides of BASE; "token_share" scales the budget, "sparsity" names a
 # study-only SparseLoCo variant of node/outer/ablations.py); quick is a prefix of full, in
@@ -253,6 +260,17 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("DiLoCo H=5 lr 1 μ 0 inner_reset inner lr 5e-4", "tune-public",
      {**DILOCO, "inner_steps": 5, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0,
       "inner_lr": 5e-4}),
+    # small: DDP at its best inner lr on a second seed (each small gap to DDP was one seed)
+    ("DDP inner lr 5e-4 seed 1", "seeds", {**DDP, "inner_lr": 5e-4, "seed": 1}),
+    # M = 8: seeds 3-6 of its three references; outer lr 2 (1/gain at M = 8 is 2.67)
+    *((f"{name} seed {seed}", "seeds", {**over, "seed": seed}) for seed in SEEDS[2:]
+      for name, over in M8_REFERENCES),
+    ("SparseLoCo H=5 inner_reset outer lr 2, public second moment 0.9 inner lr 2e-3 M=8", "M8",
+     {**M8_REFERENCES[0][1], "outer_lr": 2.0}),
+    # a shorter H (more exchanges of the same 206x step): the recommended setting and plain
+    # averaging at H = 3, seeds 0-2 (H3_REFERENCES)
+    *((name + (f" seed {seed}" if seed else ""), "seeds" if seed else "H3",
+       {**over, "seed": seed}) for name, over in H3_REFERENCES for seed in range(3)),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 # the recommended setting against its references, seed by seed (the report's pair table)
@@ -268,12 +286,18 @@ PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
          # what the gap to plain averaging is made of: denser top-k, fewer bytes saved
          *((f"{RECOMMENDED} k={k}", other) for k in (128, 256, 512)
            for other in ("DiLoCo H=5 lr 1 μ 0 inner_reset", RECOMMENDED)),
-         # small's setting (inner lr 1e-3) against its references
-         *((SMALL_SETTING, other) for other in ("DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP base")),
+         # small's setting (inner lr 1e-3) against its references (DDP at its best lr on small)
+         *((SMALL_SETTING, other) for other in ("DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP base",
+                                                "DDP inner lr 5e-4")),
+         ("DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP inner lr 5e-4"),
          # the closest to DDP: k=256 at outer lr 3; and the recommended setting at inner lr 3e-3
          *((CLOSEST, other) for other in ("DDP base", "DiLoCo H=5 lr 1 μ 0 inner_reset",
                                           f"{RECOMMENDED} k=256")),
          *((RECOMMENDED_AT_3E3, other) for other in (RECOMMENDED, "DDP base")),
          (RECOMMENDED_AT_3E3.replace("3e-3", "4e-3"), RECOMMENDED),
          # M = 8: the recommended setting against plain averaging and DDP, both at M = 8
-         *((a[0], b[0]) for a, b in itertools.combinations(M8_REFERENCES, 2)))
+         *((a[0], b[0]) for a, b in itertools.combinations(M8_REFERENCES, 2)),
+         # H = 3 against plain averaging at H = 3, DDP and the recommended setting (H = 5)
+         *((H3_REFERENCES[0][0], other) for other in (H3_REFERENCES[1][0], "DDP base",
+                                                      RECOMMENDED)),
+         (H3_REFERENCES[1][0], "DDP base"))

@@ -153,24 +153,45 @@ def seed_groups(results: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     return {base: dict(sorted(by_seed.items())) for base, by_seed in seeded.items()}
 
 
-def _miners(results: list[dict[str, Any]], name: str) -> int:
+def _chart_key(results: list[dict[str, Any]], name: str) -> tuple[int, int | None]:
+    """The seed picture a setting belongs to: its miner count and H (None for DDP, which
+    has no H and joins every picture of its miner count as their reference)."""
     record = next(r for r in results if r["name"] == name or r["name"].startswith(f"{name} seed "))
-    return int(record.get("settings", {}).get("miners", 4))
+    settings = record.get("settings", {})
+    h = None if settings.get("optimizer") == "ddp" else int(settings.get("inner_steps", 5))
+    return int(settings.get("miners", 4)), h
+
+
+def _chart_name(miners: int, h: int) -> tuple[str, str]:
+    """File name and title suffix: final_loss_by_seed.svg at M = 4 and H = 5, else
+    final_loss_by_seed_M8.svg, _H3.svg, _M8_H3.svg and so on."""
+    tags = [(f"M{miners}", f"M = {miners}")] if miners != 4 else []
+    tags += [(f"H{h}", f"H = {h}")] if h != 5 else []
+    return ("final_loss_by_seed" + "".join(f"_{t}" for t, _ in tags) + ".svg",
+            "".join(f", {label}" for _, label in tags))
 
 
 def seed_charts(results: list[dict[str, Any]], model: str) -> dict[str, str]:
-    """Final loss by seed of the pair table's settings, one picture per miner count (so
-    each stays within one palette of lines): final_loss_by_seed.svg for M = 4,
-    final_loss_by_seed_M8.svg and so on for the others."""
+    """Final loss by seed of the pair table's settings, one picture per miner count and H
+    (so each stays within one palette of lines), DDP at that miner count in each."""
     groups = seed_groups(results)
-    by_miners: dict[int, list[str]] = {}
-    for name in dict.fromkeys(n for pair in PAIRS for n in pair if n in groups):
-        by_miners.setdefault(_miners(results, name), []).append(name)
-    return {("final_loss_by_seed.svg" if m == 4 else f"final_loss_by_seed_M{m}.svg"): xy_chart(
-        {n: [(float(k), v) for k, v in groups[n].items()] for n in names}, chart_id="seeds",
-        title=f"final held-out loss by seed ({model}{'' if m == 4 else f', M = {m}'})",
-        x_label="seed", y_label="loss (nats/byte)", width=1180, height=380, legend_width=560)
-        for m, names in by_miners.items()}
+    names = list(dict.fromkeys(n for pair in PAIRS for n in pair if n in groups))
+    keys = {n: _chart_key(results, n) for n in names}
+    hs = {m: list(dict.fromkeys(h for m2, h in keys.values() if m2 == m and h is not None))
+          for m, _ in keys.values()}
+    charts: dict[tuple[int, int], list[str]] = {}
+    for name, (m, h) in keys.items():
+        for chart_h in [h] if h is not None else hs[m] or [5]:
+            charts.setdefault((m, chart_h), []).append(name)
+    out = {}
+    for (m, h), members in charts.items():
+        file, suffix = _chart_name(m, h)
+        out[file] = xy_chart(
+            {n: [(float(k), v) for k, v in groups[n].items()] for n in members},
+            chart_id="seeds", title=f"final held-out loss by seed ({model}{suffix})",
+            x_label="seed", y_label="loss (nats/byte)", width=1180, height=380,
+            legend_width=560)
+    return out
 
 
 def seed_table(results: list[dict[str, Any]]) -> str:

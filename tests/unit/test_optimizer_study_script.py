@@ -172,3 +172,28 @@ def test_final_loss_by_seed_is_drawn_once_per_miner_count() -> None:
     assert "M=8" not in charts["final_loss_by_seed.svg"]
     assert m8 in charts["final_loss_by_seed_M8.svg"]
     assert "DDP base" not in charts["final_loss_by_seed_M8.svg"]
+
+
+def test_final_loss_by_seed_draws_another_h_apart_with_ddp_in_both() -> None:
+    """Settings at H = 3 get their own picture; DDP, which has no H, is the reference in
+    every picture of its miner count."""
+    report = _report()
+    grid = importlib.import_module("benchmarks.optimizer_grid")
+    h3 = grid.H3_REFERENCES[0][0]
+
+    def rec(name: str, loss: float, **settings: object) -> dict[str, object]:
+        return {"name": name, "group": "seeds" if " seed " in name else "x",
+                "heldout_loss": [5.0, loss], "settings": {"miners": 4, **settings}}
+
+    results = [rec(grid.RECOMMENDED, 2.2, inner_steps=5),
+               rec(grid.RECOMMENDED + " seed 1", 2.3, inner_steps=5),
+               rec("DDP base", 2.0, optimizer="ddp", inner_steps=30),
+               rec("DDP base seed 1", 2.1, optimizer="ddp", inner_steps=30),
+               rec(h3, 2.25, inner_steps=3), rec(h3 + " seed 1", 2.35, inner_steps=3)]
+    charts = report.seed_charts(results, "tiny")
+    assert sorted(charts) == ["final_loss_by_seed.svg", "final_loss_by_seed_H3.svg"]
+    assert h3 not in charts["final_loss_by_seed.svg"]
+    assert h3 in charts["final_loss_by_seed_H3.svg"]
+    assert grid.RECOMMENDED not in charts["final_loss_by_seed_H3.svg"]
+    assert "H = 3" in charts["final_loss_by_seed_H3.svg"]
+    assert all("DDP base" in chart for chart in charts.values())
