@@ -42,6 +42,8 @@ H3_REFERENCES = (
       "inner_lr": 2e-3}),
     ("DiLoCo H=3 lr 1 μ 0 inner_reset",
      {**DILOCO, "inner_steps": 3, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0}))
+# H = 3 with eight miners: both of the above at M = 8 (against DDP M=8)
+M8_H3_REFERENCES = tuple((f"{name} M=8", {**over, "miners": 8}) for name, over in H3_REFERENCES)
 
 # (name, group, overrides of BASE; "token_share" scales the budget, "sparsity" names a
 # study-only SparseLoCo variant of node/outer/ablations.py); quick is a prefix of full, in
@@ -271,6 +273,14 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     # averaging at H = 3, seeds 0-2 (H3_REFERENCES)
     *((name + (f" seed {seed}" if seed else ""), "seeds" if seed else "H3",
        {**over, "seed": seed}) for name, over in H3_REFERENCES for seed in range(3)),
+    # small: DDP below 5e-4 (5e-4 was the lowest tried there and the best)
+    ("DDP inner lr 3e-4", "ddp-lr", {**DDP, "inner_lr": 3e-4}),
+    # H = 3 at M = 4: seeds 3-6 of the recommended setting and of plain averaging
+    *((f"{name} seed {seed}", "seeds", {**over, "seed": seed}) for name, over in H3_REFERENCES
+      for seed in SEEDS[2:]),
+    # both gains together: H = 3 and eight miners, seeds 0-6 (M8_H3_REFERENCES)
+    *((name + (f" seed {seed}" if seed else ""), "seeds" if seed else "M8",
+       {**over, "seed": seed}) for name, over in M8_H3_REFERENCES for seed in range(7)),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 # the recommended setting against its references, seed by seed (the report's pair table)
@@ -300,4 +310,9 @@ PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
          # H = 3 against plain averaging at H = 3, DDP and the recommended setting (H = 5)
          *((H3_REFERENCES[0][0], other) for other in (H3_REFERENCES[1][0], "DDP base",
                                                       RECOMMENDED)),
-         (H3_REFERENCES[1][0], "DDP base"))
+         (H3_REFERENCES[1][0], "DDP base"),
+         # H = 3 at M = 8 against plain averaging and DDP at M = 8, and against H = 5
+         *((M8_H3_REFERENCES[0][0], other) for other in (M8_H3_REFERENCES[1][0], "DDP M=8",
+                                                         M8_REFERENCES[0][0])),
+         (M8_H3_REFERENCES[1][0], "DDP M=8"),
+         ("DDP inner lr 3e-4", "DDP inner lr 5e-4"))
