@@ -44,6 +44,17 @@ H3_REFERENCES = (
      {**DILOCO, "inner_steps": 3, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0}))
 # H = 3 with eight miners: both of the above at M = 8 (against DDP M=8)
 M8_H3_REFERENCES = tuple((f"{name} M=8", {**over, "miners": 8}) for name, over in H3_REFERENCES)
+# H = 3 on small: the recommended setting at small's inner lr (1e-3, the default); its seed 0
+# is an early tune-public row
+SMALL_H3 = ("SparseLoCo H=3 inner_reset outer lr 2.5, public second moment 0.9",
+            {"inner_steps": 3, "inner_reset": True, "outer_lr": 2.5, "public_second_moment": 0.9})
+
+
+def _seeded(refs: Any, seeds: Any, group: str) -> tuple[tuple[str, str, dict[str, Any]], ...]:
+    """Each (name, overrides) of refs at each seed: seed 0 keeps the name and takes group,
+    the others are named "<name> seed <n>" in the group "seeds"."""
+    return tuple((name + (f" seed {seed}" if seed else ""), "seeds" if seed else group,
+                  {**over, "seed": seed}) for name, over in refs for seed in seeds)
 
 # (name, group, overrides of BASE; "token_share" scales the budget, "sparsity" names a
 # study-only SparseLoCo variant of node/outer/ablations.py); quick is a prefix of full, in
@@ -271,16 +282,15 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
      {**M8_REFERENCES[0][1], "outer_lr": 2.0}),
     # a shorter H (more exchanges of the same 206x step): the recommended setting and plain
     # averaging at H = 3, seeds 0-2 (H3_REFERENCES)
-    *((name + (f" seed {seed}" if seed else ""), "seeds" if seed else "H3",
-       {**over, "seed": seed}) for name, over in H3_REFERENCES for seed in range(3)),
+    *_seeded(H3_REFERENCES, range(3), "H3"),
     # small: DDP below 5e-4 (5e-4 was the lowest tried there and the best)
     ("DDP inner lr 3e-4", "ddp-lr", {**DDP, "inner_lr": 3e-4}),
     # H = 3 at M = 4: seeds 3-6 of the recommended setting and of plain averaging
-    *((f"{name} seed {seed}", "seeds", {**over, "seed": seed}) for name, over in H3_REFERENCES
-      for seed in SEEDS[2:]),
+    *_seeded(H3_REFERENCES, SEEDS[2:], "seeds"),
     # both gains together: H = 3 and eight miners, seeds 0-6 (M8_H3_REFERENCES)
-    *((name + (f" seed {seed}" if seed else ""), "seeds" if seed else "M8",
-       {**over, "seed": seed}) for name, over in M8_H3_REFERENCES for seed in range(7)),
+    *_seeded(M8_H3_REFERENCES, range(7), "M8"),
+    # small: H = 3 at small's inner lr, seed 1 (seed 0 is the tune-public row above)
+    *_seeded((SMALL_H3,), (1,), "seeds"),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 # the recommended setting against its references, seed by seed (the report's pair table)
@@ -315,4 +325,7 @@ PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
          *((M8_H3_REFERENCES[0][0], other) for other in (M8_H3_REFERENCES[1][0], "DDP M=8",
                                                          M8_REFERENCES[0][0])),
          (M8_H3_REFERENCES[1][0], "DDP M=8"),
-         ("DDP inner lr 3e-4", "DDP inner lr 5e-4"))
+         ("DDP inner lr 3e-4", "DDP inner lr 5e-4"),
+         # small: H = 3 against DDP, plain averaging and itself at H = 5 (inner lr 1e-3)
+         *((SMALL_H3[0], other) for other in ("DDP inner lr 5e-4",
+                                               "DiLoCo H=5 lr 1 μ 0 inner_reset", SMALL_SETTING)))

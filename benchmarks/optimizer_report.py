@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.optimizer_grid
 
-from benchmarks.optimizer_grid import DENSITY, PAIRS, RECOMMENDED, SMALL_SETTING
+from benchmarks.optimizer_grid import DENSITY, PAIRS, RECOMMENDED, SMALL_H3, SMALL_SETTING
 from node.dashboard.svgplot import xy_chart
 
 BANDWIDTHS = {"100 Mbit/s": 100e6, "1 Gbit/s": 1e9}
@@ -87,6 +87,7 @@ def wallclock_curve(record: dict[str, Any], bits_per_s: float) -> list[tuple[flo
     return points
 
 
+# each picture's runs; one led by a SparseLoCo run is about that run and waits for it
 PICTURES = {
     "gap": ("DDP base", "DiLoCo base", "SparseLoCo base", "AdamW batch 32 (M=1)",
             "AdamW batch 8 (M=1)", "DiLoCo lr 1 μ 0"),
@@ -108,6 +109,9 @@ PICTURES = {
     # small's inner lr (1e-3) at three top-k densities against the dense references
     "density_lr1e-3": (*(SMALL_SETTING + tag for tag in ("", " k=256", " k=512")),
                        "DiLoCo H=5 inner_reset", "DiLoCo H=5 lr 1 μ 0 inner_reset", "DDP base"),
+    # small's setting at H = 3 against itself at H = 5, plain averaging and DDP at its best lr
+    "h3_lr1e-3": (SMALL_H3[0], SMALL_SETTING, "DiLoCo H=5 lr 1 μ 0 inner_reset",
+                  "DDP inner lr 5e-4"),
 }
 WALL_RUNS = ("DDP base", "DiLoCo base", "SparseLoCo base", "SparseLoCo H=10")
 
@@ -121,8 +125,9 @@ def write_pictures(results: list[dict[str, Any]], folder: Path, model: str) -> l
     paths = []
     for tag, names in PICTURES.items():
         series = _series(results, names, token_curve)
-        if not any(name.startswith("SparseLoCo") for name in series):
-            continue  # references alone: nothing for this picture to show
+        if not any(name.startswith("SparseLoCo") for name in series) or (
+                names[0].startswith("SparseLoCo") and names[0] not in series):
+            continue  # references alone, or the SparseLoCo run it leads with is missing
         path = folder / f"loss_vs_tokens_{tag}.svg"
         path.write_text(xy_chart(series, chart_id=tag,
                                  title=f"held-out loss vs tokens ({model})",

@@ -64,6 +64,17 @@ def test_a_run_key_ignores_the_label_but_not_the_settings() -> None:
     assert other.key != base.key
 
 
+def test_every_run_of_the_full_grid_has_its_own_name_and_key_and_every_pair_is_in_it() -> None:
+    study = _load()
+    grid = importlib.import_module("benchmarks.optimizer_grid")
+    for model in ("tiny", "small"):
+        runs = study.grid_runs("full", model, 10_000)
+        assert len({r.name for r in runs}) == len(runs)
+        assert len({r.key for r in runs}) == len(runs)
+    names = {name for name, _, _ in grid.FULL}
+    assert {name for pair in grid.PAIRS for name in pair} <= names
+
+
 def test_sparsity_ablations_get_their_own_outer_and_leave_the_rest_alone() -> None:
     study = _load()
     runs = {r.name: r for r in study.grid_runs("full", "tiny", 10_000)}
@@ -197,3 +208,24 @@ def test_final_loss_by_seed_draws_another_h_apart_with_ddp_in_both() -> None:
     assert grid.RECOMMENDED not in charts["final_loss_by_seed_H3.svg"]
     assert "H = 3" in charts["final_loss_by_seed_H3.svg"]
     assert all("DDP base" in chart for chart in charts.values())
+
+
+def test_a_loss_picture_is_drawn_only_once_the_run_it_is_about_has_results(
+        tmp_path: Path) -> None:
+    """The H = 3 picture on small's inner lr names its H = 5 neighbour too; that neighbour
+    alone (as on tiny, where H = 3 at that lr was never run) draws nothing."""
+    report = _report()
+    grid = importlib.import_module("benchmarks.optimizer_grid")
+
+    def rec(name: str, loss: float) -> dict[str, object]:
+        return {"name": name, "group": "x", "heldout_loss": [5.0, 3.0, loss], "tokens": 100,
+                "rounds": 2, "round_seconds": [1.0, 1.0], "round_bytes_per_miner": [8, 8],
+                "settings": {"miners": 4}}
+
+    results = [rec(grid.SMALL_SETTING, 2.2), rec("DDP inner lr 5e-4", 2.0)]
+    report.write_pictures(results, tmp_path, "tiny")
+    assert not (tmp_path / "loss_vs_tokens_h3_lr1e-3.svg").exists()
+    report.write_pictures([*results, rec(grid.SMALL_H3[0], 2.1)], tmp_path, "small")
+    picture = (tmp_path / "loss_vs_tokens_h3_lr1e-3.svg").read_text()
+    assert grid.SMALL_H3[0] in picture
+    assert grid.SMALL_SETTING in picture
