@@ -44,6 +44,8 @@ H3_REFERENCES = (
      {**DILOCO, "inner_steps": 3, "inner_reset": True, "outer_lr": 1.0, "outer_momentum": 0.0}))
 # H = 3 with eight miners: both of the above at M = 8 (against DDP M=8)
 M8_H3_REFERENCES = tuple((f"{name} M=8", {**over, "miners": 8}) for name, over in H3_REFERENCES)
+# the setting closest to DDP on tiny (k = 256, outer lr 3) at H = 3
+CLOSEST_H3 = (CLOSEST.replace("H=5", "H=3"), {**CLOSEST_SETTINGS, "inner_steps": 3})
 # H = 3 on small: the recommended setting at small's inner lr (1e-3, the default); its seed 0
 # is an early tune-public row
 SMALL_H3 = ("SparseLoCo H=3 inner_reset outer lr 2.5, public second moment 0.9",
@@ -291,6 +293,11 @@ FULL: tuple[tuple[str, str, dict[str, Any]], ...] = (
     *_seeded(M8_H3_REFERENCES, range(7), "M8"),
     # small: H = 3 at small's inner lr, seed 1 (seed 0 is the tune-public row above)
     *_seeded((SMALL_H3,), (1,), "seeds"),
+    # small: a third seed of H = 3 and of DDP at its best inner lr
+    *_seeded((SMALL_H3, ("DDP inner lr 5e-4", {**DDP, "inner_lr": 5e-4})), (2,), "seeds"),
+    # tiny: both levers on the setting closest to DDP, H = 3 at k = 256, seeds 0-9 (DDP
+    # base has ten)
+    *_seeded((CLOSEST_H3,), range(10), "H3"),
 )
 GRIDS = {"quick": FULL[:14], "full": FULL, "smoke": FULL[:2]}
 # the recommended setting against its references, seed by seed (the report's pair table)
@@ -326,6 +333,8 @@ PAIRS = ((RECOMMENDED, "DiLoCo H=5 inner_reset"),
                                                          M8_REFERENCES[0][0])),
          (M8_H3_REFERENCES[1][0], "DDP M=8"),
          ("DDP inner lr 3e-4", "DDP inner lr 5e-4"),
+         # k = 256 at H = 3 against DDP, plain averaging at H = 3 and itself at H = 5
+         *((CLOSEST_H3[0], other) for other in ("DDP base", H3_REFERENCES[1][0], CLOSEST)),
          # small: H = 3 against DDP, plain averaging and itself at H = 5 (inner lr 1e-3)
          *((SMALL_H3[0], other) for other in ("DDP inner lr 5e-4",
                                                "DiLoCo H=5 lr 1 μ 0 inner_reset", SMALL_SETTING)))
